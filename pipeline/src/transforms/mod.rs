@@ -1,0 +1,1 @@
+//! Image transforms with torchvision's semantics.

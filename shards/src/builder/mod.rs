@@ -1,0 +1,1 @@
+//! Building shards from raw image collections (`tessera shard`).

@@ -1,0 +1,8 @@
+//! `tessera export` (not yet written).
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`tessera export` is not implemented yet")
+}

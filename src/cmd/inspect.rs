@@ -1,0 +1,8 @@
+//! `tessera inspect` (not yet written).
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`tessera inspect` is not implemented yet")
+}

@@ -1,0 +1,14 @@
+//! One module per subcommand: its `Args` (clap) and its `run`.
+
+pub mod index;
+pub mod inspect;
+pub mod preview;
+pub mod profile;
+pub mod shard;
+
+#[cfg(feature = "train")]
+pub mod demo;
+#[cfg(feature = "train")]
+pub mod export;
+#[cfg(feature = "train")]
+pub mod train;

@@ -1,0 +1,67 @@
+//! `tessera`: shard raw image collections, stream them into self-supervised pretraining,
+//! and profile the pipeline. Each subcommand lives in its own module under `cmd/`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build WebDataset shards from directories or lists of images.
+    Shard(cmd::shard::Args),
+    /// Write the seek index for shards made elsewhere.
+    Index(cmd::index::Args),
+    /// Count samples and fields of shards; `--verify` decodes every image.
+    Inspect(cmd::inspect::Args),
+    /// Run the input pipeline alone and name its bottleneck.
+    Profile(cmd::profile::Args),
+    /// Draw a grid of samples with all their views and masks.
+    Preview(cmd::preview::Args),
+    /// Pretrain a model from a recipe.
+    #[cfg(feature = "train")]
+    Train(cmd::train::Args),
+    /// Write a checkpoint's encoder as timm-compatible safetensors.
+    #[cfg(feature = "train")]
+    Export(cmd::export::Args),
+    /// Everything on built-in defaults: make images, shard, preview, profile, train a tiny MAE.
+    #[cfg(feature = "train")]
+    Demo(cmd::demo::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Shard(args) => cmd::shard::run(args),
+        Command::Index(args) => cmd::index::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Profile(args) => cmd::profile::run(args),
+        Command::Preview(args) => cmd::preview::run(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => cmd::train::run(args),
+        #[cfg(feature = "train")]
+        Command::Export(args) => cmd::export::run(args),
+        #[cfg(feature = "train")]
+        Command::Demo(args) => cmd::demo::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
