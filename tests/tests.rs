@@ -1,0 +1,15 @@
+//! End-to-end tests through the `tessera` program. One test binary (faster to link);
+//! each module covers one subcommand.
+//!
+//! - `util`: temp dirs, the program's path, `../shared` test data.
+//! - `shard`, `inspect`: `tessera shard`, `index`, `inspect` (issue #2).
+//! - `pipeline`: `tessera profile`, `preview` (issue #3).
+//! - `train`: `tessera train`, `export`, `demo` (issue #4).
+
+mod util;
+
+mod inspect;
+mod pipeline;
+mod shard;
+#[cfg(feature = "train")]
+mod train;
