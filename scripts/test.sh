@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's one test command (README, CI): sets up what the tests need, then runs them.
+#
+# - `.venv/`: a local Python with the reference WebDataset reader, used as a test oracle
+#   (made once; re-made when scripts/test-requirements.txt changes).
+# - `cargo test --release`: every crate and the end-to-end tests through `tessera`, in the
+#   same optimised profile as the program, so burn compiles once.
+# - With `--cuda-check` (CI), also proves the `cuda` feature compiles without a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum scripts/test-requirements.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> setting up $venv (Python test oracles)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
+  echo "$want" > "$stamp"
+fi
+export TESSERA_PYTHON="$PWD/$venv/bin/python"
+export TESSERA_REQUIRE_PYTHON=1
+
+echo "==> cargo test --release --workspace"
+cargo test --release --workspace
+
+if [ "${1:-}" = "--cuda-check" ]; then
+  echo "==> cargo build --release --features cuda (compile only: no GPU needed)"
+  CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" cargo build --release --features cuda
+fi
