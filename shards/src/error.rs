@@ -1,9 +1,204 @@
-//! Typed errors of the shard format. Each names the shard and, where it applies, the byte
-//! offset, so a user can find the damage.
+//! Typed errors of the shard format.
+//!
+//! Every variant names the shard (its URL or path) and, where it applies, the byte offset
+//! in the *decompressed* tar stream, the sample key and the field, so a user can find the
+//! damage with `dd`/`tar tv` and a caller can decide per variant what to do (skip the rest
+//! of a shard, fall back from a stale index, report a missing file).
 
-/// Everything that can go wrong reading or writing shards.
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading, writing, indexing or listing shards.
+///
+/// `Send + Sync + 'static`, so it travels across threads and into `anyhow`.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
+    /// An I/O error opening, reading, writing or renaming a file.
     #[error("{url}: {source}")]
-    Io { url: String, source: std::io::Error },
+    Io {
+        /// The shard or file concerned.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The stream ended in the middle of a tar header or member (a cut download, a full
+    /// disk). Every complete sample before `offset` has been returned.
+    #[error("{url}: truncated at byte {offset} of the tar stream ({what})")]
+    Truncated {
+        /// The shard.
+        url: String,
+        /// Offset in the decompressed tar stream where the damaged header or member starts.
+        offset: u64,
+        /// What was being read when the data ran out.
+        what: String,
+    },
+
+    /// A tar header that does not parse: bad checksum, bad number, bad PAX record.
+    #[error("{url}: malformed tar header at byte {offset}: {reason}")]
+    MalformedHeader {
+        /// The shard.
+        url: String,
+        /// Offset in the decompressed tar stream of the bad 512-byte header block.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The gzip or zstd layer reported corrupt data.
+    #[error("{url}: corrupt {compression} stream near byte {offset} of the tar stream: {source}")]
+    Decompress {
+        /// The shard.
+        url: String,
+        /// The compression format (`gzip`, `zstd`).
+        compression: &'static str,
+        /// How many decompressed bytes had been read when it failed.
+        offset: u64,
+        /// The decoder's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Two members of one sample have the same extension (`k.jpg` twice in a row).
+    #[error("{url}: sample `{key}` has field `{field}` twice (member at byte {offset})")]
+    DuplicateField {
+        /// The shard.
+        url: String,
+        /// The sample key.
+        key: String,
+        /// The repeated field (extension).
+        field: String,
+        /// Offset of the second member's header.
+        offset: u64,
+    },
+
+    /// A key the writer refuses because it would not read back as the same key.
+    #[error("invalid sample key `{key}`: {reason}")]
+    InvalidKey {
+        /// The offending key.
+        key: String,
+        /// Why it cannot be written.
+        reason: &'static str,
+    },
+
+    /// A field name the writer refuses because it would not read back unchanged.
+    #[error("sample `{key}`: invalid field name `{field}`: {reason}")]
+    InvalidField {
+        /// The sample key.
+        key: String,
+        /// The offending field name.
+        field: String,
+        /// Why it cannot be written.
+        reason: &'static str,
+    },
+
+    /// A compression spec that is not `none`, `gzip[:level]` or `zstd[:level]`.
+    #[error("unknown compression `{spec}`: expected none, gzip[:0-9] or zstd[:1-22]")]
+    UnknownCompression {
+        /// What was given.
+        spec: String,
+    },
+
+    /// An index file that cannot be read or parsed.
+    #[error("index {}: line {line}: {reason}", path.display())]
+    IndexFormat {
+        /// The index file.
+        path: PathBuf,
+        /// 1-based line number (0 for the file as a whole).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An index that does not describe its shard (the shard changed after indexing).
+    #[error("index {} does not match its shard: {reason}", path.display())]
+    IndexMismatch {
+        /// The index file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+
+    /// A request to start at a sample the shard does not have.
+    #[error("{url}: sample {index} requested but the shard has {samples} samples")]
+    SampleOutOfRange {
+        /// The shard.
+        url: String,
+        /// The requested sample index.
+        index: u64,
+        /// How many samples the shard has.
+        samples: u64,
+    },
+
+    /// A shard list pattern that does not parse (unbalanced braces, bad range).
+    #[error("shard pattern `{pattern}`: {reason}")]
+    BadPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A glob that matched nothing.
+    #[error("shard pattern `{pattern}` matched no files")]
+    NoMatch {
+        /// The glob.
+        pattern: String,
+    },
+
+    /// Shards named explicitly (or by a range or list file) that do not exist.
+    #[error("{} shard(s) missing: {}", paths.len(), display_paths(paths))]
+    Missing {
+        /// Every missing path, in list order.
+        paths: Vec<PathBuf>,
+    },
+
+    /// A URL scheme this build cannot read yet (`http://`, `s3://`, ...).
+    #[error("unsupported shard url `{url}`: only local paths are supported")]
+    UnsupportedUrl {
+        /// The URL.
+        url: String,
+    },
+}
+
+impl ShardError {
+    /// Shorthand for [`ShardError::Io`].
+    pub(crate) fn io(url: impl std::fmt::Display, source: std::io::Error) -> Self {
+        ShardError::Io {
+            url: url.to_string(),
+            source,
+        }
+    }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    const SHOWN: usize = 5;
+    let mut s: Vec<String> = paths
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.display().to_string())
+        .collect();
+    if paths.len() > SHOWN {
+        s.push(format!("and {} more", paths.len() - SHOWN));
+    }
+    s.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert_bounds<T: Send + Sync + 'static>() {}
+        assert_bounds::<ShardError>();
+    }
+
+    #[test]
+    fn missing_lists_paths() {
+        let e = ShardError::Missing {
+            paths: vec!["a.tar".into(), "b.tar".into()],
+        };
+        assert_eq!(e.to_string(), "2 shard(s) missing: a.tar, b.tar");
+    }
 }

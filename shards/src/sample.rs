@@ -23,7 +23,9 @@ pub struct Sample {
 /// One field of a sample: extension (lower-cased, e.g. `jpg`, `seg.png`) and its bytes.
 #[derive(Debug, Default, Clone)]
 pub struct Field {
+    /// The field name: the member's extension, lower-cased (`jpg`, `seg.png`).
     pub name: String,
+    /// The member's bytes, exactly as stored in the tar (nothing decoded).
     pub data: Vec<u8>,
 }
 
@@ -33,9 +35,22 @@ impl Sample {
         &self.fields[..self.len]
     }
 
+    /// Number of live fields.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the sample has no fields (e.g. after [`Sample::clear`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The bytes of field `name`, if present.
     pub fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields().iter().find(|f| f.name == name).map(|f| f.data.as_slice())
+        self.fields()
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.data.as_slice())
     }
 
     /// Forget the live fields but keep their buffers for reuse.
