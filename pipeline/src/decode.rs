@@ -1,1 +1,517 @@
-//! TODO
+//! Image decoding: bytes of a sample field to an upright 8-bit RGB image in a reused buffer.
+//!
+//! The format is sniffed from the content ([`image::guess_format`]), never taken from the
+//! field name: web crawls hold PNGs named `.jpg` and HTML named `.jpg`. JPEG, the hot path,
+//! goes straight to `zune-jpeg` (the decoder `image` itself wraps) and writes into the
+//! caller's [`RgbImage`]: no copy of the input, no `DynamicImage`, headers parsed once.
+//! PNG, WebP and GIF (first frame) go through `image`'s decoders into a reused scratch
+//! buffer and are converted to RGB from there.
+//!
+//! What every decode guarantees:
+//! - the pixel count is checked from the header, before any pixel buffer is allocated
+//!   ([`DecodeError::TooManyPixels`]), which stops decompression bombs;
+//! - the EXIF orientation is applied, so the output is upright;
+//! - the output is 8-bit RGB: greyscale is replicated, alpha is dropped (as PIL's
+//!   `convert("RGB")`), palettes are expanded, 16-bit samples are rounded to 8 bits, CMYK
+//!   JPEGs (Adobe inverted, as Photoshop and ImageMagick write them) are converted by
+//!   zune-jpeg;
+//! - failure is a typed [`DecodeError`] with a short [`DecodeError::reason`] for counting
+//!   rejects; a panic inside a decoder is caught and reported as corrupt.
+//!
+//! Not done here: DCT-domain downscaling. No pure-Rust JPEG decoder in the dependency
+//! tree (zune-jpeg 0.5) can decode at 1/2, 1/4 or 1/8 scale, so `target` is recorded but a
+//! full-size decode always happens; see [`Decoder::decode`]. Colour management (ICC
+//! profiles) is ignored, as in PIL and torchvision's default pipelines.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+mod convert;
+mod orient;
+
+use convert::native_to_rgb;
+use orient::{exif_value, orient};
+
+use image::metadata::Orientation;
+use image::{ImageDecoder, ImageFormat};
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::errors::DecodeErrors as JpegErrors;
+
+/// Default pixel limit: 89.5 Mpixel, the threshold at which PIL warns of a decompression
+/// bomb. A 12000x9000 image (108 Mpixel, 324 MB as RGB) is refused.
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved (`height x width x 3`).
+///
+/// Meant to be reused: [`RgbImage::resize`] keeps the allocation when the new image is
+/// not larger, so a worker decoding many images allocates only for the largest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `height * width * 3` bytes (may be longer capacity; the length is exact).
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// An image of the given size filled with black.
+    pub fn new(width: u32, height: u32) -> Self {
+        let mut image = RgbImage::default();
+        image.resize(width, height);
+        image
+    }
+
+    /// Set the size, reusing the allocation; pixel contents are unspecified afterwards.
+    pub fn resize(&mut self, width: u32, height: u32) {
+        self.width = width;
+        self.height = height;
+        self.data.resize(width as usize * height as usize * 3, 0);
+    }
+
+    /// The pixel at (x, y) as `[r, g, b]`.
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        let i = (y as usize * self.width as usize + x as usize) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+/// The container formats the decoder recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// JPEG (baseline or progressive; not arithmetic-coded).
+    Jpeg,
+    /// PNG (any bit depth, interlaced or not).
+    Png,
+    /// WebP (lossy or lossless; first frame).
+    WebP,
+    /// GIF (first frame).
+    Gif,
+}
+
+impl SourceFormat {
+    /// Lower-case name, as used in error messages and statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceFormat::Jpeg => "jpeg",
+            SourceFormat::Png => "png",
+            SourceFormat::WebP => "webp",
+            SourceFormat::Gif => "gif",
+        }
+    }
+}
+
+/// What a successful decode found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeInfo {
+    /// The format sniffed from the bytes.
+    pub format: SourceFormat,
+    /// Width as stored in the file, before orientation.
+    pub stored_width: u32,
+    /// Height as stored in the file, before orientation.
+    pub stored_height: u32,
+    /// EXIF orientation that was applied (1 = none, 2..=8 as in the EXIF standard).
+    pub orientation: u8,
+    /// Denominator of the DCT scaling used (1 = full size; see [`Decoder::decode`]).
+    pub scale_denominator: u8,
+}
+
+/// Why a sample's image could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The field holds no bytes.
+    #[error("image field is empty")]
+    Empty,
+    /// The bytes are not an image format the decoder knows.
+    #[error("not a recognised image format ({len} bytes starting {head:02x?})")]
+    UnknownFormat {
+        /// The first bytes of the field (up to 8), for telling HTML or text from images.
+        head: Vec<u8>,
+        /// Length of the field.
+        len: usize,
+    },
+    /// A recognised format, or a feature of it, that this build does not decode.
+    #[error("{format} image uses an unsupported feature")]
+    Unsupported {
+        /// The format sniffed from the bytes (`image`'s name where not one of ours).
+        format: &'static str,
+        /// What the decoder said.
+        #[source]
+        source: BackendError,
+    },
+    /// The header declares more pixels than allowed; nothing was allocated.
+    #[error("{width}x{height} image exceeds the limit of {max_pixels} pixels")]
+    TooManyPixels {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The configured limit.
+        max_pixels: u64,
+    },
+    /// A decoder wanted more memory than the limit derived from `max_pixels` allows
+    /// (e.g. a huge GIF canvas or PNG chunk); refused before allocating.
+    #[error("{format} image needs more memory than the pixel limit allows")]
+    AllocationLimit {
+        /// The format sniffed from the bytes.
+        format: &'static str,
+        /// What the decoder said.
+        #[source]
+        source: BackendError,
+    },
+    /// The data are damaged or truncated.
+    #[error("corrupt {format} image")]
+    Corrupt {
+        /// The format sniffed from the bytes.
+        format: &'static str,
+        /// What the decoder said.
+        #[source]
+        source: BackendError,
+    },
+    /// The decoder panicked (a bug in it, triggered by this input); caught and contained.
+    #[error("{format} decoder panicked: {message}")]
+    Panicked {
+        /// The format sniffed from the bytes.
+        format: &'static str,
+        /// The panic payload, where it was a string.
+        message: String,
+    },
+}
+
+impl DecodeError {
+    /// A short category for counting rejects: `empty`, `unknown_format`, `unsupported`,
+    /// `too_many_pixels` or `corrupt` (a caught panic counts as corrupt).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::UnknownFormat { .. } => "unknown_format",
+            DecodeError::Unsupported { .. } => "unsupported",
+            DecodeError::TooManyPixels { .. } | DecodeError::AllocationLimit { .. } => {
+                "too_many_pixels"
+            }
+            DecodeError::Corrupt { .. } | DecodeError::Panicked { .. } => "corrupt",
+        }
+    }
+}
+
+/// The underlying decoder's error, kept as the `source` of a [`DecodeError`].
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// From zune-jpeg.
+    #[error("zune-jpeg: {0:?}")]
+    Jpeg(JpegErrors),
+    /// From the `image` crate.
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+}
+
+/// A per-worker decoder: settings plus scratch buffers reused across samples.
+#[derive(Debug)]
+pub struct Decoder {
+    max_pixels: u64,
+    /// Native-format pixels from `image`'s decoders, before conversion to RGB.
+    native: Vec<u8>,
+    /// Pre-orientation pixels when an EXIF rotation or flip must be applied.
+    unoriented: RgbImage,
+    /// Accept truncated JPEGs (missing part filled with grey) instead of refusing them.
+    lenient_jpeg: bool,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_PIXELS)
+    }
+}
+
+impl Decoder {
+    /// A decoder refusing images with more than `max_pixels` pixels (width x height).
+    pub fn new(max_pixels: u64) -> Self {
+        Decoder {
+            max_pixels,
+            native: Vec::new(),
+            unoriented: RgbImage::default(),
+            lenient_jpeg: false,
+        }
+    }
+
+    /// Accept truncated JPEGs, filling the missing part with grey (libjpeg-turbo and
+    /// `image` behave so). Off by default: a half-grey image is wrong training data, so
+    /// truncation is reported as [`DecodeError::Corrupt`].
+    pub fn with_lenient_jpeg(mut self, lenient: bool) -> Self {
+        self.lenient_jpeg = lenient;
+        self
+    }
+
+    /// The configured pixel limit.
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
+    }
+
+    /// Decode `bytes` into `out` (resized to fit), upright and RGB.
+    ///
+    /// `target` is the (width, height) the caller will eventually resize a crop to; a
+    /// decoder able to decode at a reduced DCT scale may use it. The default build's JPEG
+    /// decoder cannot (zune-jpeg 0.5 has no scaled IDCT), so it always decodes full size
+    /// and [`DecodeInfo::scale_denominator`] is 1.
+    ///
+    /// On error `out` is left empty (0x0).
+    pub fn decode(
+        &mut self,
+        bytes: &[u8],
+        out: &mut RgbImage,
+        target: Option<(u32, u32)>,
+    ) -> Result<DecodeInfo, DecodeError> {
+        let _ = target;
+        if bytes.is_empty() {
+            out.resize(0, 0);
+            return Err(DecodeError::Empty);
+        }
+        let format = match image::guess_format(bytes) {
+            Ok(format) => format,
+            Err(_) => {
+                out.resize(0, 0);
+                return Err(DecodeError::UnknownFormat {
+                    head: bytes[..bytes.len().min(8)].to_vec(),
+                    len: bytes.len(),
+                });
+            }
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| self.decode_format(format, bytes, out)));
+        let result = match result {
+            Ok(result) => result,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_string());
+                Err(DecodeError::Panicked {
+                    format: format_name(format),
+                    message,
+                })
+            }
+        };
+        if result.is_err() {
+            out.resize(0, 0);
+        }
+        result
+    }
+
+    fn decode_format(
+        &mut self,
+        format: ImageFormat,
+        bytes: &[u8],
+        out: &mut RgbImage,
+    ) -> Result<DecodeInfo, DecodeError> {
+        match format {
+            ImageFormat::Jpeg => self.decode_jpeg(bytes, out),
+            ImageFormat::Png => self.decode_with_image(SourceFormat::Png, format, bytes, out),
+            ImageFormat::WebP => self.decode_with_image(SourceFormat::WebP, format, bytes, out),
+            ImageFormat::Gif => self.decode_with_image(SourceFormat::Gif, format, bytes, out),
+            other => Err(DecodeError::Unsupported {
+                format: format_name(other),
+                source: BackendError::Image(image::ImageError::Unsupported(
+                    image::error::UnsupportedError::from_format_and_kind(
+                        other.into(),
+                        image::error::UnsupportedErrorKind::Format(other.into()),
+                    ),
+                )),
+            }),
+        }
+    }
+
+    fn check_pixels(&self, width: u32, height: u32) -> Result<(), DecodeError> {
+        if u64::from(width) * u64::from(height) > self.max_pixels {
+            return Err(DecodeError::TooManyPixels {
+                width,
+                height,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+
+    /// JPEG through zune-jpeg, straight into the output (or the pre-orientation scratch).
+    fn decode_jpeg(&mut self, bytes: &[u8], out: &mut RgbImage) -> Result<DecodeInfo, DecodeError> {
+        let options = DecoderOptions::default()
+            // Strict: truncated entropy data is an error instead of a grey-filled image
+            // (which would be silently wrong training data). A missing EOI or trailing junk
+            // still decode in strict mode.
+            .set_strict_mode(!self.lenient_jpeg)
+            // Our own limit (max_pixels) applies; zune's per-side caps would reject panoramas.
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX)
+            .jpeg_set_out_colorspace(ColorSpace::RGB);
+        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        decoder.decode_headers().map_err(|e| jpeg_error(e, bytes))?;
+        let (width, height) = decoder
+            .dimensions()
+            .map(|(w, h)| (w as u32, h as u32))
+            .ok_or(DecodeError::Corrupt {
+                format: "jpeg",
+                source: BackendError::Jpeg(JpegErrors::FormatStatic("no frame header")),
+            })?;
+        self.check_pixels(width, height)?;
+        let orientation = decoder
+            .exif()
+            .and_then(|exif| Orientation::from_exif_chunk(exif))
+            .unwrap_or(Orientation::NoTransforms);
+        let target = if orientation == Orientation::NoTransforms {
+            &mut *out
+        } else {
+            &mut self.unoriented
+        };
+        target.resize(width, height);
+        decoder
+            .decode_into(&mut target.data)
+            .map_err(|e| jpeg_error(e, bytes))?;
+        if orientation != Orientation::NoTransforms {
+            orient(&self.unoriented, orientation, out);
+        }
+        Ok(DecodeInfo {
+            format: SourceFormat::Jpeg,
+            stored_width: width,
+            stored_height: height,
+            orientation: exif_value(orientation),
+            scale_denominator: 1,
+        })
+    }
+
+    /// PNG, WebP, GIF through `image`: native pixels into scratch, then to RGB.
+    fn decode_with_image(
+        &mut self,
+        source: SourceFormat,
+        format: ImageFormat,
+        bytes: &[u8],
+        out: &mut RgbImage,
+    ) -> Result<DecodeInfo, DecodeError> {
+        let name = source.name();
+        let classify = |error: image::ImageError| match error {
+            image::ImageError::Unsupported(_) => DecodeError::Unsupported {
+                format: name,
+                source: BackendError::Image(error),
+            },
+            image::ImageError::Limits(_) => DecodeError::AllocationLimit {
+                format: name,
+                source: BackendError::Image(error),
+            },
+            other => DecodeError::Corrupt {
+                format: name,
+                source: BackendError::Image(other),
+            },
+        };
+        let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+        // Header-time size check is ours (below); `image`'s allocation limit is a second
+        // line of defence for decoders that allocate internally.
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(self.max_pixels.saturating_mul(8).max(1 << 26));
+        reader.limits(limits);
+        let mut decoder = reader.into_decoder().map_err(classify)?;
+        let (width, height) = decoder.dimensions();
+        self.check_pixels(width, height)?;
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        let color = decoder.color_type();
+        let len =
+            usize::try_from(decoder.total_bytes()).map_err(|_| DecodeError::TooManyPixels {
+                width,
+                height,
+                max_pixels: self.max_pixels,
+            })?;
+        self.native.resize(len, 0);
+        decoder.read_image(&mut self.native).map_err(classify)?;
+        let target = if orientation == Orientation::NoTransforms {
+            &mut *out
+        } else {
+            &mut self.unoriented
+        };
+        target.resize(width, height);
+        native_to_rgb(&self.native, color, &mut target.data).ok_or_else(|| {
+            DecodeError::Unsupported {
+                format: name,
+                source: BackendError::Image(image::ImageError::Unsupported(
+                    image::error::UnsupportedError::from_format_and_kind(
+                        format.into(),
+                        image::error::UnsupportedErrorKind::Color(color.into()),
+                    ),
+                )),
+            }
+        })?;
+        if orientation != Orientation::NoTransforms {
+            orient(&self.unoriented, orientation, out);
+        }
+        Ok(DecodeInfo {
+            format: source,
+            stored_width: width,
+            stored_height: height,
+            orientation: exif_value(orientation),
+            scale_denominator: 1,
+        })
+    }
+}
+
+fn format_name(format: ImageFormat) -> &'static str {
+    format.extensions_str().first().copied().unwrap_or("image")
+}
+
+/// Sort zune-jpeg's errors into our categories. zune-jpeg does not always report an
+/// arithmetic-coded or lossless frame as unsupported (it can fail earlier, on the DAC
+/// segment), so the frame type is also read from the markers.
+fn jpeg_error(error: JpegErrors, bytes: &[u8]) -> DecodeError {
+    if matches!(error, JpegErrors::Unsupported(_)) || jpeg_frame_unsupported(bytes) {
+        DecodeError::Unsupported {
+            format: "jpeg",
+            source: BackendError::Jpeg(error),
+        }
+    } else {
+        DecodeError::Corrupt {
+            format: "jpeg",
+            source: BackendError::Jpeg(error),
+        }
+    }
+}
+
+/// Whether the JPEG's frame header (or a DAC segment) says arithmetic coding or lossless
+/// mode, which zune-jpeg cannot decode. Walks the marker segments up to the first SOF.
+fn jpeg_frame_unsupported(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return false;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        match marker {
+            // SOF3 lossless, SOF9..SOF15 arithmetic (C8 is reserved, C4 DHT, CC DAC).
+            0xC3 | 0xC7 | 0xC9 | 0xCA | 0xCB | 0xCC | 0xCD | 0xCE | 0xCF => return true,
+            0xC0 | 0xC1 | 0xC2 | 0xDA => return false,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        i += 2 + len;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_unknown_bytes_are_typed_errors() {
+        let mut decoder = Decoder::default();
+        let mut out = RgbImage::default();
+        let err = decoder.decode(&[], &mut out, None).unwrap_err();
+        assert_eq!(err.reason(), "empty");
+        let err = decoder
+            .decode(b"<!DOCTYPE html><html>", &mut out, None)
+            .unwrap_err();
+        assert_eq!(err.reason(), "unknown_format");
+        assert!(err.to_string().contains("3c, 21"), "{err}");
+    }
+}

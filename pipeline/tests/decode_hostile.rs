@@ -1,0 +1,256 @@
+//! Every file of `shared/testdata/hostile/files` is handled as its manifest expects:
+//! decoded upright to sane RGB, or refused with a typed error; never a panic.
+//! Reference means and sizes were measured with Pillow 11 (`Image.open(f).convert("RGB")`,
+//! `ImageOps.exif_transpose` for the EXIF files).
+
+use std::path::PathBuf;
+
+use tessera_pipeline::decode::{DecodeError, Decoder, RgbImage, SourceFormat};
+
+fn hostile(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/hostile/files")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn decode(name: &str) -> Result<RgbImage, DecodeError> {
+    let mut out = RgbImage::default();
+    Decoder::default()
+        .decode(&hostile(name), &mut out, None)
+        .map(|_| out)
+}
+
+fn mean(image: &RgbImage) -> [f64; 3] {
+    let mut sum = [0f64; 3];
+    for px in image.data.chunks_exact(3) {
+        for c in 0..3 {
+            sum[c] += f64::from(px[c]);
+        }
+    }
+    let n = (image.width as f64 * image.height as f64).max(1.0);
+    sum.map(|s| s / n)
+}
+
+fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!((a.width, a.height), (b.width, b.height));
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| f64::from(x.abs_diff(y)))
+        .sum::<f64>()
+        / a.data.len() as f64
+}
+
+#[test]
+fn every_manifest_file_decodes_or_fails_cleanly() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/hostile");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    let mut decoder = Decoder::default();
+    let mut out = RgbImage::default();
+    let files = manifest["files"].as_array().unwrap();
+    assert!(files.len() >= 40);
+    for entry in files {
+        let name = entry["file"].as_str().unwrap();
+        let expect = entry["expect"].as_str().unwrap();
+        let bytes = std::fs::read(root.join("files").join(name)).unwrap();
+        let result = decoder.decode(&bytes, &mut out, None);
+        let must_decode = expect.starts_with("decode") && !expect.contains("clean");
+        match &result {
+            Ok(_) => {
+                assert!(out.width > 0 && out.height > 0, "{name}: empty output");
+                assert_eq!(
+                    out.data.len(),
+                    out.width as usize * out.height as usize * 3,
+                    "{name}"
+                );
+            }
+            Err(e) => {
+                assert!(
+                    !must_decode,
+                    "{name} must decode ({expect}) but: {e} [{}]",
+                    e.reason()
+                );
+                assert!(
+                    [
+                        "empty",
+                        "unknown_format",
+                        "unsupported",
+                        "too_many_pixels",
+                        "corrupt"
+                    ]
+                    .contains(&e.reason()),
+                    "{name}: {}",
+                    e.reason()
+                );
+                assert_eq!(
+                    (out.width, out.height),
+                    (0, 0),
+                    "{name}: output not cleared"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_and_fake_files_give_typed_errors() {
+    assert_eq!(decode("zero_bytes.jpg").unwrap_err().reason(), "empty");
+    assert_eq!(
+        decode("not_an_image.jpg").unwrap_err().reason(),
+        "unknown_format"
+    );
+    assert_eq!(
+        decode("truncated_headers.jpg").unwrap_err().reason(),
+        "corrupt"
+    );
+    // The arithmetic-coded JPEG: zune-jpeg has no arithmetic decoder; refused, not a panic.
+    let err = decode("arithmetic.jpg").unwrap_err();
+    assert_eq!(err.reason(), "unsupported", "{err}");
+    // Truncated at 50%: refused by default; the lenient decoder fills the rest with grey.
+    assert_eq!(
+        decode("truncated_50pct.jpg").unwrap_err().reason(),
+        "corrupt"
+    );
+    let mut out = RgbImage::default();
+    Decoder::default()
+        .with_lenient_jpeg(true)
+        .decode(&hostile("truncated_50pct.jpg"), &mut out, None)
+        .unwrap();
+    assert_eq!((out.width, out.height), (500, 375));
+}
+
+#[test]
+fn bombs_are_refused_from_the_header() {
+    let err = decode("bomb_jpeg_65500x65500.jpg").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::TooManyPixels {
+                width: 65500,
+                height: 65500,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = decode("bomb_real_12000x9000.jpg").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::TooManyPixels {
+                width: 12000,
+                height: 9000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // With a higher limit the real one decodes (flat grey).
+    let mut out = RgbImage::default();
+    Decoder::new(120_000_000)
+        .decode(&hostile("bomb_real_12000x9000.jpg"), &mut out, None)
+        .unwrap();
+    assert_eq!((out.width, out.height), (12000, 9000));
+    // A small limit refuses an ordinary photo before allocating.
+    let err = Decoder::new(1000)
+        .decode(&hostile("baseline_ref.jpg"), &mut out, None)
+        .unwrap_err();
+    assert_eq!(err.reason(), "too_many_pixels");
+    let err = Decoder::new(1000)
+        .decode(&hostile("rgba.png"), &mut out, None)
+        .unwrap_err();
+    assert_eq!(err.reason(), "too_many_pixels");
+}
+
+#[test]
+fn exif_orientations_match_the_upright_reference() {
+    let reference = decode("exif_upright_ref.jpg").unwrap();
+    assert_eq!((reference.width, reference.height), (480, 320));
+    for (name, orientation) in [
+        ("exif_orientation_2.jpg", 2),
+        ("exif_orientation_3.jpg", 3),
+        ("exif_orientation_6.jpg", 6),
+        ("exif_orientation_8.jpg", 8),
+    ] {
+        let mut out = RgbImage::default();
+        let info = Decoder::default()
+            .decode(&hostile(name), &mut out, None)
+            .unwrap();
+        assert_eq!(info.orientation, orientation, "{name}");
+        // Pillow measures 0.52 (2, 3) and 0.89 (6, 8) levels: JPEG re-encoding noise.
+        let diff = mean_abs_diff(&out, &reference);
+        assert!(diff < 1.5, "{name}: mean abs diff {diff}");
+    }
+    let tagged = decode("exif_exiftool_orient6.jpg").unwrap();
+    assert_eq!((tagged.width, tagged.height), (375, 500));
+}
+
+#[test]
+fn progressive_transcode_is_pixel_identical() {
+    assert_eq!(
+        decode("progressive_jpegtran.jpg").unwrap(),
+        decode("baseline_ref.jpg").unwrap()
+    );
+}
+
+#[test]
+fn colour_layouts_convert_like_pillow() {
+    // (file, Pillow's RGB mean, tolerance in levels)
+    let cases: [(&str, [f64; 3], f64); 9] = [
+        ("rgb16.png", [32.55, 47.61, 29.45], 0.6),
+        ("palette.png", [110.17, 132.37, 71.9], 0.6),
+        ("rgba.png", [158.59, 85.8, 51.49], 0.6),
+        ("gray_alpha.png", [118.57, 118.57, 118.57], 0.6),
+        ("static.gif", [32.53, 47.63, 29.48], 0.6),
+        ("lossy.webp", [32.46, 47.77, 29.31], 1.0),
+        ("interlaced_adam7.png", [32.55, 47.61, 29.45], 0.6),
+        ("png_named_jpg.jpg", [152.24, 148.04, 115.42], 0.6),
+        // Adobe-inverted CMYK: Pillow's CMYK->RGB gives this mean; a non-inverting
+        // conversion would give roughly 255 minus it.
+        ("cmyk_imagemagick.jpg", [32.58, 47.35, 29.48], 4.0),
+    ];
+    for (name, expected, tol) in cases {
+        let image = decode(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = mean(&image);
+        for c in 0..3 {
+            assert!(
+                (m[c] - expected[c]).abs() < tol,
+                "{name}: mean {m:?} vs Pillow {expected:?}"
+            );
+        }
+    }
+    let grey = decode("gray_cjpeg.jpg").unwrap();
+    assert!(
+        grey.data
+            .chunks_exact(3)
+            .all(|p| p[0] == p[1] && p[1] == p[2])
+    );
+    assert!((mean(&grey)[0] - 41.04).abs() < 0.6);
+}
+
+#[test]
+fn sizes_and_formats_are_reported() {
+    let mut out = RgbImage::default();
+    let mut decoder = Decoder::default();
+    let info = decoder
+        .decode(&hostile("png_named_jpg.jpg"), &mut out, None)
+        .unwrap();
+    assert_eq!(info.format, SourceFormat::Png);
+    for (name, w, h) in [
+        ("odd_dims_333x251.jpg", 333, 251),
+        ("tiny_1x1.jpg", 1, 1),
+        ("tiny_16x12.jpg", 16, 12),
+        ("extreme_aspect_2000x20.jpg", 2000, 20),
+        ("large_6000x4000.jpg", 6000, 4000),
+        ("missing_eoi.jpg", 500, 375),
+        ("trailing_garbage.jpg", 500, 375),
+        ("big_comment.jpg", 500, 375),
+    ] {
+        decoder
+            .decode(&hostile(name), &mut out, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((out.width, out.height), (w, h), "{name}");
+    }
+}
