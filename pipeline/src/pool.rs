@@ -9,25 +9,67 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex};
 
+/// Called once on every pooled buffer after allocation (e.g. to page-lock it for CUDA).
+#[derive(Clone)]
+pub struct BufferHook(pub Arc<dyn Fn(&mut [u8]) + Send + Sync>);
+
+impl std::fmt::Debug for BufferHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BufferHook")
+    }
+}
+
 /// A fixed set of equally sized byte buffers.
 #[derive(Debug, Clone)]
 pub struct BufferPool {
     inner: Arc<PoolInner>,
 }
 
+#[derive(Debug, Default)]
+struct Free {
+    buffers: Vec<Vec<u8>>,
+    /// Set on shutdown: waiting takers give up instead of waiting forever.
+    closed: bool,
+}
+
 #[derive(Debug)]
 struct PoolInner {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Free>,
     returned: Condvar,
     buffer_len: usize,
+    count: usize,
 }
 
 impl BufferPool {
     /// A pool of `count` buffers of `buffer_len` bytes, allocated up front.
     pub fn new(count: usize, buffer_len: usize) -> Self {
-        let free = (0..count).map(|_| vec![0u8; buffer_len]).collect();
+        Self::with_hook(count, buffer_len, None)
+    }
+
+    /// [`new`](Self::new), calling `hook` once on each buffer right after allocation.
+    ///
+    /// This is where CUDA builds page-lock the buffers (`cuMemHostRegister` through
+    /// cudarc, done by the trainer, which owns the CUDA context): a pooled buffer never
+    /// moves, is never freed before the pool, and is reused for every batch, so
+    /// registering it once makes every host-to-device copy of a batch a DMA transfer.
+    pub fn with_hook(count: usize, buffer_len: usize, hook: Option<&BufferHook>) -> Self {
+        let mut buffers: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; buffer_len]).collect();
+        if let Some(hook) = hook {
+            for buf in &mut buffers {
+                (hook.0)(buf.as_mut_slice());
+            }
+        }
+        let free = Free {
+            buffers,
+            closed: false,
+        };
         BufferPool {
-            inner: Arc::new(PoolInner { free: Mutex::new(free), returned: Condvar::new(), buffer_len }),
+            inner: Arc::new(PoolInner {
+                free: Mutex::new(free),
+                returned: Condvar::new(),
+                buffer_len,
+                count,
+            }),
         }
     }
 
@@ -40,16 +82,65 @@ impl BufferPool {
     pub fn take(&self) -> PooledBuffer {
         let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(buf) = free.pop() {
-                return PooledBuffer { buf, pool: Arc::clone(&self.inner) };
+            if let Some(buf) = free.buffers.pop() {
+                return PooledBuffer {
+                    buf,
+                    pool: Arc::clone(&self.inner),
+                };
             }
-            free = self.inner.returned.wait(free).unwrap_or_else(|e| e.into_inner());
+            free = self
+                .inner
+                .returned
+                .wait(free)
+                .unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Take a buffer, waiting until one is returned if all are in use; `None` once the
+    /// pool is [closed](Self::close) (the loader shutting down).
+    pub fn take_unless_closed(&self) -> Option<PooledBuffer> {
+        let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if free.closed {
+                return None;
+            }
+            if let Some(buf) = free.buffers.pop() {
+                return Some(PooledBuffer {
+                    buf,
+                    pool: Arc::clone(&self.inner),
+                });
+            }
+            free = self
+                .inner
+                .returned
+                .wait(free)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Wake every waiting [`take_unless_closed`](Self::take_unless_closed) with `None`.
+    pub fn close(&self) {
+        self.inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.inner.returned.notify_all();
     }
 
     /// Buffers currently free (for statistics).
     pub fn free_count(&self) -> usize {
-        self.inner.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .buffers
+            .len()
+    }
+
+    /// Buffers this pool owns in all.
+    pub fn capacity(&self) -> usize {
+        self.inner.count
     }
 }
 
@@ -77,7 +168,7 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.push(buf);
+        free.buffers.push(buf);
         self.pool.returned.notify_one();
     }
 }
