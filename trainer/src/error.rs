@@ -1,0 +1,121 @@
+//! The trainer's error type: what went wrong, with the file, key or shape it concerns.
+
+use std::path::PathBuf;
+
+/// Everything the trainer core can fail at. Variants carry the path, key or shape involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `[model]` or `[train]` section of a recipe does not parse or is out of range.
+    #[error("invalid [{section}] config: key `{key}`: {message}")]
+    Config {
+        /// The recipe section (`model` or `train`).
+        section: &'static str,
+        /// The offending key, dotted (`train.batch_size`), or `-` when the whole table is wrong.
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+    /// A TOML table could not be deserialised (unknown key, wrong type); `source` names the key.
+    #[error("invalid [{section}] config")]
+    ConfigParse {
+        /// The recipe section (`model` or `train`).
+        section: &'static str,
+        /// The deserialiser's error, which names the key and the expected type.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A batch tensor has a shape the model cannot take.
+    #[error("{what}: expected shape {expected:?}, got {actual:?}")]
+    Shape {
+        /// Which input (`images`, `ids_keep`, ...).
+        what: &'static str,
+        /// The shape the model needs.
+        expected: Vec<usize>,
+        /// The shape it was given.
+        actual: Vec<usize>,
+    },
+    /// Reading or writing a file failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done (`writing`, `renaming`, ...).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A burn record (model or optimiser state) could not be encoded or decoded.
+    #[error("burn record {path}: {message}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// burn's message (`RecorderError` carries only a string).
+        message: String,
+    },
+    /// A checkpoint's `state.json` could not be encoded or decoded.
+    #[error("checkpoint state {path}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A directory given as a checkpoint holds no complete checkpoint.
+    #[error("no complete checkpoint in {path}")]
+    NoCheckpoint {
+        /// The run or checkpoint directory searched.
+        path: PathBuf,
+    },
+    /// A checkpoint was written by a run whose model or schedule differs from this one.
+    #[error("checkpoint {path} does not match this run: {what}")]
+    CheckpointMismatch {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// Writing or reading a safetensors file failed.
+    #[error("safetensors {path}")]
+    Safetensors {
+        /// The safetensors file.
+        path: PathBuf,
+        /// The safetensors error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A tensor could not be read back from the device as `f32`.
+    #[error("reading tensor `{name}` from the device: {message}")]
+    TensorData {
+        /// The parameter name (timm naming for export).
+        name: String,
+        /// burn's message.
+        message: String,
+    },
+}
+
+/// Shorthand for results of the trainer core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    pub(crate) fn config(
+        section: &'static str,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Error {
+        Error::Config {
+            section,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
