@@ -1,8 +1,287 @@
-//! `tessera demo` (not yet written).
+//! `tessera demo`: the whole system on built-in defaults, with nothing downloaded.
+//!
+//! 1. draw a procedural image collection (`demo/collection.rs`) into `DIR/images/<class>/`;
+//! 2. shard it with the shard builder (`tessera shard`'s code path) into `DIR/shards/`;
+//! 3. write the demo recipe (`DIR/recipe.toml`: a tiny MAE at 32x32) for reruns;
+//! 4. profile the input pipeline on those shards and name its bottleneck;
+//! 5. train the tiny MAE for a bounded time on the CPU into `DIR/run/`;
+//! 6. report where the pictures, the loss curve and the numbers are.
+//!
+//! Every stage is the real one a user would run by hand; the report lists the commands.
+
+mod collection;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use serde::Serialize;
+use tessera_pipeline::Recipe;
+use tessera_pipeline::loader::LoaderOptions;
+use tessera_pipeline::profile::{ProfileOptions, profile};
+use tessera_shards::builder::{
+    BuildOptions, InputSpec, LabelSource, NoProgress, Part, PrepareOptions, build,
+};
+use tessera_shards::compression::Compression;
+
+/// The demo's recipe: a tiny MAE (ViT 4 x 96, decoder 1 x 64) on 32x32 crops, 4-pixel patches.
+pub const DEMO_RECIPE: &str = r#"# `tessera demo`: a tiny MAE on procedural images, sized for a few minutes on a laptop CPU.
+[data]
+batch_size = 64
+image_fields = ["jpg", "png"]
+label_field = "cls"
+shuffle_buffer = 500
+seed = 0
+bad_sample = "skip"
+
+[[views]]
+name = "image"
+size = 32
+scale = [0.35, 1.0]
+ratio = [0.75, 1.3333333333333333]
+interpolation = "bicubic"
+
+[[views.transforms]]
+op = "horizontal_flip"
+p = 0.5
+
+[views.mask]
+kind = "random"
+ratio = 0.75
+patch_size = 4
+
+[model]
+arch = "vit_tiny_patch16_224"
+img_size = 32
+patch_size = 4
+embed_dim = 96
+depth = 4
+num_heads = 3
+decoder_embed_dim = 64
+decoder_depth = 1
+decoder_num_heads = 2
+norm_pix_loss = true
+
+[train]
+steps = 600
+warmup_steps = 30
+checkpoint_every = 200
+keep_checkpoints = 2
+
+[optim]
+base_lr = 1.5e-3
+weight_decay = 0.05
+"#;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Where everything goes (images, shards, recipe, run).
+    #[arg(long, default_value = "tessera-demo")]
+    pub out: PathBuf,
+    /// Images to generate.
+    #[arg(long, default_value_t = 1200)]
+    pub images: usize,
+    /// Training steps (default: the recipe's 600, bounded by `--minutes`).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Wall-clock bound on training, in minutes.
+    #[arg(long, default_value_t = 2.5)]
+    pub minutes: f64,
+    /// Tiny everything (240 images, 8 steps): checks that every stage works.
+    #[arg(long)]
+    pub quick: bool,
+    /// CPU workers of the input pipeline. Default: all cores.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`tessera demo` is not implemented yet")
+/// What the demo prints at the end (stdout, JSON).
+#[derive(Debug, Serialize)]
+struct Report {
+    images: PathBuf,
+    images_written: usize,
+    shards: Vec<PathBuf>,
+    samples_sharded: u64,
+    recipe: PathBuf,
+    pipeline_images_per_second: f64,
+    pipeline_bottleneck: String,
+    run: PathBuf,
+    steps: u64,
+    first_loss: Option<f64>,
+    last_loss: Option<f64>,
+    training_images_per_second: f64,
+    data_wait_fraction: f64,
+    pictures: Vec<PathBuf>,
+    loss_curve: PathBuf,
+    checkpoint: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (images, steps) = if args.quick {
+        (240.min(args.images), args.steps.unwrap_or(8))
+    } else {
+        (args.images, args.steps.unwrap_or(600))
+    };
+    let workers = args
+        .workers
+        .unwrap_or_else(tessera_pipeline::loader::default_workers);
+
+    // 1. Images.
+    eprintln!(
+        "[1/5] drawing {images} procedural images into {}",
+        out.join("images").display()
+    );
+    let collection = collection::generate(&out.join("images"), images, 0)?;
+
+    // 2. Shards, through the same builder as `tessera shard`.
+    eprintln!("[2/5] sharding them into {}", out.join("shards").display());
+    let shard_dir = out.join("shards");
+    let manifest = build(
+        &BuildOptions {
+            inputs: vec![InputSpec::classify(&collection.dir)?],
+            labels: LabelSource::Folders,
+            out: shard_dir.clone(),
+            prefix: "demo".into(),
+            part: Part::WHOLE,
+            max_samples: (images as u64).div_ceil(4).max(1),
+            max_bytes: 1 << 30,
+            compression: Compression::None,
+            prepare: PrepareOptions::default(),
+            dedup: false,
+            workers,
+        },
+        &NoProgress,
+    )
+    .context("sharding the demo images")?;
+    let shards: Vec<PathBuf> = manifest
+        .shards
+        .iter()
+        .map(|s| shard_dir.join(&s.path))
+        .collect();
+
+    // 3. The recipe, on disk so `tessera train --config` can rerun it.
+    let recipe_path = out.join("recipe.toml");
+    std::fs::write(&recipe_path, DEMO_RECIPE)
+        .with_context(|| format!("writing {}", recipe_path.display()))?;
+    let recipe_arg = recipe_path.to_string_lossy().into_owned();
+    let recipe = Recipe::load(&recipe_arg).context("loading the demo recipe")?;
+
+    // 4. Profile the input pipeline alone.
+    eprintln!("[3/5] profiling the input pipeline ({workers} workers)");
+    let mut loader = LoaderOptions::new(shards.clone(), recipe);
+    loader.workers = workers;
+    let report = profile(
+        ProfileOptions {
+            loader,
+            batches: Some(if args.quick { 3 } else { 30 }),
+            seconds: Some(20.0),
+            decode_only: false,
+        },
+        |_, _| {},
+    )
+    .context("profiling the demo pipeline")?;
+    eprintln!(
+        "      {:.0} images/s; bottleneck: {} ({})",
+        report.images_per_second, report.bottleneck.stage, report.bottleneck.message
+    );
+
+    // 5. Train.
+    eprintln!(
+        "[4/5] training a tiny MAE for {steps} steps (at most {:.1} minutes)",
+        args.minutes
+    );
+    let run_dir = out.join("run");
+    let shard_spec = shards
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("::");
+    let train_args = super::train::Args {
+        config: recipe_arg,
+        shards: Some(shard_spec),
+        synthetic: false,
+        steps: Some(steps),
+        stop_after: None,
+        minutes: Some(args.minutes),
+        out: Some(run_dir.clone()),
+        resume: false,
+        workers: Some(workers),
+        batch_size: None,
+        device: "cpu".into(),
+        picture_every: Some((steps / 4).max(1)),
+        checkpoint_every: None,
+        quiet: args.quiet,
+    };
+    let prepared = super::train::prepare(&train_args)?;
+    let stop = AtomicBool::new(false);
+    let summary = super::train::train(&train_args, prepared, &stop)?;
+    let losses = tessera_trainer::metrics::read_metrics(&summary.metrics)?;
+
+    // 6. Report.
+    let report = Report {
+        images: collection.dir.clone(),
+        images_written: collection.images,
+        shards,
+        samples_sharded: manifest.samples,
+        recipe: recipe_path.clone(),
+        pipeline_images_per_second: report.images_per_second,
+        pipeline_bottleneck: format!("{}: {}", report.bottleneck.stage, report.bottleneck.message),
+        run: run_dir.clone(),
+        steps: summary.steps_done,
+        first_loss: losses.first().map(|m| m.loss),
+        last_loss: summary.last_loss,
+        training_images_per_second: summary.images_per_second,
+        data_wait_fraction: summary.data_wait_fraction,
+        pictures: summary.pictures.clone(),
+        loss_curve: summary.loss_curve.clone(),
+        checkpoint: summary.checkpoint.clone(),
+    };
+    print_human(&report, out);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn print_human(r: &Report, out: &Path) {
+    eprintln!("[5/5] done");
+    eprintln!(
+        "  images:          {} in {}",
+        r.images_written,
+        r.images.display()
+    );
+    eprintln!(
+        "  shards:          {} ({} samples) in {}",
+        r.shards.len(),
+        r.samples_sharded,
+        out.join("shards").display()
+    );
+    eprintln!(
+        "  pipeline:        {:.0} images/s, bottleneck {}",
+        r.pipeline_images_per_second, r.pipeline_bottleneck
+    );
+    eprintln!(
+        "  training:        {} steps, loss {} -> {}, {:.0} images/s, {:.0}% of step time waiting for data",
+        r.steps,
+        r.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        r.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        r.training_images_per_second,
+        r.data_wait_fraction * 100.0
+    );
+    if let Some(last) = r.pictures.last() {
+        eprintln!(
+            "  reconstructions: {} (original | masked | reconstruction)",
+            last.display()
+        );
+    }
+    eprintln!("  loss curve:      {}", r.loss_curve.display());
+    eprintln!(
+        "  next:            tessera train --config {} --shards '{}/*.tar' --out {}/run --resume",
+        r.recipe.display(),
+        out.join("shards").display(),
+        out.display()
+    );
 }

@@ -1,8 +1,42 @@
-//! `tessera export` (not yet written).
+//! `tessera export`: a checkpoint's encoder as timm-compatible safetensors.
+//!
+//! `--checkpoint` takes a checkpoint directory or a run directory (its newest complete
+//! checkpoint is used). The file gets timm's key names (`patch_embed.proj.weight`,
+//! `blocks.0.attn.qkv.weight`, ...), so `timm.create_model(arch, num_classes=0)` loads it
+//! with `load_state_dict`; the decoder is not exported. One JSON object goes to stdout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// A checkpoint directory (`RUN/checkpoints/step-…`) or a run directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The safetensors file to write (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`tessera export` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let summary = tessera_trainer::export::export(&args.checkpoint, &args.out)
+        .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
+    eprintln!(
+        "wrote {} ({} tensors, {} parameters) from {} (step {})",
+        summary.output.display(),
+        summary.tensors,
+        summary.parameters,
+        summary.checkpoint.display(),
+        summary.step
+    );
+    let json = serde_json::json!({
+        "checkpoint": summary.checkpoint,
+        "output": summary.output,
+        "step": summary.step,
+        "tensors": summary.tensors,
+        "parameters": summary.parameters,
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
 }

@@ -1,8 +1,366 @@
-//! `tessera train` (not yet written).
+//! `tessera train`: pretrain a model from a recipe on shards (or synthetic batches).
+//!
+//! Parses and checks the recipe (pipeline's `[data]`/`[[views]]`, trainer's `[model]`/
+//! `[train]`/`[optim]`), resolves the derived numbers and prints them, then hands over to
+//! `tessera_trainer::train::run` with the loader (ordered, so resume is exact) as the batch
+//! source. Ctrl-C once: the step in flight finishes, a checkpoint is written, the program
+//! exits cleanly; twice: it exits at once (the last complete checkpoint stays valid).
+//! The run summary goes to stdout as one JSON object; progress to stderr.
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`tessera train` is not implemented yet")
+use anyhow::{Context, bail};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_pipeline::Recipe;
+use tessera_pipeline::loader::{Loader, LoaderOptions};
+use tessera_trainer::config::{ResolvedTrainConfig, TrainerConfig};
+use tessera_trainer::device::DeviceKind;
+use tessera_trainer::metrics::{Smoothed, StepMetrics};
+use tessera_trainer::synthetic::SyntheticSource;
+use tessera_trainer::train::{self, Observer, RunOptions, RunSummary};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Recipe: a builtin name (`mae_vit_tiny_cifar`, `mae_vit_base`, ...) or a TOML file.
+    #[arg(long)]
+    pub config: String,
+    /// Shards to read: a path, glob, brace range (`train-{000..009}.tar`) or `@list` file.
+    #[arg(long, required_unless_present = "synthetic")]
+    pub shards: Option<String>,
+    /// Train on synthetic batches of the recipe's shape instead of shards (measures the
+    /// device alone).
+    #[arg(long, conflicts_with = "shards")]
+    pub synthetic: bool,
+    /// Run length in optimiser steps, replacing the recipe's (the warmup is scaled with it).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Stop after this many steps in all (with a checkpoint), keeping the schedule's length.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Stop after this many minutes of training (with a checkpoint).
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// Run directory. Default `runs/<recipe name>`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint in `--out`.
+    #[arg(long)]
+    pub resume: bool,
+    /// CPU workers of the input pipeline. Default: the recipe's, else all cores.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Micro-batch size, replacing the recipe's `data.batch_size` (the lr follows it).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N` (`cuda` needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Steps between reconstruction pictures (0 = only at the end). Default: a tenth of the run.
+    #[arg(long)]
+    pub picture_every: Option<u64>,
+    /// Steps between checkpoints, replacing the recipe's `train.checkpoint_every`.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// A prepared run: the recipe, its resolved numbers and where the batches come from.
+pub struct Prepared {
+    pub recipe: Recipe,
+    pub resolved: ResolvedTrainConfig,
+    pub shards: Vec<PathBuf>,
+    pub options: RunOptions,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let prepared = prepare(&args)?;
+    print_resolved(&prepared);
+    let stop = install_interrupt_handler()?;
+    let summary = train(&args, prepared, &stop)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Parse and check everything up front, before any work starts.
+pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
+    let mut recipe =
+        Recipe::load(&args.config).with_context(|| format!("loading recipe `{}`", args.config))?;
+    if let Some(b) = args.batch_size {
+        if b == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        recipe.data.batch_size = b;
+    }
+    let trainer = TrainerConfig::from_recipe(&recipe)
+        .with_context(|| format!("recipe `{}`", recipe.source))?;
+    let shards = match &args.shards {
+        Some(spec) => {
+            tessera_shards::source::resolve(spec).with_context(|| format!("shards `{spec}`"))?
+        }
+        None => Vec::new(),
+    };
+    let samples_per_epoch = count_samples(&shards);
+    let mut resolved = trainer
+        .resolve(&recipe, samples_per_epoch, 1)
+        .with_context(|| format!("recipe `{}`", recipe.source))?;
+    if let Some(steps) = args.steps {
+        if steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        let s = &mut resolved.schedule;
+        s.warmup_steps =
+            (s.warmup_steps as f64 * steps as f64 / s.total_steps.max(1) as f64).round() as u64;
+        s.total_steps = steps;
+    }
+    if let Some(every) = args.checkpoint_every {
+        resolved.checkpoint_every = every;
+    }
+    let name = Path::new(&recipe.source)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut options = RunOptions::new(
+        args.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(name)),
+    );
+    options.resume = args.resume;
+    options.stop_after = args.stop_after;
+    options.time_limit = args
+        .minutes
+        .map(|m| Duration::from_secs_f64(m.max(0.0) * 60.0));
+    options.picture_every = args
+        .picture_every
+        .unwrap_or((resolved.total_steps() / 10).max(1));
+    Ok(Prepared {
+        recipe,
+        resolved,
+        shards,
+        options,
+    })
+}
+
+/// Samples per epoch from the shard indexes; `None` when a shard has no index.
+fn count_samples(shards: &[PathBuf]) -> Option<u64> {
+    if shards.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    for shard in shards {
+        match tessera_shards::index::ShardIndex::load_for(shard) {
+            Ok(Some(index)) => total += index.samples.len() as u64,
+            _ => return None,
+        }
+    }
+    Some(total)
+}
+
+/// MAE's start-up printout: what the recipe turned into.
+fn print_resolved(p: &Prepared) {
+    let r = &p.resolved;
+    let e = &r.model.encoder;
+    eprintln!("recipe:           {}", r.recipe);
+    eprintln!(
+        "model:            MAE ViT (dim {}, depth {}, heads {}, patch {}, img {}), decoder {}x{}",
+        e.embed_dim,
+        e.depth,
+        e.num_heads,
+        e.patch_size,
+        e.img_size,
+        r.model.decoder_embed_dim,
+        r.model.decoder_depth
+    );
+    eprintln!(
+        "mask:             {:.0}% of {} patches ({} visible)",
+        r.mask_ratio * 100.0,
+        r.num_patches,
+        r.num_keep
+    );
+    eprintln!(
+        "effective batch:  {} (micro-batch {} x accum {} x ranks {})",
+        r.effective_batch, r.micro_batch, r.accum_steps, r.world_size
+    );
+    eprintln!("base lr:          {:.3e}", r.base_lr);
+    eprintln!(
+        "actual lr:        {:.3e} (base lr x {} / 256)",
+        r.lr(),
+        r.effective_batch
+    );
+    eprintln!(
+        "steps:            {} (warmup {})",
+        r.total_steps(),
+        r.schedule.warmup_steps
+    );
+    match (r.samples_per_epoch, r.steps_per_epoch) {
+        (Some(n), Some(s)) => eprintln!(
+            "data:             {} shards, {n} samples, {s} steps/epoch",
+            p.shards.len()
+        ),
+        _ if p.shards.is_empty() => eprintln!("data:             synthetic batches"),
+        _ => eprintln!(
+            "data:             {} shards (not all indexed: epoch length unknown)",
+            p.shards.len()
+        ),
+    }
+    eprintln!("run directory:    {}", p.options.run_dir.display());
+}
+
+/// First Ctrl-C sets the flag (the loop finishes its step and checkpoints); the second exits.
+fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now (the last complete checkpoint is intact)");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
+        );
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// Train on the device `args.device` names.
+pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
+    let kind: DeviceKind = args.device.parse()?;
+    match kind {
+        DeviceKind::Cpu => train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), stop),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda(index) => {
+            let device = tessera_trainer::device::cuda_device(index)?;
+            train_on::<Autodiff<burn::backend::Cuda>>(args, prepared, &device, stop)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda(_) => Err(tessera_trainer::device::DeviceError::NotCompiled.into()),
+    }
+}
+
+fn train_on<B: AutodiffBackend>(
+    args: &Args,
+    prepared: Prepared,
+    device: &B::Device,
+    stop: &AtomicBool,
+) -> anyhow::Result<RunSummary> {
+    let Prepared {
+        recipe,
+        resolved,
+        shards,
+        options,
+    } = prepared;
+    let mut bar = Bar::new(args.quiet);
+    let summary = if args.synthetic {
+        let seed = resolved.seed;
+        train::run::<B, _, std::convert::Infallible>(
+            &resolved,
+            device,
+            |state| Ok(SyntheticSource::new(&recipe, seed, state)),
+            &options,
+            stop,
+            &mut bar,
+        )
+    } else {
+        let workers = args.workers;
+        train::run::<B, _, _>(
+            &resolved,
+            device,
+            |state| {
+                let mut opts = LoaderOptions::new(shards, recipe);
+                if let Some(w) = workers {
+                    opts.workers = w.max(1);
+                }
+                opts.epochs = None; // the schedule decides when to stop
+                opts.ordered = true;
+                opts.resume = state;
+                Loader::start(opts)
+            },
+            &options,
+            stop,
+            &mut bar,
+        )
+    };
+    bar.finish();
+    let summary = summary.with_context(|| format!("training in {}", options.run_dir.display()))?;
+    eprintln!(
+        "stopped ({:?}) at step {}: {:.1} images/s, data wait {:.1}%; checkpoint {}",
+        summary.stopped,
+        summary.steps_done,
+        summary.images_per_second,
+        summary.data_wait_fraction * 100.0,
+        summary
+            .checkpoint
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    Ok(summary)
+}
+
+/// The progress bar: loss, lr, images/s and data-wait share, smoothed.
+struct Bar {
+    bar: Option<ProgressBar>,
+    loss: Smoothed,
+    ips: Smoothed,
+    wait: Smoothed,
+}
+
+impl Bar {
+    fn new(quiet: bool) -> Self {
+        Bar {
+            bar: (!quiet).then(ProgressBar::hidden),
+            loss: Smoothed::default(),
+            ips: Smoothed::default(),
+            wait: Smoothed::default(),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Bar {
+    fn started(&mut self, first_step: u64, last_step: u64) {
+        if let Some(bar) = &mut self.bar {
+            *bar = ProgressBar::new(last_step);
+            bar.set_position(first_step);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+        }
+    }
+
+    fn step(&mut self, m: &StepMetrics) {
+        let loss = self.loss.update(m.loss);
+        let ips = self.ips.update(m.images_per_second);
+        let wait = self.wait.update(m.data_wait_fraction);
+        if let Some(bar) = &self.bar {
+            bar.set_position(m.step + 1);
+            bar.set_message(format!(
+                "loss {loss:.4} lr {:.2e} {ips:.0} img/s wait {:.0}%",
+                m.lr,
+                wait * 100.0
+            ));
+        }
+    }
+
+    fn event(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => tracing::info!("{message}"),
+        }
+    }
 }
