@@ -106,6 +106,7 @@ struct Report {
     shards: Vec<PathBuf>,
     samples_sharded: u64,
     recipe: PathBuf,
+    preview: PathBuf,
     pipeline_images_per_second: f64,
     pipeline_bottleneck: String,
     run: PathBuf,
@@ -171,10 +172,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let recipe_arg = recipe_path.to_string_lossy().into_owned();
     let recipe = Recipe::load(&recipe_arg).context("loading the demo recipe")?;
 
-    // 4. Profile the input pipeline alone.
-    eprintln!("[3/5] profiling the input pipeline ({workers} workers)");
+    // 4. What the model will see: views and masks of a few samples.
     let mut loader = LoaderOptions::new(shards.clone(), recipe);
     loader.workers = workers;
+    let preview_path = out.join("preview.png");
+    let grid = tessera_pipeline::preview::preview(loader.clone(), 6)
+        .context("drawing the demo preview")?;
+    tessera_pipeline::preview::write_png(&grid, &preview_path)?;
+
+    // 5. Profile the input pipeline alone.
+    eprintln!(
+        "[3/5] preview in {}; profiling the input pipeline ({workers} workers)",
+        preview_path.display()
+    );
     let report = profile(
         ProfileOptions {
             loader,
@@ -190,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.images_per_second, report.bottleneck.stage, report.bottleneck.message
     );
 
-    // 5. Train.
+    // 6. Train.
     eprintln!(
         "[4/5] training a tiny MAE for {steps} steps (at most {:.1} minutes)",
         args.minutes
@@ -222,13 +232,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = super::train::train(&train_args, prepared, &stop)?;
     let losses = tessera_trainer::metrics::read_metrics(&summary.metrics)?;
 
-    // 6. Report.
+    // 7. Report.
     let report = Report {
         images: collection.dir.clone(),
         images_written: collection.images,
         shards,
         samples_sharded: manifest.samples,
         recipe: recipe_path.clone(),
+        preview: preview_path,
         pipeline_images_per_second: report.images_per_second,
         pipeline_bottleneck: format!("{}: {}", report.bottleneck.stage, report.bottleneck.message),
         run: run_dir.clone(),
@@ -259,6 +270,7 @@ fn print_human(r: &Report, out: &Path) {
         r.samples_sharded,
         out.join("shards").display()
     );
+    eprintln!("  preview:         {}", r.preview.display());
     eprintln!(
         "  pipeline:        {:.0} images/s, bottleneck {}",
         r.pipeline_images_per_second, r.pipeline_bottleneck

@@ -11,191 +11,44 @@
 //! per view. A slow consumer fills the output queue, then the pools, then every queue
 //! upstream, and everything waits (counted as "blocked on output").
 //!
-//! Start with [`Loader::start`] (from a [`Recipe`]) or [`Loader::with_work`] (any
+//! Start with [`Loader::start`] (from a [`Recipe`](crate::recipe::Recipe)) or [`Loader::with_work`] (any
 //! [`SampleWork`]); take batches with [`Loader::next_batch`] from any plain thread; drop
 //! the loader to stop it (threads are joined, nothing hangs).
+//!
+//! Parts: [`options`] (settings, errors, up-front checks), [`epoch`] (the per-epoch reader
+//! start-up and the sequencer loop), [`read`] (async reads, tar parsing, merge, shuffle),
+//! [`work`] (the worker threads), [`assemble`] (batch slots and ordering), [`recipe_work`]
+//! (what a recipe does to one sample). This file wires them and delivers batches.
 
 mod assemble;
+mod epoch;
+mod options;
 mod read;
 mod recipe_work;
 mod work;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tessera_shards::{Sample, ShardError};
+use tessera_shards::Sample;
 
 pub use assemble::MaskSlot;
+pub use options::{GraphOptions, LoaderError, LoaderOptions, default_workers};
 pub use recipe_work::RecipeWork;
 pub use work::{Reject, SampleWork};
 
 use crate::batch::Batch;
-use crate::order::{self, OrderError, RoundRobin};
 pub use crate::pool::BufferHook;
 use crate::pool::BufferPool;
 pub use crate::recipe::BadSamplePolicy;
-use crate::recipe::Recipe;
-use crate::state::PipelineState;
 use crate::stats::{Stats, StatsSnapshot};
 use assemble::{Assembly, AssemblyConfig};
-use read::{Chunk, EpochInput, Parser, ReaderStart, Sequencer};
-
-/// Everything that can stop the loader.
-#[derive(Debug, thiserror::Error)]
-pub enum LoaderError {
-    /// The shard list, rank or world size cannot be split.
-    #[error(transparent)]
-    Order(#[from] OrderError),
-    /// No shard to read.
-    #[error("no shards to read")]
-    NoShards,
-    /// A shard is missing or unreadable before the run starts.
-    #[error("shard {}: {source}", path.display())]
-    ShardUnreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// Reading shard lengths to resume failed.
-    #[error("cannot resume: {0}")]
-    Resume(#[source] ShardError),
-    /// The saved state belongs to another run layout.
-    #[error(
-        "saved pipeline state is for seed {state_seed}, rank {state_rank}/{state_world}, but this run \
-         has seed {seed}, rank {rank}/{world}"
-    )]
-    StateMismatch {
-        state_seed: u64,
-        state_rank: u32,
-        state_world: u32,
-        seed: u64,
-        rank: u32,
-        world: u32,
-    },
-    /// `bad_sample = "fail"` and a sample could not be used.
-    #[error("{shard}: sample `{key}`: {reason}: {detail}")]
-    BadSample {
-        shard: String,
-        key: String,
-        reason: &'static str,
-        detail: String,
-    },
-    /// A setting is out of range.
-    #[error("loader option `{option}`: {problem}")]
-    BadOption {
-        option: &'static str,
-        problem: String,
-    },
-    /// A thread could not be started.
-    #[error("cannot start a loader thread: {0}")]
-    Spawn(#[source] std::io::Error),
-}
-
-/// How to run the loader (the recipe supplies views, masks, batch size and policy).
-#[derive(Debug, Clone)]
-pub struct LoaderOptions {
-    /// Shard files (every rank passes the same list, in the same order).
-    pub shards: Vec<PathBuf>,
-    /// Views, masks and the `[data]` settings.
-    pub recipe: Recipe,
-    /// CPU worker threads (decode, views, masks). Default: the recipe's, else the cores.
-    pub workers: usize,
-    /// Seed of the order and of every sample's randomness. Default: the recipe's.
-    pub seed: u64,
-    /// This process's rank, `0..world_size`.
-    pub rank: u32,
-    /// Number of ranks sharing the shards.
-    pub world_size: u32,
-    /// Epochs to run in all (counting from epoch 0, also when resuming); `None` = forever.
-    pub epochs: Option<u64>,
-    /// Continue exactly after this state (ordered mode), seeking with the shard indexes.
-    pub resume: Option<PipelineState>,
-    /// Batches independent of worker count and timing (needed for exact resume). Costs a
-    /// little throughput when decode times vary: a worker waits for its predecessors'
-    /// decodes before it gets a slot.
-    pub ordered: bool,
-    /// Finished batches queued ahead of the consumer. Default 2.
-    pub prefetch_batches: usize,
-    /// Shard reader tasks (each reads its own shards; samples are merged round-robin).
-    /// Default 2; fewer if this rank has fewer shards.
-    pub readers: usize,
-    /// Drop the last, partial batch of each epoch (ordered mode). Default false.
-    pub drop_last: bool,
-    /// Called once on every batch buffer when the loader allocates it: the CUDA trainer
-    /// page-locks them here (see [`BufferHook`]). Default none.
-    pub buffer_hook: Option<BufferHook>,
-}
-
-impl LoaderOptions {
-    /// Options for one process (rank 0 of 1), ordered, one epoch, defaults from the recipe.
-    pub fn new(shards: Vec<PathBuf>, recipe: Recipe) -> Self {
-        let workers = recipe.data.workers.unwrap_or_else(default_workers);
-        let seed = recipe.data.seed;
-        LoaderOptions {
-            shards,
-            recipe,
-            workers,
-            seed,
-            rank: 0,
-            world_size: 1,
-            epochs: Some(1),
-            resume: None,
-            ordered: true,
-            prefetch_batches: 2,
-            readers: 2,
-            drop_last: false,
-            buffer_hook: None,
-        }
-    }
-}
-
-/// Cores available to this process.
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-/// The recipe-independent settings of the graph (see [`LoaderOptions`] for each).
-#[derive(Debug, Clone)]
-pub struct GraphOptions {
-    /// Shard files, the same list on every rank.
-    pub shards: Vec<PathBuf>,
-    /// CPU worker threads.
-    pub workers: usize,
-    /// Seed of the order and of every sample's randomness.
-    pub seed: u64,
-    /// This process's rank.
-    pub rank: u32,
-    /// Number of ranks.
-    pub world_size: u32,
-    /// Epochs in all (from 0); `None` = forever.
-    pub epochs: Option<u64>,
-    /// Continue after this state.
-    pub resume: Option<PipelineState>,
-    /// Batches independent of worker count and timing.
-    pub ordered: bool,
-    /// Finished batches queued ahead of the consumer.
-    pub prefetch_batches: usize,
-    /// Shard reader tasks.
-    pub readers: usize,
-    /// Drop each epoch's last partial batch.
-    pub drop_last: bool,
-    /// Samples per batch.
-    pub batch_size: usize,
-    /// Shuffle buffer capacity, samples (0 or 1: no shuffling).
-    pub shuffle_buffer: usize,
-    /// Skip or fail on a bad sample.
-    pub policy: BadSamplePolicy,
-    /// Called on every batch buffer once at allocation.
-    pub buffer_hook: Option<BufferHook>,
-}
-
-/// Samples waiting between one reader and the sequencer.
-const SAMPLES_PER_READER: usize = 16;
+use epoch::{EpochChannels, EpochDriver, SAMPLES_PER_READER};
+use options::check_options;
+use read::Sequencer;
 
 /// What travels on the output queue.
 pub(crate) enum Output {
@@ -239,24 +92,6 @@ struct Shutdown {
     epoch_channels: Arc<Mutex<EpochChannels>>,
     threads: Vec<JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
-}
-
-/// The current epoch's reader channels (for shutdown and queue statistics).
-#[derive(Debug, Default)]
-struct EpochChannels {
-    chunks: Vec<async_channel::Receiver<Chunk>>,
-    samples: Vec<async_channel::Receiver<Sample>>,
-}
-
-impl EpochChannels {
-    fn close(&self) {
-        for c in &self.chunks {
-            c.close();
-        }
-        for c in &self.samples {
-            c.close();
-        }
-    }
 }
 
 const _: () = {
@@ -535,203 +370,4 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .name(name)
         .spawn(f)
         .map_err(LoaderError::Spawn)
-}
-
-fn check_options(options: &GraphOptions) -> Result<(), LoaderError> {
-    if options.shards.is_empty() {
-        return Err(LoaderError::NoShards);
-    }
-    if options.workers == 0 {
-        return Err(LoaderError::BadOption {
-            option: "workers",
-            problem: "must be at least 1".into(),
-        });
-    }
-    if options.batch_size == 0 {
-        return Err(LoaderError::BadOption {
-            option: "batch_size",
-            problem: "must be at least 1".into(),
-        });
-    }
-    // Splits the shard list now so a bad rank or too few shards fails before any thread.
-    order::split_shards(
-        options.shards.len(),
-        options.seed,
-        0,
-        options.rank,
-        options.world_size,
-        options.readers,
-    )?;
-    for path in &options.shards {
-        if let Err(source) = std::fs::metadata(path) {
-            return Err(LoaderError::ShardUnreadable {
-                path: path.clone(),
-                source,
-            });
-        }
-    }
-    if let Some(state) = options.resume {
-        if (state.seed, state.rank, state.world_size)
-            != (options.seed, options.rank, options.world_size)
-        {
-            return Err(LoaderError::StateMismatch {
-                state_seed: state.seed,
-                state_rank: state.rank,
-                state_world: state.world_size,
-                seed: options.seed,
-                rank: options.rank,
-                world: options.world_size,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Runs the epochs on the sequencer thread: per epoch, starts the readers (tokio tasks
-/// and parser threads) and runs the merge and shuffle.
-struct EpochDriver {
-    options: GraphOptions,
-    readers: usize,
-    start_epoch: u64,
-    consumed: u64,
-    free_tx: async_channel::Sender<Sample>,
-    free_rx: async_channel::Receiver<Sample>,
-    epoch_channels: Arc<Mutex<EpochChannels>>,
-    handle: tokio::runtime::Handle,
-    io_stage: Arc<crate::stats::StageStats>,
-    parse_stage: Arc<crate::stats::StageStats>,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
-    sequencer: Sequencer,
-}
-
-impl EpochDriver {
-    fn run(self) {
-        let o = &self.options;
-        let mut seq = 0;
-        let mut epoch = self.start_epoch;
-        let mut consumed = self.consumed;
-        while o.epochs.is_none_or(|n| epoch < n) && !self.stop.load(Ordering::Relaxed) {
-            let lists = match order::split_shards(
-                o.shards.len(),
-                o.seed,
-                epoch,
-                o.rank,
-                o.world_size,
-                self.readers,
-            ) {
-                Ok(lists) => lists,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    break;
-                }
-            };
-            let lists: Vec<Vec<PathBuf>> = lists
-                .iter()
-                .map(|l| l.iter().map(|&i| o.shards[i].clone()).collect())
-                .collect();
-            let (starts, merge, first_position, resume) = if consumed > 0 {
-                match read::resume_point(&lists, o.shuffle_buffer, o.seed, epoch, o.rank, consumed)
-                {
-                    Ok(p) => (
-                        p.readers,
-                        p.merge,
-                        p.first_position,
-                        Some((p.buffer, p.next_position)),
-                    ),
-                    Err(e) => {
-                        self.sequencer.assembly.send_error(LoaderError::Resume(e));
-                        break;
-                    }
-                }
-            } else {
-                let starts = lists
-                    .into_iter()
-                    .map(|shards| ReaderStart {
-                        shards,
-                        first_sample: 0,
-                    })
-                    .collect();
-                (
-                    starts,
-                    RoundRobin::new(self.readers.min(o.shards.len())),
-                    0,
-                    None,
-                )
-            };
-            let (input, parsers) = self.start_readers(starts, merge, first_position, resume);
-            let next = self.sequencer.run_epoch(epoch, input, seq, consumed);
-            for parser in parsers {
-                let _ = parser.join();
-            }
-            match next {
-                Some(next) => seq = next,
-                None => return,
-            }
-            epoch += 1;
-            consumed = 0;
-        }
-        self.sequencer.assembly.end_stream(seq);
-    }
-
-    fn start_readers(
-        &self,
-        starts: Vec<ReaderStart>,
-        mut merge: RoundRobin,
-        first_position: u64,
-        resume: Option<(order::ShuffleBuffer<u64>, u64)>,
-    ) -> (EpochInput, Vec<JoinHandle<()>>) {
-        let mut channels = EpochChannels::default();
-        let mut receivers = Vec::new();
-        let mut parsers = Vec::new();
-        for (r, start) in starts.into_iter().enumerate() {
-            let (chunk_tx, chunk_rx) = async_channel::bounded(read::CHUNKS_AHEAD);
-            let (spare_tx, spare_rx) = async_channel::bounded(read::CHUNKS_AHEAD + 2);
-            let (sample_tx, sample_rx) = async_channel::bounded(SAMPLES_PER_READER);
-            if start.shards.is_empty() {
-                merge.finish(r);
-            }
-            let async_shards = if start.first_sample > 0 {
-                start.shards[1..].to_vec()
-            } else {
-                start.shards.clone()
-            };
-            self.handle.spawn(read::read_shards(
-                async_shards,
-                chunk_tx,
-                spare_rx,
-                Arc::clone(&self.io_stage),
-            ));
-            channels.chunks.push(chunk_rx.clone());
-            channels.samples.push(sample_rx.clone());
-            receivers.push(sample_rx);
-            let parser = Parser {
-                start,
-                chunks: chunk_rx,
-                spare: spare_tx,
-                free: self.free_rx.clone(),
-                recycle: self.free_tx.clone(),
-                out: sample_tx,
-                stage: Arc::clone(&self.parse_stage),
-                stats: Arc::clone(&self.stats),
-            };
-            match spawn(format!("tessera-reader-{r}"), move || parser.run()) {
-                Ok(handle) => parsers.push(handle),
-                Err(e) => tracing::error!("{e}"),
-            }
-        }
-        *self
-            .epoch_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = channels;
-        (
-            EpochInput {
-                readers: receivers,
-                merge,
-                first_position,
-                resume,
-            },
-            parsers,
-        )
-    }
 }

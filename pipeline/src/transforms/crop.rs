@@ -156,11 +156,59 @@ pub(crate) fn crop_resize(
     Ok(())
 }
 
-/// Mirror each row of a `width`-wide RGB image in place.
-pub(crate) fn flip_horizontal(pixels: &mut [u8], width: usize) {
-    for row in pixels.chunks_exact_mut(width * 3) {
-        let (px, _) = row.as_chunks_mut::<3>();
-        px.reverse();
+/// Mirror each row of a `width`-wide RGB image in place; `row` is scratch for one row.
+///
+/// Reversing 3-byte pixels one at a time cost 65 us per 224x224 view (a third of the
+/// resize itself). Instead each row is copied aside and written back in blocks of 16
+/// pixels whose fixed-index reversal the compiler turns into byte shuffles; with AVX2
+/// (checked at run time) that is about 3x faster.
+pub(crate) fn flip_horizontal(pixels: &mut [u8], width: usize, row: &mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { flip_rows_avx2(pixels, width, row) };
+        return;
+    }
+    flip_rows(pixels, width, row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn flip_rows_avx2(pixels: &mut [u8], width: usize, row: &mut Vec<u8>) {
+    flip_rows(pixels, width, row);
+}
+
+/// Pixels per block of [`flip_rows`]; 48 bytes.
+const FLIP_BLOCK: usize = 16;
+
+#[inline(always)]
+fn flip_rows(pixels: &mut [u8], width: usize, row: &mut Vec<u8>) {
+    let stride = width * 3;
+    row.resize(stride, 0);
+    for out in pixels.chunks_exact_mut(stride) {
+        row.copy_from_slice(out);
+        // Blocks from the row's end go to the start of `out`, each reversed.
+        let mut src = row.rchunks_exact(FLIP_BLOCK * 3);
+        let mut dst = out.chunks_exact_mut(FLIP_BLOCK * 3);
+        for (d, s) in (&mut dst).zip(&mut src) {
+            let mut block = [0u8; FLIP_BLOCK * 3];
+            for p in 0..FLIP_BLOCK {
+                let from = (FLIP_BLOCK - 1 - p) * 3;
+                block[3 * p] = s[from];
+                block[3 * p + 1] = s[from + 1];
+                block[3 * p + 2] = s[from + 2];
+            }
+            d.copy_from_slice(&block);
+        }
+        // The remaining (< 16) pixels: the row's first ones, reversed, at the end.
+        let rest = src.remainder();
+        for (d, s) in dst
+            .into_remainder()
+            .chunks_exact_mut(3)
+            .zip(rest.chunks_exact(3).rev())
+        {
+            d.copy_from_slice(s);
+        }
     }
 }
 
@@ -273,7 +321,28 @@ mod tests {
     #[test]
     fn flip_mirrors_rows() {
         let mut px: Vec<u8> = (0..9).collect();
-        flip_horizontal(&mut px, 3);
+        flip_horizontal(&mut px, 3, &mut Vec::new());
         assert_eq!(px, [6, 7, 8, 3, 4, 5, 0, 1, 2]);
+    }
+
+    #[test]
+    fn flip_matches_pixel_reversal_at_every_width() {
+        // Widths below, at and around the 16-pixel block, and a view size.
+        let mut row = Vec::new();
+        for width in [1usize, 2, 15, 16, 17, 31, 32, 33, 47, 96, 224] {
+            let height = 3;
+            let original: Vec<u8> = (0..width * height * 3)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect();
+            let mut expected = original.clone();
+            for r in expected.chunks_exact_mut(width * 3) {
+                r.as_chunks_mut::<3>().0.reverse();
+            }
+            let mut flipped = original.clone();
+            flip_horizontal(&mut flipped, width, &mut row);
+            assert_eq!(flipped, expected, "width {width}");
+            flip_rows(&mut flipped, width, &mut row);
+            assert_eq!(flipped, original, "portable path, width {width}");
+        }
     }
 }

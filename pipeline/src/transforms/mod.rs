@@ -195,6 +195,8 @@ pub struct TransformScratch {
     resizer: Resizer,
     float_pixels: Vec<f32>,
     kernel: Vec<f32>,
+    /// One row of the view, for the horizontal flip.
+    flip_row: Vec<u8>,
 }
 
 impl TransformScratch {
@@ -300,7 +302,7 @@ impl ViewTransform {
             match transform {
                 TransformSpec::HorizontalFlip { p } => {
                     if coin(rng, *p) {
-                        crop::flip_horizontal(out, side);
+                        crop::flip_horizontal(out, side, &mut scratch.flip_row);
                         flipped = true;
                     }
                 }

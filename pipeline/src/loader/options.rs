@@ -1,0 +1,211 @@
+//! The loader's settings and errors: what a caller passes to [`super::Loader::start`] or
+//! [`super::Loader::with_work`], the checks made before any thread starts, and every way
+//! the run can stop.
+
+use std::path::PathBuf;
+
+use tessera_shards::ShardError;
+
+use crate::order::{self, OrderError};
+use crate::pool::BufferHook;
+use crate::recipe::{BadSamplePolicy, Recipe};
+use crate::state::PipelineState;
+
+/// Everything that can stop the loader.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The shard list, rank or world size cannot be split.
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// No shard to read.
+    #[error("no shards to read")]
+    NoShards,
+    /// A shard is missing or unreadable before the run starts.
+    #[error("shard {}: {source}", path.display())]
+    ShardUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Reading shard lengths to resume failed.
+    #[error("cannot resume: {0}")]
+    Resume(#[source] ShardError),
+    /// The saved state belongs to another run layout.
+    #[error(
+        "saved pipeline state is for seed {state_seed}, rank {state_rank}/{state_world}, but this run \
+         has seed {seed}, rank {rank}/{world}"
+    )]
+    StateMismatch {
+        state_seed: u64,
+        state_rank: u32,
+        state_world: u32,
+        seed: u64,
+        rank: u32,
+        world: u32,
+    },
+    /// `bad_sample = "fail"` and a sample could not be used.
+    #[error("{shard}: sample `{key}`: {reason}: {detail}")]
+    BadSample {
+        shard: String,
+        key: String,
+        reason: &'static str,
+        detail: String,
+    },
+    /// A setting is out of range.
+    #[error("loader option `{option}`: {problem}")]
+    BadOption {
+        option: &'static str,
+        problem: String,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a loader thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// How to run the loader (the recipe supplies views, masks, batch size and policy).
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    /// Shard files (every rank passes the same list, in the same order).
+    pub shards: Vec<PathBuf>,
+    /// Views, masks and the `[data]` settings.
+    pub recipe: Recipe,
+    /// CPU worker threads (decode, views, masks). Default: the recipe's, else the cores.
+    pub workers: usize,
+    /// Seed of the order and of every sample's randomness. Default: the recipe's.
+    pub seed: u64,
+    /// This process's rank, `0..world_size`.
+    pub rank: u32,
+    /// Number of ranks sharing the shards.
+    pub world_size: u32,
+    /// Epochs to run in all (counting from epoch 0, also when resuming); `None` = forever.
+    pub epochs: Option<u64>,
+    /// Continue exactly after this state (ordered mode), seeking with the shard indexes.
+    pub resume: Option<PipelineState>,
+    /// Batches independent of worker count and timing (needed for exact resume). Costs a
+    /// little throughput when decode times vary: a worker waits for its predecessors'
+    /// decodes before it gets a slot.
+    pub ordered: bool,
+    /// Finished batches queued ahead of the consumer. Default 2.
+    pub prefetch_batches: usize,
+    /// Shard reader tasks (each reads its own shards; samples are merged round-robin).
+    /// Default 2; fewer if this rank has fewer shards.
+    pub readers: usize,
+    /// Drop the last, partial batch of each epoch (ordered mode). Default false.
+    pub drop_last: bool,
+    /// Called once on every batch buffer when the loader allocates it: the CUDA trainer
+    /// page-locks them here (see [`BufferHook`]). Default none.
+    pub buffer_hook: Option<BufferHook>,
+}
+
+impl LoaderOptions {
+    /// Options for one process (rank 0 of 1), ordered, one epoch, defaults from the recipe.
+    pub fn new(shards: Vec<PathBuf>, recipe: Recipe) -> Self {
+        let workers = recipe.data.workers.unwrap_or_else(default_workers);
+        let seed = recipe.data.seed;
+        LoaderOptions {
+            shards,
+            recipe,
+            workers,
+            seed,
+            rank: 0,
+            world_size: 1,
+            epochs: Some(1),
+            resume: None,
+            ordered: true,
+            prefetch_batches: 2,
+            readers: 2,
+            drop_last: false,
+            buffer_hook: None,
+        }
+    }
+}
+
+/// Cores available to this process.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The recipe-independent settings of the graph (see [`LoaderOptions`] for each).
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    /// Shard files, the same list on every rank.
+    pub shards: Vec<PathBuf>,
+    /// CPU worker threads.
+    pub workers: usize,
+    /// Seed of the order and of every sample's randomness.
+    pub seed: u64,
+    /// This process's rank.
+    pub rank: u32,
+    /// Number of ranks.
+    pub world_size: u32,
+    /// Epochs in all (from 0); `None` = forever.
+    pub epochs: Option<u64>,
+    /// Continue after this state.
+    pub resume: Option<PipelineState>,
+    /// Batches independent of worker count and timing.
+    pub ordered: bool,
+    /// Finished batches queued ahead of the consumer.
+    pub prefetch_batches: usize,
+    /// Shard reader tasks.
+    pub readers: usize,
+    /// Drop each epoch's last partial batch.
+    pub drop_last: bool,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Shuffle buffer capacity, samples (0 or 1: no shuffling).
+    pub shuffle_buffer: usize,
+    /// Skip or fail on a bad sample.
+    pub policy: BadSamplePolicy,
+    /// Called on every batch buffer once at allocation.
+    pub buffer_hook: Option<BufferHook>,
+}
+
+pub(super) fn check_options(options: &GraphOptions) -> Result<(), LoaderError> {
+    if options.shards.is_empty() {
+        return Err(LoaderError::NoShards);
+    }
+    if options.workers == 0 {
+        return Err(LoaderError::BadOption {
+            option: "workers",
+            problem: "must be at least 1".into(),
+        });
+    }
+    if options.batch_size == 0 {
+        return Err(LoaderError::BadOption {
+            option: "batch_size",
+            problem: "must be at least 1".into(),
+        });
+    }
+    // Splits the shard list now so a bad rank or too few shards fails before any thread.
+    order::split_shards(
+        options.shards.len(),
+        options.seed,
+        0,
+        options.rank,
+        options.world_size,
+        options.readers,
+    )?;
+    for path in &options.shards {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(LoaderError::ShardUnreadable {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
+    if let Some(state) = options.resume
+        && (state.seed, state.rank, state.world_size)
+            != (options.seed, options.rank, options.world_size)
+    {
+        return Err(LoaderError::StateMismatch {
+            state_seed: state.seed,
+            state_rank: state.rank,
+            state_world: state.world_size,
+            seed: options.seed,
+            rank: options.rank,
+            world: options.world_size,
+        });
+    }
+    Ok(())
+}
