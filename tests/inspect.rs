@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::util::{run_ok, stdout_json, tempdir, tessera, testdata};
+use crate::util::{output_with_watchdog, run_ok, stdout_json, tempdir, tessera, testdata};
 
 #[test]
 fn inspect_counts_the_reference_shards() {
@@ -32,10 +32,7 @@ fn inspect_reports_damaged_shards_without_stopping() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(testdata("hostile/manifest.json")).unwrap()).unwrap();
     let pattern = format!("{}/tar-*", testdata("hostile/shards").display());
-    let out = tessera()
-        .args(["inspect", "--json", &pattern])
-        .output()
-        .unwrap();
+    let out = output_with_watchdog(tessera().args(["inspect", "--json", &pattern]));
     assert!(
         !out.status.success(),
         "a truncated shard must fail the check"
@@ -75,15 +72,12 @@ fn inspect_reports_damaged_shards_without_stopping() {
 #[test]
 fn inspect_verify_lists_images_that_do_not_decode() {
     let shard = testdata("hostile/shards/hostile-files.tar");
-    let out = tessera()
-        .args([
-            "inspect",
-            "--json",
-            "--verify",
-            &shard.display().to_string(),
-        ])
-        .output()
-        .unwrap();
+    let out = output_with_watchdog(tessera().args([
+        "inspect",
+        "--json",
+        "--verify",
+        &shard.display().to_string(),
+    ]));
     assert!(!out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let failed: BTreeMap<String, String> = report["failures"]
@@ -122,14 +116,11 @@ fn index_writes_an_index_per_shard() {
         tmp.path().join("zz-truncated.tar"),
     )
     .unwrap();
-    let out = tessera()
-        .args([
-            "index",
-            "--json",
-            &format!("{}/*.tar", tmp.path().display()),
-        ])
-        .output()
-        .unwrap();
+    let out = output_with_watchdog(tessera().args([
+        "index",
+        "--json",
+        &format!("{}/*.tar", tmp.path().display()),
+    ]));
     assert!(
         !out.status.success(),
         "the truncated shard cannot be indexed"

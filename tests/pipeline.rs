@@ -1,6 +1,6 @@
 //! End-to-end tests of `tessera profile` and `tessera preview` (issue #3).
 
-use crate::util::{run_ok, stdout_json, tempdir, tessera, testdata};
+use crate::util::{output_with_watchdog, run_ok, stdout_json, tempdir, tessera, testdata};
 
 fn reference_shards() -> String {
     format!(
@@ -136,16 +136,13 @@ fn profile_decode_only_and_table_output() {
 
 #[test]
 fn profile_names_a_missing_shard() {
-    let out = tessera()
-        .args([
-            "profile",
-            "--recipe",
-            "mae",
-            "--shards",
-            "/nonexistent/x-000000.tar",
-        ])
-        .output()
-        .unwrap();
+    let out = output_with_watchdog(tessera().args([
+        "profile",
+        "--recipe",
+        "mae",
+        "--shards",
+        "/nonexistent/x-000000.tar",
+    ]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x-000000.tar"));
 }

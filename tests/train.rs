@@ -298,7 +298,7 @@ fn ctrl_c_finishes_the_step_and_leaves_a_complete_checkpoint() {
     let shards = cifar_shards(tmp.path());
     let recipe = tiny_recipe(tmp.path(), 100_000, "");
     let run = tmp.path().join("run");
-    let mut child = tessera()
+    let child = tessera()
         .args(train_args(&recipe, &shards, &run))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -348,10 +348,7 @@ fn a_non_finite_loss_stops_with_a_named_step_and_a_checkpoint() {
     let shards = cifar_shards(tmp.path());
     let recipe = tiny_recipe(tmp.path(), 20, "lr = 1e30");
     let run = tmp.path().join("run");
-    let out = tessera()
-        .args(train_args(&recipe, &shards, &run))
-        .output()
-        .unwrap();
+    let out = output_with_watchdog(tessera().args(train_args(&recipe, &shards, &run)));
     assert!(!out.status.success(), "a diverging run must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -2,17 +2,66 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The `tessera` program under test.
 pub fn tessera() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
 }
 
+/// The longest any one `tessera` invocation in the tests may take. A hang then fails its
+/// test with the program's output instead of stalling the whole suite (and CI).
+const WATCHDOG: Duration = Duration::from_secs(600);
+
+/// Run `cmd` to completion with stdout and stderr captured, killing it after [`WATCHDOG`].
+pub fn output_with_watchdog(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tessera");
+    // Drain the pipes on threads so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll tessera") {
+            break status;
+        }
+        if started.elapsed() > WATCHDOG {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_thread.join().unwrap_or_default();
+            panic!(
+                "tessera did not finish within {WATCHDOG:?}; killed. stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    }
+}
+
 /// Run `tessera` with `args`, panicking with its stderr if it fails.
 pub fn run_ok(args: &[&str]) -> Output {
-    let out = tessera().args(args).output().expect("run tessera");
+    let out = output_with_watchdog(tessera().args(args));
     assert!(
         out.status.success(),
         "tessera {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -26,7 +75,10 @@ pub fn run_ok(args: &[&str]) -> Output {
 /// Parse a command's stdout as one JSON object.
 pub fn stdout_json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON object ({e}):\n{}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not one JSON object ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -55,8 +107,14 @@ pub fn python() -> Option<PathBuf> {
         return Some(candidate);
     }
     if std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!("TESSERA_REQUIRE_PYTHON=1 but no Python at {}: run scripts/test.sh", candidate.display());
+        panic!(
+            "TESSERA_REQUIRE_PYTHON=1 but no Python at {}: run scripts/test.sh",
+            candidate.display()
+        );
     }
-    eprintln!("note: no Python test environment at {}; run scripts/test.sh for the oracle tests", candidate.display());
+    eprintln!(
+        "note: no Python test environment at {}; run scripts/test.sh for the oracle tests",
+        candidate.display()
+    );
     None
 }

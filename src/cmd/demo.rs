@@ -103,6 +103,7 @@ pub struct Args {
 struct Report {
     images: PathBuf,
     images_written: usize,
+    images_bytes: u64,
     shards: Vec<PathBuf>,
     samples_sharded: u64,
     recipe: PathBuf,
@@ -236,6 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = Report {
         images: collection.dir.clone(),
         images_written: collection.images,
+        images_bytes: collection.bytes,
         shards,
         samples_sharded: manifest.samples,
         recipe: recipe_path.clone(),
@@ -260,8 +262,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn print_human(r: &Report, out: &Path) {
     eprintln!("[5/5] done");
     eprintln!(
-        "  images:          {} in {}",
+        "  images:          {} ({:.1} MB) in {}",
         r.images_written,
+        r.images_bytes as f64 / 1e6,
         r.images.display()
     );
     eprintln!(
