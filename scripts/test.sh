@@ -5,9 +5,21 @@
 #   (made once; re-made when scripts/test-requirements.txt changes).
 # - `cargo test --release`: every crate and the end-to-end tests through `tessera`, in the
 #   same optimised profile as the program, so burn compiles once.
+# - With `--libjpeg-turbo` (CI), also runs the pipeline's tests with the optional
+#   libjpeg-turbo JPEG path (needs `nasm`; without the flag it runs when nasm is installed).
 # - With `--cuda-check` (CI), also proves the `cuda` feature compiles without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+cuda_check=0
+libjpeg_turbo=auto
+for arg in "$@"; do
+  case "$arg" in
+    --cuda-check) cuda_check=1 ;;
+    --libjpeg-turbo) libjpeg_turbo=1 ;;
+    *) echo "usage: scripts/test.sh [--libjpeg-turbo] [--cuda-check]" >&2; exit 2 ;;
+  esac
+done
 
 venv=.venv
 stamp="$venv/.requirements.sha256"
@@ -25,7 +37,17 @@ export TESSERA_REQUIRE_PYTHON=1
 echo "==> cargo test --release --workspace"
 cargo test --release --workspace
 
-if [ "${1:-}" = "--cuda-check" ]; then
+if command -v nasm >/dev/null; then
+  echo "==> cargo test --release -p tessera-pipeline --features libjpeg-turbo"
+  cargo test --release -p tessera-pipeline --features libjpeg-turbo
+elif [ "$libjpeg_turbo" = 1 ]; then
+  echo "--libjpeg-turbo: nasm is needed to build libjpeg-turbo (apt-get install nasm)" >&2
+  exit 1
+else
+  echo "==> skipping the libjpeg-turbo tests (optional JPEG path; install nasm to run them)"
+fi
+
+if [ "$cuda_check" = 1 ]; then
   echo "==> cargo build --release --features cuda (compile only: no GPU needed)"
   CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" cargo build --release --features cuda
 fi

@@ -30,6 +30,9 @@ enum Command {
     /// Write a checkpoint's encoder as timm-compatible safetensors.
     #[cfg(feature = "train")]
     Export(cmd::export::Args),
+    /// Score a checkpoint's encoder: kNN and linear-probe accuracy on labelled shards.
+    #[cfg(feature = "train")]
+    Eval(cmd::eval::Args),
     /// Everything on built-in defaults: make images, shard, preview, profile, train a tiny MAE.
     #[cfg(feature = "train")]
     Demo(cmd::demo::Args),
@@ -54,6 +57,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => cmd::train::run(args),
         #[cfg(feature = "train")]
         Command::Export(args) => cmd::export::run(args),
+        #[cfg(feature = "train")]
+        Command::Eval(args) => cmd::eval::run(args),
         #[cfg(feature = "train")]
         Command::Demo(args) => cmd::demo::run(args),
     };

@@ -5,9 +5,12 @@
 //! - `shard`, `inspect`: `tessera shard`, `index`, `inspect` (issue #2).
 //! - `pipeline`: `tessera profile`, `preview` (issue #3).
 //! - `train`: `tessera train`, `export`, `demo` (issue #4).
+//! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 
 mod util;
 
+#[cfg(feature = "train")]
+mod eval;
 mod inspect;
 mod pipeline;
 mod shard;

@@ -58,30 +58,9 @@ base_lr = 1.5e-3
 }
 
 /// 300 CIFAR-10 training images (30 a class) sharded 100 a shard; returns the shard glob.
+/// 300 CIFAR-10 training images in shards of 100.
 fn cifar_shards(dir: &Path) -> String {
-    let images = dir.join("cifar");
-    std::fs::create_dir_all(&images).unwrap();
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(shared().join("datasets/cifar10-jpg.tar.gz"))
-        .arg("-C")
-        .arg(&images)
-        .args(["--wildcards", "train/*/00[0-2]?.jpg"])
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "extracting CIFAR-10 images");
-    let shards = dir.join("shards");
-    run_ok(&[
-        "shard",
-        images.join("train").to_str().unwrap(),
-        "--out",
-        shards.to_str().unwrap(),
-        "--labels",
-        "folders",
-        "--max-samples",
-        "100",
-    ]);
-    format!("{}/*.tar", shards.display())
+    crate::util::cifar_shards(dir, "train", "train/*/00[0-2]?.jpg", "folders", 100)
 }
 
 fn train_args<'a>(recipe: &'a Path, shards: &'a str, out: &'a Path) -> Vec<&'a str> {

@@ -118,3 +118,39 @@ pub fn python() -> Option<PathBuf> {
     );
     None
 }
+
+/// Extract the CIFAR-10 JPEGs matching `member_glob` (e.g. `train/*/00[0-2]?.jpg`) from
+/// the shared archive and shard the `split` folder with `tessera shard --labels <labels>`,
+/// `samples_per_shard` to a shard; returns the shards' glob. Each (split, labels) pair gets
+/// its own folders under `dir`.
+pub fn cifar_shards(
+    dir: &std::path::Path,
+    split: &str,
+    member_glob: &str,
+    labels: &str,
+    samples_per_shard: usize,
+) -> String {
+    let images = dir.join(format!("cifar-{split}-{labels}"));
+    std::fs::create_dir_all(&images).unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(shared().join("datasets/cifar10-jpg.tar.gz"))
+        .arg("-C")
+        .arg(&images)
+        .args(["--wildcards", member_glob])
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "extracting CIFAR-10 images");
+    let shards = dir.join(format!("shards-{split}-{labels}"));
+    run_ok(&[
+        "shard",
+        images.join(split).to_str().unwrap(),
+        "--out",
+        shards.to_str().unwrap(),
+        "--labels",
+        labels,
+        "--max-samples",
+        &samples_per_shard.to_string(),
+    ]);
+    format!("{}/*.tar", shards.display())
+}

@@ -67,7 +67,7 @@ fn main() {
     let mut out = RgbImage::default();
     for file in files {
         let bytes = std::fs::read(shared().join(file)).expect("test data present");
-        decoder.decode(&bytes, &mut out, None).expect("decodes");
+        decoder.decode(&bytes, &mut out).expect("decodes");
         let size = format!("{}x{}", out.width, out.height);
         let start = Instant::now();
         black_box(image::load_from_memory(&bytes).expect("decodes").to_rgb8());
@@ -81,7 +81,7 @@ fn main() {
         });
         let ours_s = median_per_call(iters, |_| {
             decoder
-                .decode(black_box(&bytes), &mut out, None)
+                .decode(black_box(&bytes), &mut out)
                 .expect("decodes");
             black_box(&out);
         });
@@ -95,7 +95,7 @@ fn main() {
 
     println!("\n# View transforms on a decoded 500x375 photo (baseline_ref.jpg), 1 thread");
     let bytes = std::fs::read(shared().join("hostile/files/baseline_ref.jpg")).expect("present");
-    decoder.decode(&bytes, &mut out, None).expect("decodes");
+    decoder.decode(&bytes, &mut out).expect("decodes");
     let cases = [
         (
             "RRC 224 bicubic (scale 0.08-1)",

@@ -18,16 +18,20 @@
 //! - failure is a typed [`DecodeError`] with a short [`DecodeError::reason`] for counting
 //!   rejects; a panic inside a decoder is caught and reported as corrupt.
 //!
-//! Not done here: DCT-domain downscaling. No pure-Rust JPEG decoder in the dependency
-//! tree (zune-jpeg 0.5) can decode at 1/2, 1/4 or 1/8 scale, so `target` is recorded but a
-//! full-size decode always happens; see [`Decoder::decode`]. Colour management (ICC
-//! profiles) is ignored, as in PIL and torchvision's default pipelines.
+//! With the `libjpeg-turbo` feature, JPEGs go through libjpeg-turbo instead ([`turbo`]): a
+//! faster full decode, and [`Decoder::decode_for_crop`] decodes only the part of the image
+//! a view's crop covers, at a reduced DCT scale where the crop will be downscaled 2x or
+//! more. Without it (zune-jpeg 0.5 can do neither) `decode_for_crop` decodes the whole
+//! image and draws the crop on it: the same crop, the same pixels, more work. Colour
+//! management (ICC profiles) is ignored, as in PIL and torchvision's default pipelines.
 
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 mod convert;
 mod orient;
+#[cfg(feature = "libjpeg-turbo")]
+mod turbo;
 
 use convert::native_to_rgb;
 use orient::{exif_value, orient};
@@ -38,6 +42,8 @@ use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::errors::DecodeErrors as JpegErrors;
+
+use crate::transforms::CropBox;
 
 /// Default pixel limit: 89.5 Mpixel, the threshold at which PIL warns of a decompression
 /// bomb. A 12000x9000 image (108 Mpixel, 324 MB as RGB) is refused.
@@ -206,6 +212,24 @@ pub enum BackendError {
     /// From the `image` crate.
     #[error(transparent)]
     Image(#[from] image::ImageError),
+    /// From libjpeg-turbo (the `libjpeg-turbo` feature): its message code and the message
+    /// (a format string, parameters not filled in).
+    #[error("libjpeg-turbo: {message} (code {code})")]
+    Libjpeg {
+        /// libjpeg's message code.
+        code: i32,
+        /// The message text.
+        message: String,
+    },
+}
+
+/// A crop-aware decode's question: the view's side, and how to draw its crop from the
+/// upright image size (called exactly once, before or after decoding).
+pub(crate) struct CropRequest<'a> {
+    /// Only the libjpeg-turbo path can use it (to pick a DCT scale).
+    #[cfg_attr(not(feature = "libjpeg-turbo"), allow(dead_code))]
+    size: u32,
+    draw: &'a mut dyn FnMut(u32, u32) -> CropBox,
 }
 
 /// A per-worker decoder: settings plus scratch buffers reused across samples.
@@ -218,6 +242,9 @@ pub struct Decoder {
     unoriented: RgbImage,
     /// Accept truncated JPEGs (missing part filled with grey) instead of refusing them.
     lenient_jpeg: bool,
+    /// libjpeg-turbo's decompressor, reused across images.
+    #[cfg(feature = "libjpeg-turbo")]
+    turbo: turbo::TurboJpeg,
 }
 
 impl Default for Decoder {
@@ -234,6 +261,8 @@ impl Decoder {
             native: Vec::new(),
             unoriented: RgbImage::default(),
             lenient_jpeg: false,
+            #[cfg(feature = "libjpeg-turbo")]
+            turbo: turbo::TurboJpeg::new(),
         }
     }
 
@@ -250,21 +279,50 @@ impl Decoder {
         self.max_pixels
     }
 
-    /// Decode `bytes` into `out` (resized to fit), upright and RGB.
-    ///
-    /// `target` is the (width, height) the caller will eventually resize a crop to; a
-    /// decoder able to decode at a reduced DCT scale may use it. The default build's JPEG
-    /// decoder cannot (zune-jpeg 0.5 has no scaled IDCT), so it always decodes full size
-    /// and [`DecodeInfo::scale_denominator`] is 1.
+    /// Decode `bytes` into `out` (resized to fit), upright and RGB, at full size.
     ///
     /// On error `out` is left empty (0x0).
-    pub fn decode(
+    pub fn decode(&mut self, bytes: &[u8], out: &mut RgbImage) -> Result<DecodeInfo, DecodeError> {
+        self.decode_any(bytes, out, None).map(|(info, _)| info)
+    }
+
+    /// Decode what one view needs: `draw_crop(width, height)` draws the view's crop box
+    /// from the upright image size, and `out` receives at least that box's pixels; the
+    /// returned box locates the crop in `out`.
+    ///
+    /// With the `libjpeg-turbo` feature an upright JPEG is decoded only over the crop's
+    /// rows and MCU columns (the same pixels a full decode gives there), and at 1/2, 1/4
+    /// or 1/8 scale when the crop's shorter side is at least that many times `size`
+    /// ([`DecodeInfo::scale_denominator`]; the box is then rounded to whole pixels).
+    /// Otherwise the whole image is decoded and the box is the drawn one.
+    pub fn decode_for_crop(
         &mut self,
         bytes: &[u8],
         out: &mut RgbImage,
-        target: Option<(u32, u32)>,
-    ) -> Result<DecodeInfo, DecodeError> {
-        let _ = target;
+        size: u32,
+        draw_crop: &mut dyn FnMut(u32, u32) -> CropBox,
+    ) -> Result<(DecodeInfo, CropBox), DecodeError> {
+        let request = CropRequest {
+            size,
+            draw: draw_crop,
+        };
+        let (info, crop) = self.decode_any(bytes, out, Some(request))?;
+        // Every path draws the crop when asked to; a missing one would be a bug here.
+        let crop = crop.unwrap_or(CropBox {
+            top: 0.0,
+            left: 0.0,
+            height: f64::from(out.height),
+            width: f64::from(out.width),
+        });
+        Ok((info, crop))
+    }
+
+    fn decode_any(
+        &mut self,
+        bytes: &[u8],
+        out: &mut RgbImage,
+        crop: Option<CropRequest<'_>>,
+    ) -> Result<(DecodeInfo, Option<CropBox>), DecodeError> {
         if bytes.is_empty() {
             out.resize(0, 0);
             return Err(DecodeError::Empty);
@@ -279,7 +337,9 @@ impl Decoder {
                 });
             }
         };
-        let result = catch_unwind(AssertUnwindSafe(|| self.decode_format(format, bytes, out)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.decode_format(format, bytes, out, crop)
+        }));
         let result = match result {
             Ok(result) => result,
             Err(payload) => {
@@ -300,13 +360,24 @@ impl Decoder {
         result
     }
 
+    /// Decode by format; a crop request is answered by the JPEG path where it can, else
+    /// drawn on the whole decoded image.
     fn decode_format(
         &mut self,
         format: ImageFormat,
         bytes: &[u8],
         out: &mut RgbImage,
-    ) -> Result<DecodeInfo, DecodeError> {
-        match format {
+        crop: Option<CropRequest<'_>>,
+    ) -> Result<(DecodeInfo, Option<CropBox>), DecodeError> {
+        #[cfg(feature = "libjpeg-turbo")]
+        let crop = match format {
+            ImageFormat::Jpeg => match self.decode_jpeg_turbo(bytes, out, crop)? {
+                Ok(decoded) => return Ok(decoded),
+                Err(crop) => crop,
+            },
+            _ => crop,
+        };
+        let info = match format {
             ImageFormat::Jpeg => self.decode_jpeg(bytes, out),
             ImageFormat::Png => self.decode_with_image(SourceFormat::Png, format, bytes, out),
             ImageFormat::WebP => self.decode_with_image(SourceFormat::WebP, format, bytes, out),
@@ -320,7 +391,47 @@ impl Decoder {
                     ),
                 )),
             }),
-        }
+        }?;
+        Ok((
+            info,
+            crop.map(|request| (request.draw)(out.width, out.height)),
+        ))
+    }
+
+    /// JPEG through libjpeg-turbo; `Ok(Err(crop))` hands a JPEG it leaves to zune-jpeg
+    /// (CMYK, YCCK) back with the unanswered request.
+    #[cfg(feature = "libjpeg-turbo")]
+    #[allow(clippy::type_complexity)]
+    fn decode_jpeg_turbo<'a>(
+        &mut self,
+        bytes: &[u8],
+        out: &mut RgbImage,
+        crop: Option<CropRequest<'a>>,
+    ) -> Result<Result<(DecodeInfo, Option<CropBox>), Option<CropRequest<'a>>>, DecodeError> {
+        // The request is only consumed when libjpeg takes the image, which it decides
+        // from the header; a colour space it cannot convert is known before any drawing.
+        let mut request = crop;
+        let decoded = self.turbo.decode(
+            bytes,
+            out,
+            &mut self.unoriented,
+            self.max_pixels,
+            self.lenient_jpeg,
+            &mut request,
+        )?;
+        Ok(match decoded {
+            Some(decoded) => Ok((
+                DecodeInfo {
+                    format: SourceFormat::Jpeg,
+                    stored_width: decoded.width,
+                    stored_height: decoded.height,
+                    orientation: exif_value(decoded.orientation),
+                    scale_denominator: decoded.scale_denominator,
+                },
+                decoded.crop,
+            )),
+            None => Err(request),
+        })
     }
 
     fn check_pixels(&self, width: u32, height: u32) -> Result<(), DecodeError> {
@@ -506,10 +617,10 @@ mod tests {
     fn empty_and_unknown_bytes_are_typed_errors() {
         let mut decoder = Decoder::default();
         let mut out = RgbImage::default();
-        let err = decoder.decode(&[], &mut out, None).unwrap_err();
+        let err = decoder.decode(&[], &mut out).unwrap_err();
         assert_eq!(err.reason(), "empty");
         let err = decoder
-            .decode(b"<!DOCTYPE html><html>", &mut out, None)
+            .decode(b"<!DOCTYPE html><html>", &mut out)
             .unwrap_err();
         assert_eq!(err.reason(), "unknown_format");
         assert!(err.to_string().contains("3c, 21"), "{err}");

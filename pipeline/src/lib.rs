@@ -26,7 +26,7 @@ pub mod state;
 pub mod stats;
 pub mod transforms;
 
-pub use batch::{Batch, MaskBatch, ViewBatch};
+pub use batch::{Batch, Keys, KeysIter, MaskBatch, ViewBatch};
 pub use error::PipelineError;
 pub use recipe::Recipe;
 pub use state::PipelineState;

@@ -56,10 +56,10 @@ pub fn write_png(grid: &RgbImage, path: &std::path::Path) -> Result<(), PreviewE
 
 /// Draw the first `samples` samples of `options` (its batch size is replaced).
 pub fn preview(mut options: LoaderOptions, samples: usize) -> Result<RgbImage, PreviewError> {
-    options.recipe.data.batch_size = samples.max(1);
-    options.epochs = Some(1);
-    options.ordered = true;
-    options.prefetch_batches = 1;
+    options.graph.batch_size = samples.max(1);
+    options.graph.epochs = Some(1);
+    options.graph.ordered = true;
+    options.graph.prefetch_batches = 1;
     let mut loader = Loader::start(options)?;
     let batch = loader.next_batch().ok_or(PreviewError::NoSamples)??;
     Ok(draw(&batch))

@@ -14,7 +14,7 @@ use tessera_shards::Sample;
 
 use crate::decode::{Decoder, RgbImage};
 use crate::loader::{
-    GraphOptions, Loader, LoaderError, LoaderOptions, MaskSlot, Reject, SampleWork,
+    GraphOptions, Loader, LoaderError, LoaderOptions, Reject, SampleWork, SlotGrant,
 };
 use crate::rng::SampleRng;
 use crate::stats::{StageSnapshot, StatsSnapshot};
@@ -76,30 +76,19 @@ pub fn profile(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ProfileReport, LoaderError> {
     let recipe_name = options.loader.recipe.source.clone();
-    let workers = options.loader.workers;
-    let batch_size = options.loader.recipe.data.batch_size;
+    let workers = options.loader.graph.workers;
+    let batch_size = options.loader.graph.batch_size;
     let mut loader_options = options.loader.clone();
     if options.batches.is_some() || options.seconds.is_some() {
-        loader_options.epochs = None;
+        loader_options.graph.epochs = None;
     }
     let mut loader = if options.decode_only {
         let data = &loader_options.recipe.data;
         let graph = GraphOptions {
-            shards: loader_options.shards.clone(),
-            workers,
-            seed: loader_options.seed,
-            rank: loader_options.rank,
-            world_size: loader_options.world_size,
-            epochs: loader_options.epochs,
             resume: None,
-            ordered: loader_options.ordered,
-            prefetch_batches: loader_options.prefetch_batches,
-            readers: loader_options.readers,
             drop_last: false,
-            batch_size,
-            shuffle_buffer: data.shuffle_buffer,
-            policy: data.bad_sample,
             buffer_hook: None,
+            ..loader_options.graph.clone()
         };
         Loader::with_work(
             graph,
@@ -267,7 +256,12 @@ impl SampleWork for DecodeOnly {
         Vec::new()
     }
 
-    fn decode(&self, sample: &Sample, (decoder, image): &mut Self::Scratch) -> Result<(), Reject> {
+    fn decode(
+        &self,
+        sample: &Sample,
+        _: &mut SampleRng,
+        (decoder, image): &mut Self::Scratch,
+    ) -> Result<(), Reject> {
         let Some(bytes) = self.fields.iter().find_map(|f| sample.field(f)) else {
             return Err(Reject {
                 reason: "missing_image",
@@ -275,7 +269,7 @@ impl SampleWork for DecodeOnly {
             });
         };
         decoder
-            .decode(bytes, image, None)
+            .decode(bytes, image)
             .map(|_| ())
             .map_err(|e| Reject {
                 reason: e.reason(),
@@ -283,14 +277,7 @@ impl SampleWork for DecodeOnly {
             })
     }
 
-    fn render(
-        &self,
-        _: &mut Self::Scratch,
-        _: &mut SampleRng,
-        _: &mut [&mut [u8]],
-        _: &mut [Option<MaskSlot<'_>>],
-    ) {
-    }
+    fn render(&self, _: &mut Self::Scratch, _: &mut SampleRng, _: &mut SlotGrant) {}
 
     fn label(&self, _: &Sample) -> i64 {
         -1

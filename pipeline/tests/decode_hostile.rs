@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use tessera_pipeline::decode::{DecodeError, Decoder, RgbImage, SourceFormat};
+use tessera_pipeline::transforms::CropBox;
 
 fn hostile(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,7 +18,7 @@ fn hostile(name: &str) -> Vec<u8> {
 fn decode(name: &str) -> Result<RgbImage, DecodeError> {
     let mut out = RgbImage::default();
     Decoder::default()
-        .decode(&hostile(name), &mut out, None)
+        .decode(&hostile(name), &mut out)
         .map(|_| out)
 }
 
@@ -55,7 +56,7 @@ fn every_manifest_file_decodes_or_fails_cleanly() {
         let name = entry["file"].as_str().unwrap();
         let expect = entry["expect"].as_str().unwrap();
         let bytes = std::fs::read(root.join("files").join(name)).unwrap();
-        let result = decoder.decode(&bytes, &mut out, None);
+        let result = decoder.decode(&bytes, &mut out);
         let must_decode = expect.starts_with("decode") && !expect.contains("clean");
         match &result {
             Ok(_) => {
@@ -106,8 +107,18 @@ fn damaged_and_fake_files_give_typed_errors() {
         "corrupt"
     );
     // The arithmetic-coded JPEG: zune-jpeg has no arithmetic decoder; refused, not a panic.
-    let err = decode("arithmetic.jpg").unwrap_err();
-    assert_eq!(err.reason(), "unsupported", "{err}");
+    // libjpeg-turbo decodes it, to the same picture as the Huffman-coded reference.
+    if cfg!(feature = "libjpeg-turbo") {
+        let diff = mean_abs_diff(
+            &decode("arithmetic.jpg").unwrap(),
+            &decode("baseline_ref.jpg").unwrap(),
+        );
+        // cjpeg re-encoded the photo at its default quality 75: 2.7 levels apart.
+        assert!(diff < 4.0, "arithmetic.jpg vs baseline_ref.jpg: {diff}");
+    } else {
+        let err = decode("arithmetic.jpg").unwrap_err();
+        assert_eq!(err.reason(), "unsupported", "{err}");
+    }
     // Truncated at 50%: refused by default; the lenient decoder fills the rest with grey.
     assert_eq!(
         decode("truncated_50pct.jpg").unwrap_err().reason(),
@@ -116,7 +127,7 @@ fn damaged_and_fake_files_give_typed_errors() {
     let mut out = RgbImage::default();
     Decoder::default()
         .with_lenient_jpeg(true)
-        .decode(&hostile("truncated_50pct.jpg"), &mut out, None)
+        .decode(&hostile("truncated_50pct.jpg"), &mut out)
         .unwrap();
     assert_eq!((out.width, out.height), (500, 375));
 }
@@ -150,16 +161,16 @@ fn bombs_are_refused_from_the_header() {
     // With a higher limit the real one decodes (flat grey).
     let mut out = RgbImage::default();
     Decoder::new(120_000_000)
-        .decode(&hostile("bomb_real_12000x9000.jpg"), &mut out, None)
+        .decode(&hostile("bomb_real_12000x9000.jpg"), &mut out)
         .unwrap();
     assert_eq!((out.width, out.height), (12000, 9000));
     // A small limit refuses an ordinary photo before allocating.
     let err = Decoder::new(1000)
-        .decode(&hostile("baseline_ref.jpg"), &mut out, None)
+        .decode(&hostile("baseline_ref.jpg"), &mut out)
         .unwrap_err();
     assert_eq!(err.reason(), "too_many_pixels");
     let err = Decoder::new(1000)
-        .decode(&hostile("rgba.png"), &mut out, None)
+        .decode(&hostile("rgba.png"), &mut out)
         .unwrap_err();
     assert_eq!(err.reason(), "too_many_pixels");
 }
@@ -175,9 +186,7 @@ fn exif_orientations_match_the_upright_reference() {
         ("exif_orientation_8.jpg", 8),
     ] {
         let mut out = RgbImage::default();
-        let info = Decoder::default()
-            .decode(&hostile(name), &mut out, None)
-            .unwrap();
+        let info = Decoder::default().decode(&hostile(name), &mut out).unwrap();
         assert_eq!(info.orientation, orientation, "{name}");
         // Pillow measures 0.52 (2, 3) and 0.89 (6, 8) levels: JPEG re-encoding noise.
         let diff = mean_abs_diff(&out, &reference);
@@ -235,7 +244,7 @@ fn sizes_and_formats_are_reported() {
     let mut out = RgbImage::default();
     let mut decoder = Decoder::default();
     let info = decoder
-        .decode(&hostile("png_named_jpg.jpg"), &mut out, None)
+        .decode(&hostile("png_named_jpg.jpg"), &mut out)
         .unwrap();
     assert_eq!(info.format, SourceFormat::Png);
     for (name, w, h) in [
@@ -249,8 +258,100 @@ fn sizes_and_formats_are_reported() {
         ("big_comment.jpg", 500, 375),
     ] {
         decoder
-            .decode(&hostile(name), &mut out, None)
+            .decode(&hostile(name), &mut out)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((out.width, out.height), (w, h), "{name}");
     }
+}
+
+/// `decode_for_crop` gives the crop's pixels exactly as a full decode has them (with
+/// libjpeg-turbo only the crop's rows and MCU columns are decoded; without it the whole
+/// image is), for every chroma layout, progressive and restart-marker files, odd sizes
+/// and EXIF-rotated ones (decoded whole, then rotated).
+#[test]
+fn crop_decodes_equal_the_same_crop_of_a_full_decode() {
+    let mut decoder = Decoder::default();
+    for name in [
+        "baseline_ref.jpg",
+        "progressive_cjpeg_q90.jpg",
+        "restart_markers.jpg",
+        "sampling_444.jpg",
+        "sampling_422.jpg",
+        "gray_cjpeg.jpg",
+        "odd_dims_333x251.jpg",
+        "exif_orientation_6.jpg",
+        "cmyk_imagemagick.jpg",
+        "rgba.png",
+    ] {
+        let bytes = hostile(name);
+        let mut full = RgbImage::default();
+        decoder.decode(&bytes, &mut full).unwrap();
+        for (left, top, width, height) in [(0, 0, 7, 5), (17, 9, 100, 61), (33, 40, 150, 200)] {
+            let (left, top) = (left.min(full.width - 1), top.min(full.height - 1));
+            let width = width.min(full.width - left);
+            let height = height.min(full.height - top);
+            let drawn = CropBox {
+                top: f64::from(top),
+                left: f64::from(left),
+                height: f64::from(height),
+                width: f64::from(width),
+            };
+            let mut sizes = None;
+            let mut part = RgbImage::default();
+            let (info, crop) = decoder
+                .decode_for_crop(&bytes, &mut part, 1000, &mut |w, h| {
+                    sizes = Some((w, h));
+                    drawn
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                sizes,
+                Some((full.width, full.height)),
+                "{name}: upright size"
+            );
+            assert_eq!(
+                info.scale_denominator, 1,
+                "{name}: views larger than the crop never scale"
+            );
+            assert_eq!((crop.width, crop.height), (drawn.width, drawn.height));
+            for y in 0..height {
+                for x in 0..width {
+                    assert_eq!(
+                        part.pixel(crop.left as u32 + x, crop.top as u32 + y),
+                        full.pixel(left + x, top + y),
+                        "{name}: crop {drawn:?} pixel ({x}, {y})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A large crop of a large photo bound for a small view is decoded at a reduced DCT scale
+/// with libjpeg-turbo (the box shrinks with it), and at full size without.
+#[test]
+fn large_crops_use_dct_scaling_with_libjpeg_turbo() {
+    let bytes = hostile("large_6000x4000.jpg");
+    let drawn = CropBox {
+        top: 1000.0,
+        left: 1500.0,
+        height: 2000.0,
+        width: 3000.0,
+    };
+    let mut out = RgbImage::default();
+    let (info, crop) = Decoder::default()
+        .decode_for_crop(&bytes, &mut out, 224, &mut |_, _| drawn)
+        .unwrap();
+    if cfg!(feature = "libjpeg-turbo") {
+        // 2000 / 8 = 250 >= 224: the smallest scale that keeps the view's detail.
+        assert_eq!(info.scale_denominator, 8);
+        assert_eq!((crop.width, crop.height), (375.0, 250.0));
+        assert!(out.width >= 375 && out.width < 375 + 16 && out.height == 250);
+    } else {
+        assert_eq!(info.scale_denominator, 1);
+        assert_eq!(crop, drawn);
+        assert_eq!((out.width, out.height), (6000, 4000));
+    }
+    assert!(crop.left + crop.width <= f64::from(out.width));
+    assert!(crop.top + crop.height <= f64::from(out.height));
 }

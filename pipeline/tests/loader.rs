@@ -61,7 +61,7 @@ patch_size = 8
 
 fn options(shards: Vec<PathBuf>, recipe: Recipe, workers: usize) -> LoaderOptions {
     let mut o = LoaderOptions::new(shards, recipe);
-    o.workers = workers;
+    o.graph.workers = workers;
     o
 }
 
@@ -80,7 +80,7 @@ impl Seen {
     fn of(b: &Batch) -> Seen {
         let n = b.labels.len();
         Seen {
-            keys: b.keys.clone(),
+            keys: b.keys.iter().map(str::to_owned).collect(),
             labels: b.labels.clone(),
             views: b
                 .views
@@ -171,9 +171,9 @@ fn two_ranks_split_the_epoch() {
     let mut total = 0;
     for rank in 0..2 {
         let mut o = options(reference_shards(), recipe(8, 4, "skip"), 1);
-        o.rank = rank;
-        o.world_size = 2;
-        o.readers = 1;
+        o.graph.rank = rank;
+        o.graph.world_size = 2;
+        o.graph.readers = 1;
         let (batches, _) = collect(o);
         for b in &batches {
             total += b.keys.len();
@@ -183,7 +183,7 @@ fn two_ranks_split_the_epoch() {
     assert_eq!(total, 96);
     assert_eq!(keys.len(), 96);
     let mut o = options(reference_shards(), recipe(8, 4, "skip"), 1);
-    o.world_size = 3;
+    o.graph.world_size = 3;
     let err = Loader::start(o).unwrap_err();
     assert!(matches!(err, LoaderError::Order(_)), "{err}");
 }
@@ -252,7 +252,7 @@ fn damaged_and_irregular_shards_give_their_good_samples() {
         testdata("hostile/shards/tar-gzip-000000.tar.gz"),
     ];
     let mut o = options(shards, recipe(4, 1, "skip"), 2);
-    o.readers = 2;
+    o.graph.readers = 2;
     let (batches, stats) = collect(o);
     let delivered: BTreeSet<String> = batches
         .iter()
@@ -312,7 +312,7 @@ fn fingerprint(batches: &[Seen]) -> Vec<(Vec<String>, Vec<u8>, Vec<u8>)> {
 fn ordered_batches_do_not_depend_on_worker_count() {
     let run = |workers| {
         let mut o = options(reference_shards(), recipe(8, 16, "skip"), workers);
-        o.epochs = Some(2);
+        o.graph.epochs = Some(2);
         let (batches, _) = collect(o);
         fingerprint(&batches)
     };
@@ -327,7 +327,7 @@ fn ordered_batches_do_not_depend_on_worker_count() {
 fn dropping_the_loader_mid_stream_does_not_hang() {
     for workers in [1, 3] {
         let mut o = options(reference_shards(), recipe(4, 8, "skip"), workers);
-        o.epochs = None;
+        o.graph.epochs = None;
         let mut loader = Loader::start(o).unwrap();
         let first = loader.next_batch().unwrap().unwrap();
         let _second = loader.next_batch().unwrap().unwrap();
@@ -348,4 +348,25 @@ fn missing_shard_is_an_error_naming_it() {
         err.to_string().contains("/nonexistent/shard-0.tar"),
         "{err}"
     );
+}
+
+/// `drop_last` over several epochs: each epoch's partial batch is dropped (96 samples in
+/// batches of 10: 9 full batches, 6 left over) and delivery goes on with the next epoch.
+/// A dropped batch still has a number in the delivery order; the loader once waited for
+/// it forever, holding every later batch until the pools ran dry.
+#[test]
+fn drop_last_skips_each_epochs_partial_batch_and_goes_on() {
+    let mut o = options(reference_shards(), recipe(10, 16, "skip"), 2);
+    o.graph.epochs = Some(3);
+    o.graph.drop_last = true;
+    let (batches, stats) = collect(o);
+    assert_eq!(batches.len(), 27, "9 full batches in each of 3 epochs");
+    assert!(batches.iter().all(|b| b.labels.len() == 10));
+    let ends: Vec<_> = batches
+        .iter()
+        .map(|b| (b.state.epoch, b.state.samples_consumed))
+        .collect();
+    assert_eq!(ends[8], (0, 90));
+    assert_eq!(ends[9].0, 1, "the next epoch follows the dropped batch");
+    assert_eq!(stats.samples, 270);
 }

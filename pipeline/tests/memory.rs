@@ -42,9 +42,9 @@ size = 64
         testdata("reference-shards/ref-000001.tar"),
     ];
     let mut options = LoaderOptions::new(shards, recipe);
-    options.workers = 2;
-    options.epochs = None; // endless: the producer could run arbitrarily far ahead
-    options.prefetch_batches = 2;
+    options.graph.workers = 2;
+    options.graph.epochs = None; // endless: the producer could run arbitrarily far ahead
+    options.graph.prefetch_batches = 2;
     let mut loader = Loader::start(options).unwrap();
     // Let the pipeline fill up while nobody consumes.
     drop(loader.next_batch().unwrap().unwrap());

@@ -42,10 +42,10 @@ patch_size = 8
         testdata("hostile/shards/tar-irregular-samples.tar"),
     ];
     let mut o = LoaderOptions::new(shards, recipe);
-    o.workers = workers;
-    o.seed = 3;
-    o.epochs = Some(2);
-    o.resume = resume;
+    o.graph.workers = workers;
+    o.graph.seed = 3;
+    o.graph.epochs = Some(2);
+    o.graph.resume = resume;
     o
 }
 
@@ -56,7 +56,7 @@ fn print(b: &Batch) -> Print {
     let v = &b.views[0];
     let masks = b.masks[0].as_ref().unwrap();
     (
-        b.keys.clone(),
+        b.keys.iter().map(str::to_owned).collect(),
         v.data[..n * 24 * 24 * 3].to_vec(),
         masks.ids_restore.clone(),
         b.state,

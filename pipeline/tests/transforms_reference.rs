@@ -17,7 +17,7 @@ use tessera_pipeline::transforms::{CropBox, TransformScratch, ViewTransform, res
 fn load(path: PathBuf) -> RgbImage {
     let mut out = RgbImage::default();
     Decoder::default()
-        .decode(&std::fs::read(&path).unwrap(), &mut out, None)
+        .decode(&std::fs::read(&path).unwrap(), &mut out)
         .unwrap();
     out
 }

@@ -175,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // 4. What the model will see: views and masks of a few samples.
     let mut loader = LoaderOptions::new(shards.clone(), recipe);
-    loader.workers = workers;
+    loader.graph.workers = workers;
     let preview_path = out.join("preview.png");
     let grid = tessera_pipeline::preview::preview(loader.clone(), 6)
         .context("drawing the demo preview")?;

@@ -9,6 +9,8 @@ pub mod shard;
 #[cfg(feature = "train")]
 pub mod demo;
 #[cfg(feature = "train")]
+pub mod eval;
+#[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
 pub mod train;

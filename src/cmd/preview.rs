@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("resolving shards `{}`", args.shards))?;
     let mut options = LoaderOptions::new(shards, recipe);
     if let Some(seed) = args.seed {
-        options.seed = seed;
+        options.graph.seed = seed;
     }
     let grid =
         tessera_pipeline::preview::preview(options, args.samples).context("drawing the preview")?;

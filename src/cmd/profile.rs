@@ -52,9 +52,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut loader = LoaderOptions::new(shards, recipe);
     if let Some(workers) = args.workers {
         anyhow::ensure!(workers > 0, "--workers must be at least 1");
-        loader.workers = workers;
+        loader.graph.workers = workers;
     }
-    loader.ordered = !args.unordered;
+    loader.graph.ordered = !args.unordered;
     let options = ProfileOptions {
         loader,
         batches: args.batches,

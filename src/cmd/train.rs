@@ -187,6 +187,11 @@ fn print_resolved(p: &Prepared) {
         "effective batch:  {} (micro-batch {} x accum {} x ranks {})",
         r.effective_batch, r.micro_batch, r.accum_steps, r.world_size
     );
+    let precision = match r.precision {
+        tessera_trainer::precision::Precision::F32 => "f32",
+        tessera_trainer::precision::Precision::Bf16 => "bf16 matmuls, f32 master weights",
+    };
+    eprintln!("precision:        {precision}");
     eprintln!("base lr:          {:.3e}", r.base_lr);
     eprintln!(
         "actual lr:        {:.3e} (base lr x {} / 256)",
@@ -275,11 +280,11 @@ fn train_on<B: AutodiffBackend>(
             |state| {
                 let mut opts = LoaderOptions::new(shards, recipe);
                 if let Some(w) = workers {
-                    opts.workers = w.max(1);
+                    opts.graph.workers = w.max(1);
                 }
-                opts.epochs = None; // the schedule decides when to stop
-                opts.ordered = true;
-                opts.resume = state;
+                opts.graph.epochs = None; // the schedule decides when to stop
+                opts.graph.ordered = true;
+                opts.graph.resume = state;
                 Loader::start(opts)
             },
             &options,

@@ -18,7 +18,8 @@ use tessera_pipeline::masks::MaskSpec;
 
 use crate::error::{Error, Result};
 use crate::objectives::mae::MaeConfig;
-use crate::optim::{AdamWSettings, Precision};
+use crate::optim::AdamWSettings;
+use crate::precision::Precision;
 use crate::schedule::WarmupCosine;
 use crate::vit::{VitConfig, check_width};
 
@@ -114,7 +115,9 @@ pub struct TrainSection {
     pub keep_checkpoints: usize,
     /// Seed of the model's initialisation and the trainer's own RNG. Default: `data.seed`.
     pub seed: Option<u64>,
-    /// Floating-point policy; only `"f32"` (default). See `optim` for why bf16 is not offered.
+    /// Floating-point policy: `"f32"` (default) or `"bf16"` (matmuls in bf16 over f32 master
+    /// weights, optimiser state and loss; see [`crate::precision`]). Worth it on GPUs with
+    /// bf16 tensor cores; on CPU (`Flex`) bf16 is slower than f32.
     #[serde(default)]
     pub precision: Precision,
     /// Optimiser steps between metric lines. Default 10.
@@ -742,6 +745,7 @@ base_lr = 1e-3
         assert_eq!(r.model, MaeConfig::mae_vit_base_patch16());
         assert_eq!(r.schedule.total_steps, 800 * r.steps_per_epoch.unwrap());
         assert_eq!(r.schedule.warmup_steps, 40 * r.steps_per_epoch.unwrap());
+        assert_eq!(r.precision, Precision::Bf16);
 
         let cifar = Recipe::load("mae_vit_tiny_cifar").unwrap();
         let r = TrainerConfig::from_recipe(&cifar)
@@ -751,6 +755,7 @@ base_lr = 1e-3
         assert_eq!((r.effective_batch, r.num_patches, r.num_keep), (64, 64, 16));
         assert_eq!((r.schedule.warmup_steps, r.schedule.total_steps), (30, 300));
         assert!((r.lr() - 1e-3).abs() < 1e-12);
+        assert_eq!(r.precision, Precision::F32, "the default");
     }
 
     #[test]
@@ -776,6 +781,10 @@ base_lr = 1e-3
             (
                 TINY.replace("accum_steps = 2", "accum_steps = 0"),
                 "accum_steps",
+            ),
+            (
+                TINY.replace("accum_steps = 2", "accum_steps = 2\nprecision = \"fp16\""),
+                "precision",
             ),
         ];
         for (text, key) in cases {

@@ -19,7 +19,6 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Tensor, backend::Backend};
 use safetensors::{Dtype, tensor::TensorView};
 
-use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::vit::Vit;
 
@@ -162,16 +161,13 @@ pub fn write_safetensors(
 /// Exports the encoder of the checkpoint `checkpoint_or_run_dir` (a checkpoint directory, or
 /// a run directory whose newest complete checkpoint is used) to `output`.
 pub fn export(checkpoint_or_run_dir: &Path, output: &Path) -> Result<ExportSummary> {
-    let dir = checkpoint::resolve(checkpoint_or_run_dir)?;
-    let state = checkpoint::load_state(&dir)?;
-    let device = Default::default();
-    let model = state.config.model.init::<Flex>(&device);
-    let model = checkpoint::load_model::<Flex, _>(&dir, model, &device)?;
-    let tensors = timm_tensors(&model.encoder)?;
-    let enc = &state.config.model.encoder;
+    let encoder =
+        crate::eval::features::load_encoder::<Flex>(checkpoint_or_run_dir, &Default::default())?;
+    let tensors = timm_tensors(&encoder.vit)?;
+    let enc = &encoder.config;
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("tessera.step".to_string(), state.step.to_string()),
+        ("tessera.step".to_string(), encoder.step.to_string()),
         ("tessera.img_size".to_string(), enc.img_size.to_string()),
         ("tessera.patch_size".to_string(), enc.patch_size.to_string()),
         ("tessera.embed_dim".to_string(), enc.embed_dim.to_string()),
@@ -181,9 +177,9 @@ pub fn export(checkpoint_or_run_dir: &Path, output: &Path) -> Result<ExportSumma
     ]);
     write_safetensors(&tensors, metadata, output)?;
     Ok(ExportSummary {
-        checkpoint: dir,
+        checkpoint: encoder.checkpoint,
         output: output.to_path_buf(),
-        step: state.step,
+        step: encoder.step,
         tensors: tensors.len(),
         parameters: tensors.iter().map(|t| t.values.len()).sum(),
     })

@@ -47,7 +47,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use tessera_pipeline::batch::{MaskBatch, ViewBatch};
 use tessera_pipeline::loader::{Loader, LoaderError};
-use tessera_pipeline::{Batch, PipelineState};
+use tessera_pipeline::{Batch, Keys, PipelineState};
 
 /// ImageNet channel statistics, as used by MAE, DINO and timm (`IMAGENET_DEFAULT_MEAN/STD`).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -86,7 +86,7 @@ pub struct DeviceBatch<B: Backend> {
     /// Class label per sample, `-1` where the sample has none.
     pub labels: Vec<i64>,
     /// `__key__` of each sample.
-    pub keys: Vec<String>,
+    pub keys: Keys,
     /// The pipeline's state just after this batch: what a checkpoint taken after the step
     /// that consumes this batch must record.
     pub state: PipelineState,

@@ -13,15 +13,18 @@
 //! ```
 //!
 //! Not here: data loading and augmentation (`tessera_pipeline`), random masking (drawn by
-//! the pipeline's CPU workers; the batch carries `ids_keep`/`ids_restore`/`mask`), mixed
-//! precision (f32 only, see [`optim`]), multi-device training.
+//! the pipeline's CPU workers; the batch carries `ids_keep`/`ids_restore`/`mask`),
+//! multi-device training. Mixed precision (bf16 matmuls, f32 master weights) is
+//! [`precision`].
 
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod objectives;
 pub mod optim;
+pub mod precision;
 pub mod schedule;
 pub mod vit;
 

@@ -1,4 +1,4 @@
-//! AdamW with parameter groups, global-norm gradient clipping, and the precision policy.
+//! AdamW with parameter groups, and global-norm gradient clipping.
 //!
 //! burn 0.21's optimisers have no parameter groups: one `AdamW` applies one weight decay to
 //! every parameter it receives gradients for. [`GroupedAdamW`] holds two burn `AdamW`
@@ -20,16 +20,8 @@
 //! gradients by one factor from the global norm. [`clip_grad_norm`] does the latter, on the
 //! device without a host sync, and returns the global norm for the logs.
 //!
-//! # Precision
-//!
-//! burn 0.21 has no autocast. Choosing a bf16 float element for the backend
-//! (`Cuda<bf16>`) would also make the parameters and AdamW's moments bf16: with 8 bits of
-//! mantissa, updates of size `lr x 1e-3` relative to a weight round to nothing, and the
-//! second moment loses its small values. So the master weights, the gradients and the
-//! optimiser state stay f32 (`Cuda<f32>`, `Flex<f32>`); [`Precision`] exists in the config so
-//! a run records what it used, and only `f32` is accepted until a cast-per-matmul path is
-//! measured to be both faster and equal in loss. On CUDA, cubecl's matmul picks its own
-//! tensor-core kernels for f32 inputs; TF32 is not forced.
+//! Precision: the optimiser always sees f32 parameters and gradients, also in bf16 runs
+//! (master weights; see [`crate::precision`]).
 
 use std::collections::HashSet;
 
@@ -41,15 +33,6 @@ use serde::{Deserialize, Serialize};
 
 /// Parameter names (last path component) that never get weight decay, whatever their rank.
 pub const NO_WEIGHT_DECAY: &[&str] = &["cls_token", "mask_token", "pos_embed", "decoder_pos_embed"];
-
-/// Floating-point policy of a run. See the module docs for why only f32 is accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// f32 weights, gradients, optimiser state and compute.
-    #[default]
-    F32,
-}
 
 /// AdamW's hyper-parameters except the learning rate (which the schedule gives per step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,10 @@
 //! step consumed, the loader (ordered mode) continues from it, the masks come with the batches
 //! and the schedule is a pure function of the step, so a resumed run computes the same losses
 //! as one that never stopped. The loop itself draws no random numbers.
+//!
+//! `[train] precision` is applied to the model after it is built or restored
+//! ([`MaeModel::with_precision`]); the loop is the same for f32 and bf16, since gradients,
+//! clipping, the optimiser and checkpoints see f32 parameters either way.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,7 +270,8 @@ where
             Run {
                 config: config.clone(),
                 device: device.clone(),
-                model: restored.model,
+                // Precision is not part of a checkpoint: the recipe's applies on resume.
+                model: restored.model.with_precision(config.precision),
                 optim: restored.optim,
                 step,
                 // Step 0 has consumed nothing: start the stream from its beginning.
@@ -276,7 +281,10 @@ where
         }
         None => {
             B::seed(device, config.seed);
-            let model = config.model.init::<B>(device);
+            let model = config
+                .model
+                .init::<B>(device)
+                .with_precision(config.precision);
             let optim = GroupedAdamW::new(config.adamw, &model);
             let rng = ChaCha8Rng::seed_from_u64(config.seed);
             Run {

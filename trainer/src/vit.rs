@@ -13,14 +13,19 @@
 //! The patch embedding is a `Linear` over patches flattened in `(channel, row, column)` order,
 //! which is exactly a `Conv2d(3, D, P, stride=P)` whose weight `[D, 3, P, P]` is the transposed
 //! linear weight reshaped: export stays a reshape and the forward stays one matmul.
+//!
+//! Precision: every module here takes and returns f32 tensors and holds f32 parameters. The
+//! layers with matmuls ([`PatchEmbed`], [`Attention`], [`Mlp`]) carry a [`Precision`] (set for
+//! the whole tree by [`Vit::with_precision`], f32 after `init`) and with bf16 run their
+//! matmuls in bf16 inside; LayerNorm and the residual stream stay f32 (see [`crate::precision`]).
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
+
+use crate::precision::{Precision, to_f32};
 
 /// LayerNorm epsilon used by timm's ViT and MAE (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LAYER_NORM_EPS: f64 = 1e-6;
@@ -149,6 +154,7 @@ impl VitConfig {
                 // MAE: xavier_uniform on the conv weight viewed as [D, C*P*P].
                 proj: init_linear(patch_dim, d, device),
                 patch_size: self.patch_size,
+                precision: Precision::F32,
             },
             cls_token: Initializer::Normal {
                 mean: 0.0,
@@ -215,11 +221,13 @@ pub(crate) fn init_block<B: Backend>(
             qkv: init_linear(d, 3 * d, device),
             proj: init_linear(d, d, device),
             num_heads,
+            precision: Precision::F32,
         },
         norm2: init_layer_norm(d, device),
         mlp: Mlp {
             fc1: init_linear(d, hidden, device),
             fc2: init_linear(hidden, d, device),
+            precision: Precision::F32,
         },
     }
 }
@@ -231,11 +239,13 @@ pub struct PatchEmbed<B: Backend> {
     pub proj: Linear<B>,
     /// Patch side in pixels.
     pub patch_size: usize,
+    /// Dtype of the projection's matmul (not saved; set by [`Vit::with_precision`]).
+    pub precision: Precision,
 }
 
 impl<B: Backend> PatchEmbed<B> {
     /// # Shapes
-    /// `images` `[n, c, h*p, w*p]` -> `[n, h*w, d]`, patches in row-major grid order.
+    /// `images` `[n, c, h*p, w*p]` (f32) -> `[n, h*w, d]` (f32), patches in row-major grid order.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
         let [n, c, height, width] = images.dims();
         let p = self.patch_size;
@@ -244,7 +254,7 @@ impl<B: Backend> PatchEmbed<B> {
             .reshape([n, c, h, p, w, p])
             .permute([0, 2, 4, 1, 3, 5]) // [n, h, w, c, p, p]
             .reshape([n, h * w, c * p * p]);
-        self.proj.forward(patches) // [n, l, d]
+        to_f32(self.precision.linear(&self.proj, patches)) // [n, l, d]
     }
 }
 
@@ -257,15 +267,18 @@ pub struct Attention<B: Backend> {
     pub proj: Linear<B>,
     /// Number of heads.
     pub num_heads: usize,
+    /// Dtype of the projections and of `q·kᵀ`, `softmax·v` (the softmax is f32 either way).
+    pub precision: Precision,
 }
 
 impl<B: Backend> Attention<B> {
     /// # Shapes
-    /// `x` `[b, l, d]` -> `[b, l, d]`.
+    /// `x` `[b, l, d]` (f32) -> `[b, l, d]` (f32).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, d] = x.dims();
         let h = self.num_heads;
-        let qkv = self.qkv.forward(x).reshape([b, l, 3, h, d / h]);
+        let p = self.precision;
+        let qkv = p.linear(&self.qkv, x).reshape([b, l, 3, h, d / h]);
         // [b, l, 1, h, dh] -> [b, h, l, dh]
         let part = |i: usize| {
             qkv.clone()
@@ -274,8 +287,8 @@ impl<B: Backend> Attention<B> {
                 .swap_dims(1, 2)
         };
         let (q, k, v) = (part(0), part(1), part(2));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [b, h, l, dh]
-        self.proj.forward(out.swap_dims(1, 2).reshape([b, l, d]))
+        let out = p.attention(q, k, v); // [b, h, l, dh]
+        to_f32(p.linear(&self.proj, out.swap_dims(1, 2).reshape([b, l, d])))
     }
 }
 
@@ -286,13 +299,16 @@ pub struct Mlp<B: Backend> {
     pub fc1: Linear<B>,
     /// `[hidden, D]`.
     pub fc2: Linear<B>,
+    /// Dtype of both linears and of the GELU between them.
+    pub precision: Precision,
 }
 
 impl<B: Backend> Mlp<B> {
     /// # Shapes
-    /// `x` `[b, l, d]` -> `[b, l, d]`.
+    /// `x` `[b, l, d]` (f32) -> `[b, l, d]` (f32).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        let p = self.precision;
+        to_f32(p.linear(&self.fc2, gelu(p.linear(&self.fc1, x))))
     }
 }
 
@@ -316,6 +332,12 @@ impl<B: Backend> Block<B> {
         let x = x.clone() + self.attn.forward(self.norm1.forward(x));
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
+
+    /// Sets the matmul precision of the attention and the MLP.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.attn.precision = precision;
+        self.mlp.precision = precision;
+    }
 }
 
 /// The ViT encoder: patch embedding, class token, fixed position embedding, blocks, norm.
@@ -336,6 +358,20 @@ pub struct Vit<B: Backend> {
 }
 
 impl<B: Backend> Vit<B> {
+    /// The same encoder with every matmul in `precision` (parameters stay as they are: f32).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.patch_embed.precision = precision;
+        for block in &mut self.blocks {
+            block.set_precision(precision);
+        }
+        self
+    }
+
+    /// The matmul precision set by [`Vit::with_precision`].
+    pub fn precision(&self) -> Precision {
+        self.patch_embed.precision
+    }
+
     /// Patch tokens with their position embedding, before any masking.
     ///
     /// # Shapes

@@ -10,12 +10,12 @@
 //! A batch is complete when it is closed (full, or the epoch/stream ended) and every
 //! worker holding one of its slots has finished writing. Whoever completes it sends it on.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::batch::{Batch, MaskBatch, ViewBatch};
-use crate::pool::{BufferPool, PooledBuffer};
+use super::slot::{BatchLayout, OpenBatch, SlotGrant};
+use crate::pool::BufferPool;
 use crate::state::PipelineState;
 
 /// What the assembler needs to know about one sample of the stream.
@@ -26,130 +26,6 @@ pub(crate) struct Ticket {
     pub epoch: u64,
     /// Position in this rank's stream of `epoch` (what `PipelineState` counts).
     pub seq_in_epoch: u64,
-}
-
-/// What a worker records about its sample once written.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct SlotMeta {
-    pub label: i64,
-    pub key: String,
-    /// Identity of the sample (seeds its randomness with the run seed and epoch).
-    pub sample_id: u64,
-}
-
-/// One sample's part of a view's masks (see [`MaskBatch`]).
-#[derive(Debug)]
-pub struct MaskSlot<'a> {
-    /// `num_patches` entries, 1 = masked.
-    pub mask: &'a mut [u8],
-    /// `num_keep` entries (MAE), else empty.
-    pub ids_keep: &'a mut [u32],
-    /// `num_patches` entries (MAE), else empty.
-    pub ids_restore: &'a mut [u32],
-}
-
-/// Base pointers of one view's mask arrays and the per-sample lengths.
-#[derive(Clone, Copy)]
-struct MaskPtrs {
-    mask: *mut u8,
-    ids_keep: *mut u32,
-    ids_restore: *mut u32,
-    num_patches: usize,
-    num_keep: usize,
-    /// Whether the view has keep/restore indices (MAE).
-    indices: bool,
-}
-
-/// A batch being filled.
-struct OpenBatch {
-    /// Order in which batches are delivered.
-    number: u64,
-    /// Per view: base pointer of the pooled buffer and the bytes of one sample.
-    views: Vec<(*mut u8, usize)>,
-    buffers: Mutex<Option<Vec<PooledBuffer>>>,
-    mask_ptrs: Vec<Option<MaskPtrs>>,
-    masks: Mutex<Option<Vec<Option<MaskBatch>>>>,
-    meta: Mutex<Vec<SlotMeta>>,
-    /// Slots handed out; fixed once closed.
-    len: AtomicUsize,
-    /// Writers not yet finished, plus one until the batch is closed.
-    outstanding: AtomicUsize,
-    state: Mutex<PipelineState>,
-}
-
-// SAFETY: the raw pointers point into heap buffers owned by `buffers`, which stay alive
-// (and are not moved out) until `outstanding` reaches zero; each slot's region is handed
-// to exactly one `SlotGrant`, so no two threads write the same bytes.
-unsafe impl Send for OpenBatch {}
-unsafe impl Sync for OpenBatch {}
-
-/// The right to write one sample's views into its slot of a batch.
-pub(crate) struct SlotGrant {
-    batch: Arc<OpenBatch>,
-    slot: usize,
-    assembly: Arc<Assembly>,
-}
-
-impl SlotGrant {
-    /// The sample's region of each view's buffer (view order) and of each view's masks.
-    pub fn parts(&mut self) -> (Vec<&mut [u8]>, Vec<Option<MaskSlot<'_>>>) {
-        (self.views(), self.masks())
-    }
-
-    // Only `parts` (which takes `&mut self`) calls these two, once per grant.
-    #[allow(clippy::mut_from_ref)]
-    fn views(&self) -> Vec<&mut [u8]> {
-        self.batch
-            .views
-            .iter()
-            .map(|&(base, per_sample)| {
-                // SAFETY: see `OpenBatch`; the region `slot * per_sample ..` lies within
-                // the buffer (capacity `batch_size * per_sample`) and is ours alone.
-                unsafe {
-                    std::slice::from_raw_parts_mut(base.add(self.slot * per_sample), per_sample)
-                }
-            })
-            .collect()
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn masks(&self) -> Vec<Option<MaskSlot<'_>>> {
-        let slot = self.slot;
-        self.batch
-            .mask_ptrs
-            .iter()
-            .map(|ptrs| {
-                ptrs.map(|p| {
-                    let (n, k) = if p.indices {
-                        (p.num_patches, p.num_keep)
-                    } else {
-                        (0, 0)
-                    };
-                    // SAFETY: as for `views`: the vectors of `OpenBatch::masks` have
-                    // `batch_size` samples' worth of entries and stay put until completion.
-                    unsafe {
-                        MaskSlot {
-                            mask: std::slice::from_raw_parts_mut(
-                                p.mask.add(slot * p.num_patches),
-                                p.num_patches,
-                            ),
-                            ids_keep: std::slice::from_raw_parts_mut(p.ids_keep.add(slot * k), k),
-                            ids_restore: std::slice::from_raw_parts_mut(
-                                p.ids_restore.add(slot * n),
-                                n,
-                            ),
-                        }
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// Record the slot's label and key and release it; sends the batch on if it was the last.
-    pub fn finish(self, meta: SlotMeta) {
-        self.batch.meta.lock().unwrap_or_else(|e| e.into_inner())[self.slot] = meta;
-        self.assembly.release(&self.batch);
-    }
 }
 
 /// The answer of [`Assembly::take_grant`].
@@ -169,8 +45,10 @@ pub(crate) enum Outcome {
 
 struct State {
     next_seq: u64,
-    /// Ordered mode: reports that arrived before their predecessors.
-    early: BTreeMap<u64, (Ticket, Outcome)>,
+    /// Ordered mode: reports that arrived before their predecessors, at index
+    /// `seq - next_seq` (a ring that keeps its allocation: a map would allocate a node
+    /// for nearly every sample).
+    early: VecDeque<Option<(Ticket, Outcome)>>,
     /// Ordered mode: slots assigned to waiting workers, by sequence number.
     granted: HashMap<u64, (Arc<OpenBatch>, usize)>,
     open: Option<Arc<OpenBatch>>,
@@ -190,16 +68,13 @@ pub(crate) struct Assembly {
     state: Mutex<State>,
     granted: Condvar,
     ordered: bool,
-    batch_size: usize,
     drop_last: bool,
     seed: u64,
     rank: u32,
     world_size: u32,
-    /// One pool per view; `(height, width)` per view.
+    /// One pool per view.
     pools: Vec<BufferPool>,
-    shapes: Vec<(usize, usize)>,
-    /// Per view: `(num_patches, num_keep, has keep/restore indices)` when it has masks.
-    mask_shapes: Vec<Option<(usize, usize, bool)>>,
+    layout: BatchLayout,
     first_seq: u64,
     out: async_channel::Sender<super::Output>,
 }
@@ -231,7 +106,7 @@ impl Assembly {
         Assembly {
             state: Mutex::new(State {
                 next_seq: config.first_seq,
-                early: BTreeMap::new(),
+                early: VecDeque::new(),
                 granted: HashMap::new(),
                 open: None,
                 next_batch_number: 0,
@@ -243,14 +118,16 @@ impl Assembly {
             }),
             granted: Condvar::new(),
             ordered: config.ordered,
-            batch_size: config.batch_size,
             drop_last: config.drop_last,
             seed: config.seed,
             rank: config.rank,
             world_size: config.world_size,
             pools: config.pools,
-            shapes: config.shapes,
-            mask_shapes: config.mask_shapes,
+            layout: BatchLayout {
+                batch_size: config.batch_size,
+                shapes: config.shapes,
+                mask_shapes: config.mask_shapes,
+            },
             first_seq: config.first_seq,
             out,
         }
@@ -270,12 +147,19 @@ impl Assembly {
             }
             return;
         }
-        state.early.insert(ticket.seq, (ticket, outcome));
-        loop {
-            let next = state.next_seq;
-            let Some((t, o)) = state.early.remove(&next) else {
-                break;
-            };
+        let Some(offset) = ticket
+            .seq
+            .checked_sub(state.next_seq)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return; // already resolved: a duplicate report (a caller bug); ignore it
+        };
+        if state.early.len() <= offset {
+            state.early.resize(offset + 1, None);
+        }
+        state.early[offset] = Some((ticket, outcome));
+        while let Some(Some((t, o))) = state.early.front().copied() {
+            state.early.pop_front();
             state.next_seq += 1;
             if let Some(grant) = self.resolve(&mut state, t, o) {
                 state.granted.insert(t.seq, grant);
@@ -304,11 +188,7 @@ impl Assembly {
     }
 
     fn grant(self: &Arc<Self>, batch: Arc<OpenBatch>, slot: usize) -> SlotGrant {
-        SlotGrant {
-            batch,
-            slot,
-            assembly: Arc::clone(self),
-        }
+        SlotGrant::new(batch, slot, Arc::clone(self))
     }
 
     /// Count one resolved report; an accepted sample gets the next slot.
@@ -331,7 +211,7 @@ impl Assembly {
                 let batch = state.open.clone()?;
                 let slot = batch.len.fetch_add(1, Ordering::AcqRel);
                 batch.outstanding.fetch_add(1, Ordering::AcqRel);
-                if slot + 1 == self.batch_size {
+                if slot + 1 == self.layout.batch_size {
                     state.open = None;
                     self.close(&batch, ticket);
                 }
@@ -410,66 +290,19 @@ impl Assembly {
         for pool in &self.pools {
             buffers.push(pool.take_unless_closed()?);
         }
-        let views = buffers
-            .iter_mut()
-            .zip(&self.shapes)
-            .map(|(buf, &(h, w))| (buf.as_mut_ptr(), h * w * 3))
-            .collect();
-        let n = self.batch_size;
-        let mut masks: Vec<Option<MaskBatch>> = self
-            .mask_shapes
-            .iter()
-            .map(|shape| {
-                shape.map(|(num_patches, num_keep, indices)| MaskBatch {
-                    len: n,
-                    num_patches,
-                    mask: vec![0; n * num_patches],
-                    ids_keep: if indices {
-                        vec![0; n * num_keep]
-                    } else {
-                        Vec::new()
-                    },
-                    ids_restore: if indices {
-                        vec![0; n * num_patches]
-                    } else {
-                        Vec::new()
-                    },
-                    num_keep: if indices { num_keep } else { 0 },
-                })
-            })
-            .collect();
-        let mask_ptrs = masks
-            .iter_mut()
-            .zip(&self.mask_shapes)
-            .map(|(m, shape)| {
-                let (m, &(num_patches, num_keep, indices)) = (m.as_mut()?, shape.as_ref()?);
-                Some(MaskPtrs {
-                    mask: m.mask.as_mut_ptr(),
-                    ids_keep: m.ids_keep.as_mut_ptr(),
-                    ids_restore: m.ids_restore.as_mut_ptr(),
-                    num_patches,
-                    num_keep,
-                    indices,
-                })
-            })
-            .collect();
-        Some(Arc::new(OpenBatch {
+        let state = PipelineState {
+            seed: self.seed,
+            epoch: 0,
+            rank: self.rank,
+            world_size: self.world_size,
+            samples_consumed: 0,
+        };
+        Some(Arc::new(OpenBatch::new(
             number,
-            views,
-            buffers: Mutex::new(Some(buffers)),
-            mask_ptrs,
-            masks: Mutex::new(Some(masks)),
-            meta: Mutex::new(vec![SlotMeta::default(); self.batch_size]),
-            len: AtomicUsize::new(0),
-            outstanding: AtomicUsize::new(1),
-            state: Mutex::new(PipelineState {
-                seed: self.seed,
-                epoch: 0,
-                rank: self.rank,
-                world_size: self.world_size,
-                samples_consumed: 0,
-            }),
-        }))
+            buffers,
+            &self.layout,
+            state,
+        )))
     }
 
     /// No more slots for `batch`; `last` is the last sample resolved into its range.
@@ -479,71 +312,28 @@ impl Assembly {
 
     /// No more slots for `batch`, which ends after `consumed` samples of `epoch`.
     fn close_at(&self, batch: &Arc<OpenBatch>, epoch: u64, consumed: u64) {
-        {
-            let mut state = batch.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.epoch = epoch;
-            state.samples_consumed = consumed;
-        }
+        batch.set_position(epoch, consumed);
         self.release(batch);
     }
 
     /// One writer (or the close) is done with `batch`; the last one sends it on.
-    fn release(&self, batch: &Arc<OpenBatch>) {
+    pub(super) fn release(&self, batch: &Arc<OpenBatch>) {
         if batch.outstanding.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let len = batch.len.load(Ordering::Acquire).min(self.batch_size);
-        let Some(buffers) = batch
-            .buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
+        let len = batch
+            .len
+            .load(Ordering::Acquire)
+            .min(self.layout.batch_size);
+        // Sends fail only when the consumer is gone; the batch is then dropped (buffers
+        // return to their pools).
+        let output = match batch.take(&self.layout, len) {
+            Some(out) => super::Output::Batch(batch.number, out),
+            // A dropped last batch gives its buffers back, and its number must still be
+            // accounted for, or ordered delivery would wait for it forever.
+            None => super::Output::Dropped(batch.number),
         };
-        if len == 0 {
-            return; // an empty (or dropped last) batch: the buffers go back to the pools
-        }
-        let mut meta = std::mem::take(&mut *batch.meta.lock().unwrap_or_else(|e| e.into_inner()));
-        meta.truncate(len);
-        let mut masks = batch
-            .masks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default();
-        for m in masks.iter_mut().flatten() {
-            m.len = len;
-            m.mask.truncate(len * m.num_patches);
-            m.ids_keep.truncate(len * m.num_keep);
-            if !m.ids_restore.is_empty() {
-                m.ids_restore.truncate(len * m.num_patches);
-            }
-        }
-        let views = buffers
-            .into_iter()
-            .zip(&self.shapes)
-            .map(|(data, &(height, width))| ViewBatch {
-                data,
-                len,
-                height,
-                width,
-            })
-            .collect();
-        let labels = meta.iter().map(|m| m.label).collect();
-        let keys = meta.into_iter().map(|m| m.key).collect();
-        let state = *batch.state.lock().unwrap_or_else(|e| e.into_inner());
-        let out = Batch {
-            views,
-            masks,
-            labels,
-            keys,
-            state,
-        };
-        // Fails only when the consumer is gone; the batch is then dropped (buffers return).
-        let _ = self
-            .out
-            .send_blocking(super::Output::Batch(batch.number, out));
+        let _ = self.out.send_blocking(output);
     }
 
     /// Stop the run with `error` (fail-fast policy, or a failed resume).

@@ -25,6 +25,7 @@ mod epoch;
 mod options;
 mod read;
 mod recipe_work;
+mod slot;
 mod work;
 
 use std::collections::BTreeMap;
@@ -35,9 +36,9 @@ use std::time::Duration;
 
 use tessera_shards::Sample;
 
-pub use assemble::MaskSlot;
 pub use options::{GraphOptions, LoaderError, LoaderOptions, default_workers};
 pub use recipe_work::RecipeWork;
+pub use slot::{MaskSlot, SlotGrant};
 pub use work::{Reject, SampleWork};
 
 use crate::batch::Batch;
@@ -56,6 +57,9 @@ pub(crate) enum Output {
     Batch(u64, Batch),
     /// Fail-fast policy: the run stops with this error.
     Error(LoaderError),
+    /// Batch `number` was opened but delivers nothing: its samples were dropped
+    /// (`drop_last` at an epoch's end). Ordered delivery must skip its number.
+    Dropped(u64),
     /// The last worker exited: every batch has been sent.
     End,
 }
@@ -64,7 +68,8 @@ pub(crate) enum Output {
 #[derive(Debug)]
 pub struct Loader {
     output: async_channel::Receiver<Output>,
-    reorder: BTreeMap<u64, Batch>,
+    /// Ordered mode: batches that arrived before their predecessors (`None`: dropped).
+    reorder: BTreeMap<u64, Option<Batch>>,
     next_number: u64,
     ordered: bool,
     finished: bool,
@@ -77,6 +82,7 @@ impl std::fmt::Debug for Output {
         match self {
             Output::Batch(n, _) => write!(f, "Batch({n})"),
             Output::Error(e) => write!(f, "Error({e})"),
+            Output::Dropped(n) => write!(f, "Dropped({n})"),
             Output::End => write!(f, "End"),
         }
     }
@@ -104,25 +110,7 @@ const _: () = {
 impl Loader {
     /// Start the pipeline for `options.recipe`.
     pub fn start(options: LoaderOptions) -> Result<Loader, LoaderError> {
-        let data = &options.recipe.data;
-        let graph = GraphOptions {
-            shards: options.shards.clone(),
-            workers: options.workers,
-            seed: options.seed,
-            rank: options.rank,
-            world_size: options.world_size,
-            epochs: options.epochs,
-            resume: options.resume,
-            ordered: options.ordered,
-            prefetch_batches: options.prefetch_batches,
-            readers: options.readers,
-            drop_last: options.drop_last,
-            batch_size: data.batch_size,
-            shuffle_buffer: data.shuffle_buffer,
-            policy: data.bad_sample,
-            buffer_hook: options.buffer_hook.clone(),
-        };
-        Loader::with_work(graph, RecipeWork::new(&options.recipe))
+        Loader::with_work(options.graph, RecipeWork::new(&options.recipe))
     }
 
     /// Start the pipeline with any per-sample work.
@@ -298,15 +286,29 @@ impl Loader {
             return None;
         }
         loop {
-            if let Some(batch) = self.reorder.remove(&self.next_number) {
-                return Some(Ok(self.deliver(batch)));
+            match self.reorder.remove(&self.next_number) {
+                Some(Some(batch)) => return Some(Ok(self.deliver(batch))),
+                Some(None) => {
+                    self.next_number += 1;
+                    continue;
+                }
+                None => {}
             }
             match self.output.recv_blocking() {
                 Ok(Output::Batch(number, batch)) => {
                     if !self.ordered || number == self.next_number {
                         return Some(Ok(self.deliver(batch)));
                     }
-                    self.reorder.insert(number, batch);
+                    self.reorder.insert(number, Some(batch));
+                }
+                Ok(Output::Dropped(number)) => {
+                    if self.ordered {
+                        if number == self.next_number {
+                            self.next_number += 1;
+                        } else {
+                            self.reorder.insert(number, None);
+                        }
+                    }
                 }
                 Ok(Output::Error(e)) => {
                     self.finished = true;

@@ -61,13 +61,54 @@ pub enum LoaderError {
     Spawn(#[source] std::io::Error),
 }
 
-/// How to run the loader (the recipe supplies views, masks, batch size and policy).
+/// How to run the loader on a recipe: the recipe's views and masks, and the graph's
+/// settings, whose batch size, shuffle buffer, bad-sample policy, workers and seed start
+/// from the recipe's `[data]` ([`LoaderOptions::new`]); change any of them in `graph`.
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
-    /// Shard files (every rank passes the same list, in the same order).
-    pub shards: Vec<PathBuf>,
     /// Views, masks and the `[data]` settings.
     pub recipe: Recipe,
+    /// Shards, workers, order, epochs, resume and queue depths.
+    pub graph: GraphOptions,
+}
+
+impl LoaderOptions {
+    /// Options for one process (rank 0 of 1), ordered, one epoch, defaults from the recipe.
+    pub fn new(shards: Vec<PathBuf>, recipe: Recipe) -> Self {
+        let data = &recipe.data;
+        let graph = GraphOptions {
+            shards,
+            workers: data.workers.unwrap_or_else(default_workers),
+            seed: data.seed,
+            rank: 0,
+            world_size: 1,
+            epochs: Some(1),
+            resume: None,
+            ordered: true,
+            prefetch_batches: 2,
+            readers: 2,
+            drop_last: false,
+            batch_size: data.batch_size,
+            shuffle_buffer: data.shuffle_buffer,
+            policy: data.bad_sample,
+            buffer_hook: None,
+        };
+        LoaderOptions { recipe, graph }
+    }
+}
+
+/// Cores available to this process.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The settings of the graph, whatever the per-sample work.
+#[derive(Debug, Clone)]
+pub struct GraphOptions {
+    /// Shard files (every rank passes the same list, in the same order).
+    pub shards: Vec<PathBuf>,
     /// CPU worker threads (decode, views, masks). Default: the recipe's, else the cores.
     pub workers: usize,
     /// Seed of the order and of every sample's randomness. Default: the recipe's.
@@ -91,73 +132,14 @@ pub struct LoaderOptions {
     pub readers: usize,
     /// Drop the last, partial batch of each epoch (ordered mode). Default false.
     pub drop_last: bool,
+    /// Samples per batch. Default: the recipe's.
+    pub batch_size: usize,
+    /// Shuffle buffer capacity, samples (0 or 1: no shuffling). Default: the recipe's.
+    pub shuffle_buffer: usize,
+    /// Skip or fail on a bad sample. Default: the recipe's.
+    pub policy: BadSamplePolicy,
     /// Called once on every batch buffer when the loader allocates it: the CUDA trainer
     /// page-locks them here (see [`BufferHook`]). Default none.
-    pub buffer_hook: Option<BufferHook>,
-}
-
-impl LoaderOptions {
-    /// Options for one process (rank 0 of 1), ordered, one epoch, defaults from the recipe.
-    pub fn new(shards: Vec<PathBuf>, recipe: Recipe) -> Self {
-        let workers = recipe.data.workers.unwrap_or_else(default_workers);
-        let seed = recipe.data.seed;
-        LoaderOptions {
-            shards,
-            recipe,
-            workers,
-            seed,
-            rank: 0,
-            world_size: 1,
-            epochs: Some(1),
-            resume: None,
-            ordered: true,
-            prefetch_batches: 2,
-            readers: 2,
-            drop_last: false,
-            buffer_hook: None,
-        }
-    }
-}
-
-/// Cores available to this process.
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-/// The recipe-independent settings of the graph (see [`LoaderOptions`] for each).
-#[derive(Debug, Clone)]
-pub struct GraphOptions {
-    /// Shard files, the same list on every rank.
-    pub shards: Vec<PathBuf>,
-    /// CPU worker threads.
-    pub workers: usize,
-    /// Seed of the order and of every sample's randomness.
-    pub seed: u64,
-    /// This process's rank.
-    pub rank: u32,
-    /// Number of ranks.
-    pub world_size: u32,
-    /// Epochs in all (from 0); `None` = forever.
-    pub epochs: Option<u64>,
-    /// Continue after this state.
-    pub resume: Option<PipelineState>,
-    /// Batches independent of worker count and timing.
-    pub ordered: bool,
-    /// Finished batches queued ahead of the consumer.
-    pub prefetch_batches: usize,
-    /// Shard reader tasks.
-    pub readers: usize,
-    /// Drop each epoch's last partial batch.
-    pub drop_last: bool,
-    /// Samples per batch.
-    pub batch_size: usize,
-    /// Shuffle buffer capacity, samples (0 or 1: no shuffling).
-    pub shuffle_buffer: usize,
-    /// Skip or fail on a bad sample.
-    pub policy: BadSamplePolicy,
-    /// Called on every batch buffer once at allocation.
     pub buffer_hook: Option<BufferHook>,
 }
 

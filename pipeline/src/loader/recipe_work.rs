@@ -3,13 +3,13 @@
 
 use tessera_shards::Sample;
 
-use super::assemble::MaskSlot;
+use super::slot::SlotGrant;
 use super::work::{Reject, SampleWork};
 use crate::decode::{Decoder, RgbImage};
 use crate::masks::{MaskGenerator, MaskSpec};
 use crate::recipe::Recipe;
 use crate::rng::SampleRng;
-use crate::transforms::{TransformScratch, ViewTransform};
+use crate::transforms::{CropBox, TransformScratch, ViewTransform};
 
 /// The compiled views and masks of a [`Recipe`].
 #[derive(Debug, Clone)]
@@ -21,8 +21,9 @@ pub struct RecipeWork {
     views: Vec<ViewTransform>,
     /// Per concrete view: its mask generator and whether it has MAE keep/restore indices.
     masks: Vec<Option<(MaskGenerator, bool)>>,
-    /// The largest view side: what a scaled decode may aim for.
-    largest_view: u32,
+    /// The recipe has one view and it crops before resizing: its crop is drawn at decode
+    /// time, so the decoder may decode just that part ([`Decoder::decode_for_crop`]).
+    crop_aware: bool,
 }
 
 /// One worker's reusable buffers.
@@ -31,6 +32,8 @@ pub struct RecipeScratch {
     decoder: Decoder,
     image: RgbImage,
     transform: TransformScratch,
+    /// The single view's crop in `image`, when the decode drew it (`crop_aware`).
+    crop: Option<CropBox>,
 }
 
 impl RecipeWork {
@@ -57,7 +60,7 @@ impl RecipeWork {
             image_fields: recipe.data.image_fields.clone(),
             label_field: recipe.data.label_field.clone(),
             max_pixels: recipe.data.max_pixels,
-            largest_view: views.iter().map(|v| v.size()).max().unwrap_or(0),
+            crop_aware: views.len() == 1 && views[0].crops_first(),
             views,
             masks,
         }
@@ -77,6 +80,7 @@ impl SampleWork for RecipeWork {
             decoder: Decoder::new(self.max_pixels),
             image: RgbImage::default(),
             transform: TransformScratch::new(),
+            crop: None,
         }
     }
 
@@ -97,7 +101,12 @@ impl SampleWork for RecipeWork {
             .collect()
     }
 
-    fn decode(&self, sample: &Sample, scratch: &mut RecipeScratch) -> Result<(), Reject> {
+    fn decode(
+        &self,
+        sample: &Sample,
+        rng: &mut SampleRng,
+        scratch: &mut RecipeScratch,
+    ) -> Result<(), Reject> {
         let Some(bytes) = self.image_fields.iter().find_map(|f| sample.field(f)) else {
             return Err(Reject {
                 reason: "missing_image",
@@ -112,13 +121,26 @@ impl SampleWork for RecipeWork {
                 ),
             });
         };
-        let target = Some((self.largest_view, self.largest_view));
-        match scratch.decoder.decode(bytes, &mut scratch.image, target) {
-            Ok(_) if scratch.image.width == 0 || scratch.image.height == 0 => Err(Reject {
+        let decoded = if self.crop_aware {
+            let view = &self.views[0];
+            let mut draw = |width, height| view.draw_crop(rng, width, height);
+            scratch
+                .decoder
+                .decode_for_crop(bytes, &mut scratch.image, view.size(), &mut draw)
+                .map(|(_, crop)| scratch.crop = Some(crop))
+        } else {
+            scratch.crop = None;
+            scratch
+                .decoder
+                .decode(bytes, &mut scratch.image)
+                .map(|_| ())
+        };
+        match decoded {
+            Ok(()) if scratch.image.width == 0 || scratch.image.height == 0 => Err(Reject {
                 reason: "empty",
                 detail: "image decoded to zero pixels".into(),
             }),
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(e) => Err(Reject {
                 reason: e.reason(),
                 detail: e.to_string(),
@@ -126,24 +148,23 @@ impl SampleWork for RecipeWork {
         }
     }
 
-    fn render(
-        &self,
-        scratch: &mut RecipeScratch,
-        rng: &mut SampleRng,
-        views: &mut [&mut [u8]],
-        masks: &mut [Option<MaskSlot<'_>>],
-    ) {
+    fn render(&self, scratch: &mut RecipeScratch, rng: &mut SampleRng, slot: &mut SlotGrant) {
         // Draw order (see `crate::rng`): views in batch order, then masks in view order.
-        for (view, out) in self.views.iter().zip(views.iter_mut()) {
-            if let Err(e) = view.apply(&scratch.image, rng, &mut scratch.transform, out) {
+        for (index, view) in self.views.iter().enumerate() {
+            let (image, out) = (&scratch.image, slot.view(index));
+            let made = match scratch.crop.take() {
+                Some(crop) => view.apply_with_crop(image, crop, rng, &mut scratch.transform, out),
+                None => view.apply(image, rng, &mut scratch.transform, out),
+            };
+            if let Err(e) = made {
                 // Unreachable for a decoded (non-empty) image and a slot of the right size.
                 tracing::error!("view transform failed ({e}); slot left black");
-                out.fill(0);
+                slot.view(index).fill(0);
             }
         }
-        for (generator, slot) in self.masks.iter().zip(masks.iter_mut()) {
-            if let (Some((generator, _)), Some(slot)) = (generator, slot) {
-                generator.generate(rng, slot.mask, slot.ids_keep, slot.ids_restore);
+        for (index, generator) in self.masks.iter().enumerate() {
+            if let (Some((generator, _)), Some(mask)) = (generator, slot.mask(index)) {
+                generator.generate(rng, mask.mask, mask.ids_keep, mask.ids_restore);
             }
         }
     }

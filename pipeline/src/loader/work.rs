@@ -11,7 +11,8 @@ use tessera_shards::Sample;
 
 use std::collections::VecDeque;
 
-use super::assemble::{Assembly, Grant, MaskSlot, Outcome, SlotGrant, SlotMeta, Ticket};
+use super::assemble::{Assembly, Grant, Outcome, Ticket};
+use super::slot::{SlotGrant, SlotMeta};
 
 /// Decoded samples a worker may hold while their slots wait for earlier samples.
 const DECODED_AHEAD: usize = 3;
@@ -53,24 +54,48 @@ pub trait SampleWork: Send + Sync + 'static {
     /// `(height, width)` of each view, in batch order.
     fn view_shapes(&self) -> Vec<(usize, usize)>;
 
-    /// Decode the sample's image into the scratch.
-    fn decode(&self, sample: &Sample, scratch: &mut Self::Scratch) -> Result<(), Reject>;
+    /// Decode the sample's image into the scratch. `rng` is the sample's random stream,
+    /// which continues into [`render`](SampleWork::render): a decode that needs a view's
+    /// crop (to decode only that part) draws it here, as the view would have.
+    fn decode(
+        &self,
+        sample: &Sample,
+        rng: &mut crate::rng::SampleRng,
+        scratch: &mut Self::Scratch,
+    ) -> Result<(), Reject>;
 
     /// Per view: `(num_patches, num_keep, has keep/restore indices)` if it has masks.
     fn mask_shapes(&self) -> Vec<Option<(usize, usize, bool)>>;
 
-    /// Write every view of the decoded image into `views` (`height * width * 3` bytes each,
-    /// HWC RGB u8) and its masks into `masks`, drawing randomness only from `rng`.
+    /// Write every view of the decoded image into the slot ([`SlotGrant::view`]:
+    /// `height * width * 3` bytes each, HWC RGB u8) and its masks ([`SlotGrant::mask`]),
+    /// drawing randomness only from `rng` (where `decode` left it).
     fn render(
         &self,
         scratch: &mut Self::Scratch,
         rng: &mut crate::rng::SampleRng,
-        views: &mut [&mut [u8]],
-        masks: &mut [Option<MaskSlot<'_>>],
+        slot: &mut SlotGrant,
     );
 
     /// The sample's class label, `-1` if it has none.
     fn label(&self, sample: &Sample) -> i64;
+}
+
+/// A worker's buffers for one sample in flight, reused from sample to sample.
+struct Held<S> {
+    /// The decoded image and transform scratch.
+    scratch: S,
+    /// The sample's key (the sample itself goes back to the readers once decoded).
+    key: String,
+}
+
+/// A decoded sample waiting for its batch slot: its scratch holds the image, its random
+/// stream is where the decode left it.
+struct Parked<S> {
+    ticket: Ticket,
+    meta: SlotMeta,
+    rng: crate::rng::SampleRng,
+    held: Held<S>,
 }
 
 /// One sample travelling from the sequencer to a worker.
@@ -104,24 +129,29 @@ impl<W: SampleWork> Worker<W> {
     /// its own scratch) and decodes the next sample; it blocks on the oldest grant only
     /// when every scratch is full or there is no input ready.
     pub fn run(self) {
-        let mut free: Vec<W::Scratch> = (0..DECODED_AHEAD).map(|_| self.work.scratch()).collect();
-        let mut parked: VecDeque<(Ticket, SlotMeta, W::Scratch)> = VecDeque::new();
+        let mut free: Vec<Held<W::Scratch>> = (0..DECODED_AHEAD)
+            .map(|_| Held {
+                scratch: self.work.scratch(),
+                key: String::with_capacity(64),
+            })
+            .collect();
+        let mut parked: VecDeque<Parked<W::Scratch>> = VecDeque::new();
         let mut clock = self.stage.clock();
         let mut input_done = false;
         loop {
             // Render whatever has its slot; wait for the oldest only when stuck.
-            while let Some((ticket, _, _)) = parked.front() {
+            while let Some(Parked { ticket, .. }) = parked.front() {
                 let wait = free.is_empty() || input_done || self.input.is_empty();
                 clock.switch(Activity::BlockedOnOutput);
                 let polled = self.assembly.take_grant(ticket.seq, wait);
                 clock.switch(Activity::Busy);
                 match polled {
                     Grant::Ready(grant) => {
-                        let Some((ticket, meta, mut scratch)) = parked.pop_front() else {
+                        let Some(mut parked) = parked.pop_front() else {
                             break;
                         };
-                        self.render(grant, ticket, meta, &mut scratch);
-                        free.push(scratch);
+                        self.render(grant, &mut parked);
+                        free.push(parked.held);
                     }
                     Grant::NotYet => break,
                     Grant::Stopped => return,
@@ -140,16 +170,16 @@ impl<W: SampleWork> Worker<W> {
                 input_done = true;
                 continue;
             };
-            let Some(mut scratch) = free.pop() else {
+            let Some(mut held) = free.pop() else {
                 return;
             };
-            let decoded = self.work.decode(&sample, &mut scratch);
             let shard_name = sample.url.rsplit('/').next().unwrap_or(&sample.url);
             let meta = SlotMeta {
                 label: self.work.label(&sample),
-                key: sample.key.clone(),
                 sample_id: crate::rng::sample_id(shard_name, sample.index_in_shard),
             };
+            let mut rng = crate::rng::sample_rng(self.seed, ticket.epoch, meta.sample_id);
+            let decoded = self.work.decode(&sample, &mut rng, &mut held.scratch);
             if let Err(reject) = decoded {
                 self.stats.reject(reject.reason);
                 tracing::debug!("skipping {}:{}: {}", sample.url, sample.key, reject.detail);
@@ -163,30 +193,29 @@ impl<W: SampleWork> Worker<W> {
                     let _ = self.output.try_send(super::Output::Error(error));
                 }
                 let _ = self.recycle.try_send(sample);
-                free.push(scratch);
+                free.push(held);
                 self.assembly.submit(ticket, Outcome::Rejected);
                 continue;
             }
+            held.key.clear();
+            held.key.push_str(&sample.key);
             let _ = self.recycle.try_send(sample);
             clock.switch(Activity::BlockedOnOutput);
             self.assembly.submit(ticket, Outcome::Accepted);
             clock.switch(Activity::Busy);
-            parked.push_back((ticket, meta, scratch));
+            parked.push_back(Parked {
+                ticket,
+                meta,
+                rng,
+                held,
+            });
         }
     }
 
-    fn render(
-        &self,
-        mut grant: SlotGrant,
-        ticket: Ticket,
-        meta: SlotMeta,
-        scratch: &mut W::Scratch,
-    ) {
-        let mut rng = crate::rng::sample_rng(self.seed, ticket.epoch, meta.sample_id);
-        let (mut views, mut masks) = grant.parts();
-        self.work.render(scratch, &mut rng, &mut views, &mut masks);
-        drop((views, masks));
-        grant.finish(meta);
+    fn render(&self, mut grant: SlotGrant, parked: &mut Parked<W::Scratch>) {
+        self.work
+            .render(&mut parked.held.scratch, &mut parked.rng, &mut grant);
+        grant.finish(parked.meta, &parked.held.key);
         self.stage.item_done();
     }
 }

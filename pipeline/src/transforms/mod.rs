@@ -259,6 +259,47 @@ impl ViewTransform {
         scratch: &mut TransformScratch,
         out: &mut [u8],
     ) -> Result<ViewRecord, TransformError> {
+        if image.width == 0 || image.height == 0 {
+            return Err(TransformError::EmptyImage {
+                width: image.width,
+                height: image.height,
+            });
+        }
+        let crop = self.draw_crop(rng, image.width, image.height);
+        self.apply_with_crop(image, crop, rng, scratch, out)
+    }
+
+    /// Whether the crop is cut out before resizing (RandomResizedCrop), so that only the
+    /// crop's pixels matter and a decoder may decode just those.
+    pub fn crops_first(&self) -> bool {
+        self.crop == CropKind::RandomResized
+    }
+
+    /// The view's crop box for a `width x height` image: the first draws [`apply`] makes.
+    ///
+    /// [`apply`]: ViewTransform::apply
+    pub fn draw_crop<R: Rng + ?Sized>(&self, rng: &mut R, width: u32, height: u32) -> CropBox {
+        match self.crop {
+            CropKind::RandomResized => {
+                crop::random_resized_crop_box(rng, width, height, self.scale, self.ratio)
+            }
+            CropKind::Center => crop::center_crop_box(width, height, self.resize, self.size),
+        }
+    }
+
+    /// [`apply`] with the crop already drawn (by [`draw_crop`], located in `image`):
+    /// the resize and the transform chain, which make the remaining draws.
+    ///
+    /// [`apply`]: ViewTransform::apply
+    /// [`draw_crop`]: ViewTransform::draw_crop
+    pub fn apply_with_crop<R: Rng + ?Sized>(
+        &self,
+        image: &RgbImage,
+        crop: CropBox,
+        rng: &mut R,
+        scratch: &mut TransformScratch,
+        out: &mut [u8],
+    ) -> Result<ViewRecord, TransformError> {
         if out.len() != self.output_len() {
             return Err(TransformError::SlotSize {
                 expected: self.output_len(),
@@ -271,18 +312,6 @@ impl ViewTransform {
                 height: image.height,
             });
         }
-        let crop = match self.crop {
-            CropKind::RandomResized => crop::random_resized_crop_box(
-                rng,
-                image.width,
-                image.height,
-                self.scale,
-                self.ratio,
-            ),
-            CropKind::Center => {
-                crop::center_crop_box(image.width, image.height, self.resize, self.size)
-            }
-        };
         let edges = match self.crop {
             CropKind::RandomResized => crop::Edges::OfCrop,
             CropKind::Center => crop::Edges::OfSource,

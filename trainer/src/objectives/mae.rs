@@ -8,6 +8,11 @@
 //! `argsort(ids_shuffle)`) and `mask` (1 = masked, i.e. hidden from the encoder and predicted).
 //! The encoder gathers the kept patches; the decoder appends mask tokens and unshuffles with
 //! `ids_restore`, exactly as the reference does after its own `random_masking`.
+//!
+//! Precision: [`MaeModel::with_precision`] sets the matmul dtype of the encoder, the decoder
+//! blocks and the decoder's two linears; the mask token, the position tables, the unshuffle
+//! and the whole loss (`norm_pix_loss` statistics included) stay f32, as the prediction
+//! comes back to f32 before it meets the target (see [`crate::precision`]).
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{LayerNorm, Linear};
@@ -17,6 +22,7 @@ use tessera_pipeline::batch::MaskBatch;
 
 use super::{Objective, ObjectiveLoss};
 use crate::error::{Error, Result};
+use crate::precision::{Precision, to_f32};
 use crate::vit::{
     Block, Vit, VitConfig, init_block, init_layer_norm, init_linear, sincos_pos_embed_2d,
 };
@@ -79,6 +85,7 @@ impl MaeConfig {
             decoder_pred: init_linear(dd, enc.patch_dim(), device),
             patch_size: enc.patch_size,
             norm_pix_loss: self.norm_pix_loss,
+            precision: Precision::F32,
         }
     }
 }
@@ -104,6 +111,9 @@ pub struct MaeModel<B: Backend> {
     pub patch_size: usize,
     /// See [`MaeConfig::norm_pix_loss`].
     pub norm_pix_loss: bool,
+    /// Dtype of `decoder_embed` and `decoder_pred` (not saved; set by
+    /// [`MaeModel::with_precision`]).
+    pub precision: Precision,
 }
 
 /// One batch's device tensors for MAE.
@@ -217,6 +227,17 @@ pub fn restore_patch_order<B: Backend>(
 }
 
 impl<B: Backend> MaeModel<B> {
+    /// The same model with every matmul in `precision`; parameters, their gradients and
+    /// what checkpoints save stay f32.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.encoder = self.encoder.with_precision(precision);
+        for block in &mut self.decoder_blocks {
+            block.set_precision(precision);
+        }
+        self.precision = precision;
+        self
+    }
+
     /// The encoder over the visible patches only.
     ///
     /// # Shapes
@@ -238,14 +259,15 @@ impl<B: Backend> MaeModel<B> {
         latent: Tensor<B, 3>,
         ids_restore: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let x = self.decoder_embed.forward(latent); // [n, 1 + k, dd]
+        let p = self.precision;
+        let x = to_f32(p.linear(&self.decoder_embed, latent)); // [n, 1 + k, dd]
         let [_, l] = ids_restore.dims();
         let mut x = restore_patch_order(x, self.mask_token.val(), ids_restore); // [n, 1 + l, dd]
         x = x + self.decoder_pos_embed.clone();
         for block in &self.decoder_blocks {
             x = block.forward(x);
         }
-        let x = self.decoder_pred.forward(self.decoder_norm.forward(x)); // [n, 1 + l, P*P*3]
+        let x = to_f32(p.linear(&self.decoder_pred, self.decoder_norm.forward(x))); // [n, 1 + l, P*P*3]
         let [n, _, pd] = x.dims();
         x.slice([0..n, 1..l + 1, 0..pd]) // drop the class token
     }
