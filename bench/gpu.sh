@@ -6,9 +6,13 @@
 #   bench/gpu.sh                 # batch 256, 30 timed steps, 3 runs each
 #   BATCH=128 STEPS=20 SHARDS='/data/imagenet/train-{0000..0099}.tar' bench/gpu.sh
 #
-# Precision: tessera trains in f32 (master weights, grads and AdamW state; burn 0.21 has no
-# autocast, see trainer/src/optim.rs), so its MFU is reported against both the f32 and the
-# bf16 dense peak; the PyTorch peer runs twice, f32 and bf16 autocast.
+#   TESSERA_BIN=path/to/tessera-cuda bench/gpu.sh   # a binary built elsewhere (a GPU machine
+#                                                   # without a package registry): no cargo
+#
+# Precision: the `mae_vit_base` recipe trains with `precision = "bf16"` (bf16 matmuls over f32
+# master weights, gradients and AdamW state: trainer/src/precision.rs); MFU is reported
+# against both the bf16 and the f32 dense peak. The PyTorch peer runs twice, f32 and bf16
+# autocast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +29,14 @@ PEAK_F32=${PEAK_F32:-67}
 
 # 1. Build with CUDA (the driver is loaded at run time) and strip the binary.
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
-cargo build --release --features cuda
-BIN=target/release/tessera-cuda
-cp target/release/tessera "$BIN"
-strip "$BIN"
+if [ -n "${TESSERA_BIN:-}" ]; then
+  BIN=$TESSERA_BIN
+else
+  cargo build --release --features cuda
+  BIN=target/release/tessera-cuda
+  cp target/release/tessera "$BIN"
+  strip "$BIN"
+fi
 ls -l "$BIN" >&2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2
 
@@ -92,7 +100,7 @@ fi
 
 s=$(median "${syn[@]}"); r=$(median "${real[@]}"); w=$(median "${waits[@]}")
 echo "== MAE ViT-B/16, 224 px, batch $BATCH, median of $RUNS runs x $STEPS steps =="
-echo "tessera synthetic (GPU alone): $s images/s  MFU $(mfu "$s" "$PEAK_F32") of f32 peak, $(mfu "$s" "$PEAK_BF16") of bf16 peak"
+echo "tessera bf16 synthetic (GPU alone): $s images/s  MFU $(mfu "$s" "$PEAK_F32") of f32 peak, $(mfu "$s" "$PEAK_BF16") of bf16 peak"
 echo "tessera real pipeline ($WORKERS workers): $r images/s  data wait $(awk -v w="$w" 'BEGIN {printf "%.1f%%", 100 * w}')"
 if [ ${#torch_f32[@]} -gt 0 ]; then
   tf=$(median "${torch_f32[@]}"); tb=$(median "${torch_bf16[@]}")

@@ -4,7 +4,7 @@
 //! `mozjpeg-sys` builds libjpeg-turbo's decoder (mozjpeg is a fork that changes only the
 //! encoder) from source with its SIMD kernels and links it statically, so the program needs
 //! no system library; building needs `nasm`. On the benchmark photos it decodes a whole
-//! JPEG about 25% faster than zune-jpeg, and it can:
+//! JPEG with about 15% less CPU than zune-jpeg (docs/PERFORMANCE.md), and it can:
 //! - decode only what a crop covers: `jpeg_crop_scanline` restricts the IDCT, upsampling and
 //!   colour conversion to the MCU columns under the crop, and `jpeg_skip_scanlines` skips
 //!   them for the rows above and below (their entropy-coded data is still parsed: that is
