@@ -370,3 +370,30 @@ fn drop_last_skips_each_epochs_partial_batch_and_goes_on() {
     assert_eq!(ends[9].0, 1, "the next epoch follows the dropped batch");
     assert_eq!(stats.samples, 270);
 }
+
+/// Batches smaller than the samples in flight: with 2 workers each holding up to 3 decoded
+/// samples plus one in hand, 8 samples can be waiting on their slots, spread over 8
+/// one-sample batches, with a slow consumer. The loader sizes its pools for that (a worker
+/// waiting for a buffer while assigning slots would otherwise block the workers that would
+/// finish those batches); this guards the whole stream through four epochs.
+#[test]
+fn tiny_batches_with_many_samples_in_flight_do_not_deadlock() {
+    for batch_size in [1, 2, 3] {
+        let mut o = options(reference_shards(), recipe(batch_size, 4, "skip"), 2);
+        o.graph.epochs = Some(4);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut loader = Loader::start(o).expect("loader starts");
+            let mut samples = 0;
+            while let Some(batch) = loader.next_batch() {
+                samples += batch.expect("no error").labels.len();
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            let _ = done_tx.send(samples);
+        });
+        let samples = done_rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("batch size {batch_size}: the loader hung"));
+        assert_eq!(samples, 4 * 96, "batch size {batch_size}");
+    }
+}
