@@ -373,9 +373,9 @@ fn drop_last_skips_each_epochs_partial_batch_and_goes_on() {
 
 /// Batches smaller than the samples in flight: with 2 workers each holding up to 3 decoded
 /// samples plus one in hand, 8 samples can be waiting on their slots, spread over 8
-/// one-sample batches, with a slow consumer. The loader sizes its pools for that (a worker
-/// waiting for a buffer while assigning slots would otherwise block the workers that would
-/// finish those batches); this guards the whole stream through four epochs.
+/// one-sample batches, with a slow consumer, so workers often find every pool buffer
+/// taken. The whole stream still arrives through four epochs (see also
+/// `assemble::tests::waiting_for_a_buffer_does_not_block_slot_collection`).
 #[test]
 fn tiny_batches_with_many_samples_in_flight_do_not_deadlock() {
     for batch_size in [1, 2, 3] {

@@ -141,7 +141,6 @@ mod tests {
     use burn::tensor::{DType, Distribution};
     use rand::SeedableRng;
     use tessera_pipeline::PipelineState;
-    use tessera_pipeline::batch::MaskBatch;
 
     use crate::checkpoint::{self, RngState, TrainerState};
     use crate::objectives::mae::{MaeConfig, MaeInput, MaeModel};
@@ -244,36 +243,16 @@ mod tests {
         }
     }
 
-    /// Sample `s` keeps `k` patches spread from `s` on; the rest are masked.
-    fn fixed_masks(n: usize, l: usize, k: usize) -> MaskBatch {
-        let (mut mask, mut ids_keep, mut ids_restore) = (vec![], vec![], vec![]);
-        for s in 0..n {
-            let mut keep: Vec<u32> = (0..k).map(|j| ((s + j * l / k) % l) as u32).collect();
-            keep.sort();
-            let masked = (0..l as u32).filter(|i| !keep.contains(i));
-            let mut restore = vec![0u32; l];
-            for (pos, patch) in keep.iter().copied().chain(masked).enumerate() {
-                restore[patch as usize] = pos as u32;
-            }
-            mask.extend((0..l as u32).map(|i| u8::from(!keep.contains(&i))));
-            ids_keep.extend(keep);
-            ids_restore.extend(restore);
-        }
-        MaskBatch {
-            len: n,
-            num_patches: l,
-            mask,
-            ids_keep,
-            ids_restore,
-            num_keep: k,
-        }
-    }
-
     fn input<Bk: Backend>(config: &MaeConfig, n: usize, device: &Bk::Device) -> MaeInput<Bk> {
         let side = config.encoder.img_size;
         let l = config.encoder.num_patches();
         let images = Tensor::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), device);
-        MaeInput::new(images, &fixed_masks(n, l, l / 4), device).expect("masks fit")
+        MaeInput::new(
+            images,
+            &crate::objectives::mae::tests::masks(n, l, l / 4, 0),
+            device,
+        )
+        .expect("masks fit")
     }
 
     fn rel_l2<const D: usize>(got: Tensor<Flex, D>, want: Tensor<Flex, D>) -> f64 {

@@ -142,6 +142,9 @@ impl Assembly {
     pub fn submit(&self, ticket: Ticket, outcome: Outcome) {
         let mut state = self.lock();
         if !self.ordered {
+            if outcome == Outcome::Accepted {
+                state = self.with_open_batch(state);
+            }
             if let Some(grant) = self.resolve(&mut state, ticket, outcome) {
                 state.granted.insert(ticket.seq, grant);
             }
@@ -159,6 +162,14 @@ impl Assembly {
         }
         state.early[offset] = Some((ticket, outcome));
         while let Some(Some((t, o))) = state.early.front().copied() {
+            if o == Outcome::Accepted && state.open.is_none() {
+                // May release the lock while it waits for buffers: look again afterwards.
+                state = self.with_open_batch(state);
+                if state.open.is_none() {
+                    break; // shutting down
+                }
+                continue;
+            }
             state.early.pop_front();
             state.next_seq += 1;
             if let Some(grant) = self.resolve(&mut state, t, o) {
@@ -203,11 +214,7 @@ impl Assembly {
         let granted = match outcome {
             Outcome::Rejected => None,
             Outcome::Accepted => {
-                if state.open.is_none() {
-                    let batch = self.open_batch(state.next_batch_number)?;
-                    state.next_batch_number += 1;
-                    state.open = Some(batch);
-                }
+                // Opened by `with_open_batch`; absent only when shutting down.
                 let batch = state.open.clone()?;
                 let slot = batch.len.fetch_add(1, Ordering::AcqRel);
                 batch.outstanding.fetch_add(1, Ordering::AcqRel);
@@ -284,12 +291,39 @@ impl Assembly {
         }
     }
 
-    /// A new batch with buffers from the pools; `None` when shutting down.
-    fn open_batch(&self, number: u64) -> Option<Arc<OpenBatch>> {
-        let mut buffers = Vec::with_capacity(self.pools.len());
-        for pool in &self.pools {
-            buffers.push(pool.take_unless_closed()?);
+    /// Make sure there is an open batch for the next accepted sample, opening one with
+    /// buffers from the pools. Never waits for a buffer while holding the lock: when a pool
+    /// is empty its buffers are in batches still being written, whose writers need this
+    /// lock to collect their slots ([`take_grant`](Self::take_grant)); waiting with it held
+    /// would stop them for good. So the lock is released while waiting and the caller must
+    /// look at the state again. Returns with `open` still `None` only when shutting down.
+    fn with_open_batch<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        loop {
+            if state.open.is_some() || state.stopped {
+                return state;
+            }
+            if let Some(batch) = self.try_open_batch(state.next_batch_number) {
+                state.next_batch_number += 1;
+                state.open = Some(batch);
+                return state;
+            }
+            drop(state);
+            for pool in &self.pools {
+                if !pool.wait_for_free() {
+                    return self.lock(); // closed: shutting down
+                }
+            }
+            state = self.lock();
         }
+    }
+
+    /// A new batch if every pool has a buffer free now (taken ones go back otherwise).
+    fn try_open_batch(&self, number: u64) -> Option<Arc<OpenBatch>> {
+        let buffers = self
+            .pools
+            .iter()
+            .map(|pool| pool.try_take())
+            .collect::<Option<Vec<_>>>()?;
         let state = PipelineState {
             seed: self.seed,
             epoch: 0,
@@ -343,11 +377,89 @@ impl Assembly {
 
     /// Wake and release every waiting worker (shutdown).
     pub fn stop(&self) {
-        // Pools first: a worker may hold the state lock while it waits for a buffer.
+        // Pools first: a worker waiting for a buffer (in `with_open_batch`) gives up.
         for pool in &self.pools {
             pool.close();
         }
         self.lock().stopped = true;
         self.granted.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::slot::SlotMeta;
+    use crate::pool::BufferPool;
+
+    fn ticket(seq: u64) -> Ticket {
+        Ticket {
+            seq,
+            epoch: 0,
+            seq_in_epoch: seq,
+        }
+    }
+
+    /// A worker that needs a new batch when every buffer is taken must not hold up the
+    /// worker whose slot would free one. Two buffers, one-sample batches: batch 0 waits
+    /// for its writer, batch 1 is finished and held by the consumer, sample 2 needs a
+    /// third buffer. Taking sample 0's slot must still work while sample 2 waits; once
+    /// batch 0 is written and both batches are dropped, sample 2 gets its batch. (The
+    /// assembler used to wait for the buffer with its lock held: `take_grant` then never
+    /// returned, the hang seen once in an end-to-end test.)
+    #[test]
+    fn waiting_for_a_buffer_does_not_block_slot_collection() {
+        let (out_tx, out_rx) = async_channel::bounded(8);
+        let assembly = Arc::new(Assembly::new(
+            AssemblyConfig {
+                ordered: true,
+                batch_size: 1,
+                drop_last: false,
+                seed: 0,
+                rank: 0,
+                world_size: 1,
+                pools: vec![BufferPool::new(2, 3)],
+                shapes: vec![(1, 1)],
+                mask_shapes: vec![None],
+                first_seq: 0,
+            },
+            out_tx,
+        ));
+        assembly.submit(ticket(0), Outcome::Accepted);
+        assembly.submit(ticket(1), Outcome::Accepted);
+        let Grant::Ready(second) = assembly.take_grant(1, false) else {
+            panic!("sample 1 has its slot");
+        };
+        second.finish(SlotMeta::default(), "b");
+        let batch_1 = out_rx.recv_blocking().expect("batch 1 delivered");
+
+        // Sample 2 needs a third buffer: its submit waits, on another thread.
+        let waiting = {
+            let assembly = Arc::clone(&assembly);
+            std::thread::spawn(move || assembly.submit(ticket(2), Outcome::Accepted))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiting.is_finished(), "no buffer is free yet");
+
+        // Sample 0's writer collects its slot meanwhile (this used to hang).
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        {
+            let assembly = Arc::clone(&assembly);
+            std::thread::spawn(move || {
+                if let Grant::Ready(first) = assembly.take_grant(0, true) {
+                    first.finish(SlotMeta::default(), "a");
+                    let _ = done_tx.send(());
+                }
+            });
+        }
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("slot 0 collected while sample 2 waits for a buffer");
+        let batch_0 = out_rx.recv_blocking().expect("batch 0 delivered");
+        drop((batch_0, batch_1));
+        waiting
+            .join()
+            .expect("sample 2's submit returns once buffers are back");
+        assert!(matches!(assembly.take_grant(2, false), Grant::Ready(_)));
     }
 }

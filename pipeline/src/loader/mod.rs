@@ -121,13 +121,7 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let workers = options.workers;
         let shapes = work.view_shapes();
-        // Buffers: the prefetched batches, the consumer's, the open one, one spare, and one
-        // for every batch that samples already given a slot may still be writing into. A
-        // worker that needs a new batch waits for a buffer while it assigns slots (holding
-        // the assembly lock); if the batches holding every buffer each awaited a sample
-        // parked behind that lock, nothing would move. Only tiny batches need the extra.
-        let in_flight = workers * (work::DECODED_AHEAD + 1);
-        let pool_count = options.prefetch_batches + 3 + in_flight.div_ceil(options.batch_size);
+        let pool_count = options.prefetch_batches + 3;
         let pools: Vec<BufferPool> = shapes
             .iter()
             .map(|&(h, w)| {

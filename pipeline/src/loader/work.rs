@@ -15,7 +15,7 @@ use super::assemble::{Assembly, Grant, Outcome, Ticket};
 use super::slot::{SlotGrant, SlotMeta};
 
 /// Decoded samples a worker may hold while their slots wait for earlier samples.
-pub(super) const DECODED_AHEAD: usize = 3;
+const DECODED_AHEAD: usize = 3;
 use super::{BadSamplePolicy, LoaderError};
 
 impl<W: SampleWork> Drop for Worker<W> {

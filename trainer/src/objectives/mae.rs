@@ -322,7 +322,7 @@ impl<B: Backend> Objective<B> for MaeModel<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The masking, the unshuffle and the loss against plain-loop definitions.
     use super::*;
     use burn::backend::{Autodiff, Flex};
@@ -352,7 +352,7 @@ mod tests {
 
     /// Masks as the pipeline hands them over: `ids_keep` ascending, `ids_restore` the inverse
     /// of `keep ++ masked`.
-    fn masks(n: usize, l: usize, k: usize, seed: u64) -> MaskBatch {
+    pub(crate) fn masks(n: usize, l: usize, k: usize, seed: u64) -> MaskBatch {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let (mut mask, mut ids_keep, mut ids_restore) = (vec![], vec![], vec![]);
         for _ in 0..n {
