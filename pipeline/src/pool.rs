@@ -128,26 +128,6 @@ impl BufferPool {
         })
     }
 
-    /// Wait until a buffer is free (without taking it) or the pool is closed; `false` once
-    /// closed. For callers that must not wait while holding a lock of their own: release
-    /// it, wait here, take the lock again and [`try_take`](Self::try_take).
-    pub fn wait_for_free(&self) -> bool {
-        let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if free.closed {
-                return false;
-            }
-            if !free.buffers.is_empty() {
-                return true;
-            }
-            free = self
-                .inner
-                .returned
-                .wait(free)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
     /// Wake every waiting [`take_unless_closed`](Self::take_unless_closed) with `None`.
     pub fn close(&self) {
         self.inner

@@ -13,10 +13,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::slot::{BatchLayout, OpenBatch, SlotGrant};
 use crate::pool::BufferPool;
 use crate::state::PipelineState;
+
+/// How often a worker waiting for its slot retries resolution (see [`Assembly::advance`]).
+const RETRY_RESOLUTION: Duration = Duration::from_millis(2);
 
 /// What the assembler needs to know about one sample of the stream.
 #[derive(Debug, Clone, Copy)]
@@ -45,9 +49,9 @@ pub(crate) enum Outcome {
 
 struct State {
     next_seq: u64,
-    /// Ordered mode: reports that arrived before their predecessors, at index
-    /// `seq - next_seq` (a ring that keeps its allocation: a map would allocate a node
-    /// for nearly every sample).
+    /// Reports not yet resolved: in ordered mode at index `seq - next_seq` (holes are
+    /// reports still to come), in unordered mode in arrival order. A ring that keeps its
+    /// allocation: a map would allocate a node for nearly every sample.
     early: VecDeque<Option<(Ticket, Outcome)>>,
     /// Ordered mode: slots assigned to waiting workers, by sequence number.
     granted: HashMap<u64, (Arc<OpenBatch>, usize)>,
@@ -137,51 +141,71 @@ impl Assembly {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Report a decoded (accepted) or rejected sample; never waits for other samples.
-    /// An accepted sample's slot is then collected with [`take_grant`](Self::take_grant).
+    /// Report a decoded (accepted) or rejected sample; never waits, neither for other
+    /// samples nor for buffers. An accepted sample's slot is then collected with
+    /// [`take_grant`](Self::take_grant).
     pub fn submit(&self, ticket: Ticket, outcome: Outcome) {
         let mut state = self.lock();
-        if !self.ordered {
-            if outcome == Outcome::Accepted {
-                state = self.with_open_batch(state);
+        if self.ordered {
+            let Some(offset) = ticket
+                .seq
+                .checked_sub(state.next_seq)
+                .and_then(|o| usize::try_from(o).ok())
+            else {
+                return; // already resolved: a duplicate report (a caller bug); ignore it
+            };
+            if state.early.len() <= offset {
+                state.early.resize(offset + 1, None);
             }
-            if let Some(grant) = self.resolve(&mut state, ticket, outcome) {
-                state.granted.insert(ticket.seq, grant);
-            }
-            return;
+            state.early[offset] = Some((ticket, outcome));
+        } else {
+            state.early.push_back(Some((ticket, outcome)));
         }
-        let Some(offset) = ticket
-            .seq
-            .checked_sub(state.next_seq)
-            .and_then(|o| usize::try_from(o).ok())
-        else {
-            return; // already resolved: a duplicate report (a caller bug); ignore it
-        };
-        if state.early.len() <= offset {
-            state.early.resize(offset + 1, None);
-        }
-        state.early[offset] = Some((ticket, outcome));
-        while let Some(Some((t, o))) = state.early.front().copied() {
-            if o == Outcome::Accepted && state.open.is_none() {
-                // May release the lock while it waits for buffers: look again afterwards.
-                state = self.with_open_batch(state);
-                if state.open.is_none() {
-                    break; // shutting down
-                }
-                continue;
-            }
-            state.early.pop_front();
-            state.next_seq += 1;
-            if let Some(grant) = self.resolve(&mut state, t, o) {
-                state.granted.insert(t.seq, grant);
-            }
-            self.close_finished_epochs(&mut state);
-        }
-        self.granted.notify_all();
+        self.advance(&mut state);
     }
 
-    /// The slot of accepted sample `seq`, once all its predecessors are resolved (ordered
-    /// mode). With `wait`, blocks until then; without, returns [`Grant::NotYet`].
+    /// Resolve the reports at the front of the queue, in order, for as long as each
+    /// accepted one can get a slot: a batch is opened only with buffers free right now.
+    ///
+    /// Nothing here waits for a buffer. When a pool is empty its buffers sit in batches
+    /// still being written, or finished and waiting for those; their writers must stay
+    /// free to collect their slots and write them, or nothing would ever come back (the
+    /// loader once hung so: a worker waited for a buffer, holding this lock, while another
+    /// worker's slot in the batch holding the buffers waited for it). Resolution resumes
+    /// from [`take_grant`](Self::take_grant), which waiting workers call again and again.
+    fn advance(&self, state: &mut State) {
+        let before = state.resolved_total;
+        while !state.stopped
+            && let Some(Some((t, o))) = state.early.front().copied()
+        {
+            if o == Outcome::Accepted && state.open.is_none() {
+                let Some(batch) = self.try_open_batch(state.next_batch_number) else {
+                    break;
+                };
+                state.next_batch_number += 1;
+                state.open = Some(batch);
+            }
+            state.early.pop_front();
+            if self.ordered {
+                state.next_seq += 1;
+            }
+            if let Some(grant) = self.resolve(state, t, o) {
+                state.granted.insert(t.seq, grant);
+            }
+            if self.ordered {
+                self.close_finished_epochs(state);
+            }
+        }
+        if state.resolved_total != before {
+            self.granted.notify_all();
+        }
+    }
+
+    /// The slot of accepted sample `seq`, once it is resolved (in ordered mode, after all
+    /// its predecessors). With `wait`, blocks until then; without, returns
+    /// [`Grant::NotYet`]. While it waits it retries resolution every few milliseconds:
+    /// resolution may be held up only by a lack of free buffers, and buffers come back
+    /// from the consumer, which does not signal this lock.
     pub fn take_grant(self: &Arc<Self>, seq: u64, wait: bool) -> Grant {
         let mut state = self.lock();
         loop {
@@ -191,10 +215,18 @@ impl Assembly {
             if state.stopped {
                 return Grant::Stopped;
             }
+            self.advance(&mut state);
+            if state.granted.contains_key(&seq) {
+                continue;
+            }
             if !wait {
                 return Grant::NotYet;
             }
-            state = self.granted.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self
+                .granted
+                .wait_timeout(state, RETRY_RESOLUTION)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -214,7 +246,7 @@ impl Assembly {
         let granted = match outcome {
             Outcome::Rejected => None,
             Outcome::Accepted => {
-                // Opened by `with_open_batch`; absent only when shutting down.
+                // Opened by `advance` before it resolves an accepted report.
                 let batch = state.open.clone()?;
                 let slot = batch.len.fetch_add(1, Ordering::AcqRel);
                 batch.outstanding.fetch_add(1, Ordering::AcqRel);
@@ -291,32 +323,6 @@ impl Assembly {
         }
     }
 
-    /// Make sure there is an open batch for the next accepted sample, opening one with
-    /// buffers from the pools. Never waits for a buffer while holding the lock: when a pool
-    /// is empty its buffers are in batches still being written, whose writers need this
-    /// lock to collect their slots ([`take_grant`](Self::take_grant)); waiting with it held
-    /// would stop them for good. So the lock is released while waiting and the caller must
-    /// look at the state again. Returns with `open` still `None` only when shutting down.
-    fn with_open_batch<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        loop {
-            if state.open.is_some() || state.stopped {
-                return state;
-            }
-            if let Some(batch) = self.try_open_batch(state.next_batch_number) {
-                state.next_batch_number += 1;
-                state.open = Some(batch);
-                return state;
-            }
-            drop(state);
-            for pool in &self.pools {
-                if !pool.wait_for_free() {
-                    return self.lock(); // closed: shutting down
-                }
-            }
-            state = self.lock();
-        }
-    }
-
     /// A new batch if every pool has a buffer free now (taken ones go back otherwise).
     fn try_open_batch(&self, number: u64) -> Option<Arc<OpenBatch>> {
         let buffers = self
@@ -377,7 +383,7 @@ impl Assembly {
 
     /// Wake and release every waiting worker (shutdown).
     pub fn stop(&self) {
-        // Pools first: a worker waiting for a buffer (in `with_open_batch`) gives up.
+        // Pools first: nothing waits for them now, but takers must see them closed.
         for pool in &self.pools {
             pool.close();
         }
@@ -400,13 +406,13 @@ mod tests {
         }
     }
 
-    /// A worker that needs a new batch when every buffer is taken must not hold up the
-    /// worker whose slot would free one. Two buffers, one-sample batches: batch 0 waits
-    /// for its writer, batch 1 is finished and held by the consumer, sample 2 needs a
-    /// third buffer. Taking sample 0's slot must still work while sample 2 waits; once
-    /// batch 0 is written and both batches are dropped, sample 2 gets its batch. (The
-    /// assembler used to wait for the buffer with its lock held: `take_grant` then never
-    /// returned, the hang seen once in an end-to-end test.)
+    /// A sample that needs a new batch when every buffer is taken must hold up neither its
+    /// worker nor the others. Two buffers, one-sample batches: batch 0 waits for its writer,
+    /// batch 1 is finished and held by the consumer, sample 2 needs a third buffer. Its
+    /// report returns at once and its slot is "not yet"; sample 0's slot can still be
+    /// collected and written, and once both batches are dropped sample 2 gets its batch.
+    /// (The assembler used to wait for the buffer inside `submit`, with its lock held:
+    /// `take_grant` for sample 0 then never returned, the hang seen in end-to-end tests.)
     #[test]
     fn waiting_for_a_buffer_does_not_block_slot_collection() {
         let (out_tx, out_rx) = async_channel::bounded(8);
@@ -433,33 +439,24 @@ mod tests {
         second.finish(SlotMeta::default(), "b");
         let batch_1 = out_rx.recv_blocking().expect("batch 1 delivered");
 
-        // Sample 2 needs a third buffer: its submit waits, on another thread.
-        let waiting = {
-            let assembly = Arc::clone(&assembly);
-            std::thread::spawn(move || assembly.submit(ticket(2), Outcome::Accepted))
-        };
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!waiting.is_finished(), "no buffer is free yet");
+        // Sample 2 needs a third buffer: its report returns, its slot is not there yet.
+        assembly.submit(ticket(2), Outcome::Accepted);
+        assert!(matches!(assembly.take_grant(2, false), Grant::NotYet));
 
         // Sample 0's writer collects its slot meanwhile (this used to hang).
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        {
-            let assembly = Arc::clone(&assembly);
-            std::thread::spawn(move || {
-                if let Grant::Ready(first) = assembly.take_grant(0, true) {
-                    first.finish(SlotMeta::default(), "a");
-                    let _ = done_tx.send(());
-                }
-            });
-        }
-        done_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("slot 0 collected while sample 2 waits for a buffer");
+        let Grant::Ready(first) = assembly.take_grant(0, true) else {
+            panic!("sample 0 has its slot");
+        };
+        first.finish(SlotMeta::default(), "a");
         let batch_0 = out_rx.recv_blocking().expect("batch 0 delivered");
+        assert!(matches!(assembly.take_grant(2, false), Grant::NotYet));
+
+        // The consumer drops both batches: a waiting sample 2 gets its batch.
+        let waiting = {
+            let assembly = Arc::clone(&assembly);
+            std::thread::spawn(move || matches!(assembly.take_grant(2, true), Grant::Ready(_)))
+        };
         drop((batch_0, batch_1));
-        waiting
-            .join()
-            .expect("sample 2's submit returns once buffers are back");
-        assert!(matches!(assembly.take_grant(2, false), Grant::Ready(_)));
+        assert!(waiting.join().expect("no panic"), "sample 2 has its slot");
     }
 }
