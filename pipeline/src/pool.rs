@@ -25,16 +25,10 @@ pub struct BufferPool {
     inner: Arc<PoolInner>,
 }
 
-#[derive(Debug, Default)]
-struct Free {
-    buffers: Vec<Vec<u8>>,
-    /// Set on shutdown: waiting takers give up instead of waiting forever.
-    closed: bool,
-}
-
 #[derive(Debug)]
 struct PoolInner {
-    free: Mutex<Free>,
+    /// Buffers not on loan.
+    free: Mutex<Vec<Vec<u8>>>,
     returned: Condvar,
     buffer_len: usize,
     count: usize,
@@ -48,10 +42,12 @@ impl BufferPool {
 
     /// [`new`](Self::new), calling `hook` once on each buffer right after allocation.
     ///
-    /// This is where CUDA builds page-lock the buffers (`cuMemHostRegister` through
-    /// cudarc, done by the trainer, which owns the CUDA context): a pooled buffer never
-    /// moves, is never freed before the pool, and is reused for every batch, so
-    /// registering it once makes every host-to-device copy of a batch a DMA transfer.
+    /// Meant for page-locking the buffers under CUDA (`cuMemHostRegister`): a pooled
+    /// buffer never moves, is never freed before the pool, and is reused for every batch,
+    /// so registering it once would make every upload of a batch a DMA transfer. Nothing
+    /// installs such a hook yet: the trainer copies each view out of the pool before
+    /// uploading it, so pinning the pool alone would gain nothing, and unregistering
+    /// would need a second hook when the pool is dropped (see `tessera_trainer::feeder`).
     pub fn with_hook(count: usize, buffer_len: usize, hook: Option<&BufferHook>) -> Self {
         let mut buffers: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; buffer_len]).collect();
         if let Some(hook) = hook {
@@ -59,13 +55,9 @@ impl BufferPool {
                 (hook.0)(buf.as_mut_slice());
             }
         }
-        let free = Free {
-            buffers,
-            closed: false,
-        };
         BufferPool {
             inner: Arc::new(PoolInner {
-                free: Mutex::new(free),
+                free: Mutex::new(buffers),
                 returned: Condvar::new(),
                 buffer_len,
                 count,
@@ -82,7 +74,7 @@ impl BufferPool {
     pub fn take(&self) -> PooledBuffer {
         let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(buf) = free.buffers.pop() {
+            if let Some(buf) = free.pop() {
                 return PooledBuffer {
                     buf,
                     pool: Arc::clone(&self.inner),
@@ -96,46 +88,14 @@ impl BufferPool {
         }
     }
 
-    /// Take a buffer, waiting until one is returned if all are in use; `None` once the
-    /// pool is [closed](Self::close) (the loader shutting down).
-    pub fn take_unless_closed(&self) -> Option<PooledBuffer> {
-        let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if free.closed {
-                return None;
-            }
-            if let Some(buf) = free.buffers.pop() {
-                return Some(PooledBuffer {
-                    buf,
-                    pool: Arc::clone(&self.inner),
-                });
-            }
-            free = self
-                .inner
-                .returned
-                .wait(free)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
     /// Take a free buffer if there is one, without waiting.
     pub fn try_take(&self) -> Option<PooledBuffer> {
         let mut free = self.inner.free.lock().unwrap_or_else(|e| e.into_inner());
-        let buf = free.buffers.pop()?;
+        let buf = free.pop()?;
         Some(PooledBuffer {
             buf,
             pool: Arc::clone(&self.inner),
         })
-    }
-
-    /// Wake every waiting [`take_unless_closed`](Self::take_unless_closed) with `None`.
-    pub fn close(&self) {
-        self.inner
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .closed = true;
-        self.inner.returned.notify_all();
     }
 
     /// Buffers currently free (for statistics).
@@ -144,7 +104,6 @@ impl BufferPool {
             .free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .buffers
             .len()
     }
 
@@ -178,7 +137,7 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.buffers.push(buf);
+        free.push(buf);
         self.pool.returned.notify_one();
     }
 }

@@ -381,12 +381,9 @@ impl Assembly {
         let _ = self.out.try_send(super::Output::Error(error));
     }
 
-    /// Wake and release every waiting worker (shutdown).
+    /// Wake and release every waiting worker (shutdown). Nothing waits on the pools (see
+    /// [`advance`](Self::advance)), so they need no waking.
     pub fn stop(&self) {
-        // Pools first: nothing waits for them now, but takers must see them closed.
-        for pool in &self.pools {
-            pool.close();
-        }
         self.lock().stopped = true;
         self.granted.notify_all();
     }

@@ -138,8 +138,8 @@ pub struct GraphOptions {
     pub shuffle_buffer: usize,
     /// Skip or fail on a bad sample. Default: the recipe's.
     pub policy: BadSamplePolicy,
-    /// Called once on every batch buffer when the loader allocates it: the CUDA trainer
-    /// page-locks them here (see [`BufferHook`]). Default none.
+    /// Called once on every batch buffer when the loader allocates it, e.g. to page-lock
+    /// it for CUDA (see [`BufferHook`]; nothing installs one yet). Default none.
     pub buffer_hook: Option<BufferHook>,
 }
 
