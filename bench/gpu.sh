@@ -74,11 +74,28 @@ for i in $(seq "$RUNS"); do
   read -r ips _ < <(summarise "$WORK/syn$i/metrics.jsonl"); syn+=("$ips")
 done
 
+# 2b. The same with pageable batch buffers (`--pageable-buffers`): what page-locking the
+# pipeline's pool (trainer/src/pinned.rs) buys, and a check that it uploads the same bytes:
+# the synthetic batches are seeded, so both runs must see the same losses.
+pageable=()
+for i in $(seq "$RUNS"); do
+  "$BIN" train --config mae_vit_base --synthetic --device cuda --batch-size "$BATCH" --pageable-buffers \
+    --steps $((STEPS + WARMUP)) --checkpoint-every 0 --picture-every 0 --out "$WORK/pageable$i" --quiet > /dev/null
+  read -r ips _ < <(summarise "$WORK/pageable$i/metrics.jsonl"); pageable+=("$ips")
+done
+"$PY" - "$WORK/syn1/metrics.jsonl" "$WORK/pageable1/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p)][:5] for p in sys.argv[1:3])
+worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+print(f"pinned vs pageable losses, first 5 steps: largest relative difference {worst:.2e}",
+      "(same bytes uploaded)" if worst < 1e-3 else "MISMATCH: pinned uploads differ", file=sys.stderr)
+PY
+
 # 3. Fed by the real pipeline (decode, RandomResizedCrop 224 bicubic, flip, masks).
 if [ -z "${SHARDS:-}" ]; then
   mkdir -p "$WORK/cifar"
   tar -xzf ../shared/datasets/cifar10-jpg.tar.gz -C "$WORK/cifar" --wildcards 'train/*/[0-3]???.jpg'
-  target/release/tessera-cuda shard "$WORK/cifar/train" --out "$WORK/shards" --labels folders --max-samples 5000 > /dev/null
+  "$BIN" shard "$WORK/cifar/train" --out "$WORK/shards" --labels folders --max-samples 5000 > /dev/null
   SHARDS="$WORK/shards/*.tar"
   echo "note: no SHARDS given; using 40k CIFAR-10 images (32 px, upscaled by the crop): decode is cheaper than ImageNet's" >&2
 fi
@@ -101,6 +118,8 @@ fi
 s=$(median "${syn[@]}"); r=$(median "${real[@]}"); w=$(median "${waits[@]}")
 echo "== MAE ViT-B/16, 224 px, batch $BATCH, median of $RUNS runs x $STEPS steps =="
 echo "tessera bf16 synthetic (GPU alone): $s images/s  MFU $(mfu "$s" "$PEAK_F32") of f32 peak, $(mfu "$s" "$PEAK_BF16") of bf16 peak"
+p=$(median "${pageable[@]}")
+echo "tessera bf16 synthetic, pageable buffers: $p images/s (page-locked/pageable $(awk -v a="$s" -v b="$p" 'BEGIN {printf "%.3f", a / b}'))"
 echo "tessera real pipeline ($WORKERS workers): $r images/s  data wait $(awk -v w="$w" 'BEGIN {printf "%.1f%%", 100 * w}')"
 if [ ${#torch_f32[@]} -gt 0 ]; then
   tf=$(median "${torch_f32[@]}"); tb=$(median "${torch_bf16[@]}")

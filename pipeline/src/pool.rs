@@ -9,14 +9,19 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Called once on every pooled buffer after allocation (e.g. to page-lock it for CUDA).
-#[derive(Clone)]
-pub struct BufferHook(pub Arc<dyn Fn(&mut [u8]) + Send + Sync>);
-
-impl std::fmt::Debug for BufferHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BufferHook")
-    }
+/// Prepares a pool's buffers for whoever consumes them: called once on each buffer right
+/// after the pool allocates it, and once more just before the pool frees it.
+///
+/// The CUDA trainer page-locks the buffers with it (`cuMemHostRegister` in `prepare`,
+/// `cuMemHostUnregister` in `release`): a pooled buffer never moves, is never freed before
+/// the pool and is reused for every batch, so registering it once makes every upload of
+/// every batch a DMA transfer from that memory. `release` runs only once every buffer is
+/// back in the pool, so no loan (and no transfer from one) outlives the registration.
+pub trait BufferHook: Send + Sync + std::fmt::Debug {
+    /// Called on a buffer right after it is allocated.
+    fn prepare(&self, buffer: &mut [u8]);
+    /// Called on a buffer just before it is freed.
+    fn release(&self, buffer: &mut [u8]);
 }
 
 /// A fixed set of equally sized byte buffers.
@@ -32,6 +37,19 @@ struct PoolInner {
     returned: Condvar,
     buffer_len: usize,
     count: usize,
+    hook: Option<Arc<dyn BufferHook>>,
+}
+
+impl Drop for PoolInner {
+    /// Every loan holds the pool, so by now every buffer is back in `free`.
+    fn drop(&mut self) {
+        if let Some(hook) = &self.hook {
+            let free = self.free.get_mut().unwrap_or_else(|e| e.into_inner());
+            for buffer in free.iter_mut() {
+                hook.release(buffer);
+            }
+        }
+    }
 }
 
 impl BufferPool {
@@ -40,19 +58,13 @@ impl BufferPool {
         Self::with_hook(count, buffer_len, None)
     }
 
-    /// [`new`](Self::new), calling `hook` once on each buffer right after allocation.
-    ///
-    /// Meant for page-locking the buffers under CUDA (`cuMemHostRegister`): a pooled
-    /// buffer never moves, is never freed before the pool, and is reused for every batch,
-    /// so registering it once would make every upload of a batch a DMA transfer. Nothing
-    /// installs such a hook yet: the trainer copies each view out of the pool before
-    /// uploading it, so pinning the pool alone would gain nothing, and unregistering
-    /// would need a second hook when the pool is dropped (see `tessera_trainer::feeder`).
-    pub fn with_hook(count: usize, buffer_len: usize, hook: Option<&BufferHook>) -> Self {
+    /// [`new`](Self::new), with `hook` preparing each buffer after allocation and
+    /// releasing it before the pool frees it (see [`BufferHook`]).
+    pub fn with_hook(count: usize, buffer_len: usize, hook: Option<Arc<dyn BufferHook>>) -> Self {
         let mut buffers: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; buffer_len]).collect();
-        if let Some(hook) = hook {
+        if let Some(hook) = &hook {
             for buf in &mut buffers {
-                (hook.0)(buf.as_mut_slice());
+                hook.prepare(buf);
             }
         }
         BufferPool {
@@ -61,6 +73,7 @@ impl BufferPool {
                 returned: Condvar::new(),
                 buffer_len,
                 count,
+                hook,
             }),
         }
     }
@@ -127,6 +140,14 @@ impl Deref for PooledBuffer {
     }
 }
 
+/// Lets a loan be handed over as the owner of shared bytes (`bytes::Bytes::from_owner`),
+/// which is how the trainer gives a batch buffer to the device without copying it.
+impl AsRef<[u8]> for PooledBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
 impl DerefMut for PooledBuffer {
     fn deref_mut(&mut self) -> &mut [u8] {
         &mut self.buf
@@ -158,5 +179,42 @@ mod tests {
         assert_eq!(c.len(), 16);
         drop((b, c));
         assert_eq!(pool.free_count(), 2);
+    }
+
+    /// Records the address of every buffer it prepares and releases.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        prepared: Mutex<Vec<usize>>,
+        released: Mutex<Vec<usize>>,
+    }
+
+    impl BufferHook for Recorder {
+        fn prepare(&self, buffer: &mut [u8]) {
+            self.prepared.lock().unwrap().push(buffer.as_ptr() as usize);
+        }
+        fn release(&self, buffer: &mut [u8]) {
+            self.released.lock().unwrap().push(buffer.as_ptr() as usize);
+        }
+    }
+
+    #[test]
+    fn the_hook_prepares_each_buffer_once_and_releases_it_after_the_last_loan() {
+        let hook = Arc::new(Recorder::default());
+        let pool = BufferPool::with_hook(3, 64, Some(hook.clone() as Arc<dyn BufferHook>));
+        assert_eq!(hook.prepared.lock().unwrap().len(), 3);
+        let loan = pool.take();
+        let loan_address = loan.as_ptr() as usize;
+        drop(pool);
+        assert!(
+            hook.released.lock().unwrap().is_empty(),
+            "a buffer on loan keeps the pool (and its registration) alive"
+        );
+        drop(loan);
+        let mut prepared = hook.prepared.lock().unwrap().clone();
+        let mut released = hook.released.lock().unwrap().clone();
+        prepared.sort_unstable();
+        released.sort_unstable();
+        assert_eq!(prepared, released, "every prepared buffer is released once");
+        assert!(released.contains(&loan_address));
     }
 }

@@ -224,6 +224,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         workers: Some(workers),
         batch_size: None,
         device: "cpu".into(),
+        pageable_buffers: false,
         picture_every: Some((steps / 4).max(1)),
         checkpoint_every: None,
         quiet: args.quiet,

@@ -19,6 +19,7 @@ use tessera_trainer::eval::{
     EvalOptions, EvalProgress, EvalReport, ExtractOptions, KnnSettings, Pooling, ProbeSettings,
     Split,
 };
+use tessera_trainer::feeder::HostUpload;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -103,11 +104,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn evaluate<AB: AutodiffBackend>(
+fn evaluate<AB>(
     options: &EvalOptions,
     device: &AB::Device,
     bars: &mut Bars,
-) -> anyhow::Result<EvalReport> {
+) -> anyhow::Result<EvalReport>
+where
+    AB: AutodiffBackend,
+    AB::InnerBackend: HostUpload,
+{
     tessera_trainer::eval::evaluate::<AB>(options, device, bars)
         .with_context(|| format!("evaluating {}", options.checkpoint.display()))
 }

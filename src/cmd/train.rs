@@ -18,8 +18,10 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_pipeline::Recipe;
 use tessera_pipeline::loader::{Loader, LoaderOptions};
+use tessera_pipeline::pool::BufferHook;
 use tessera_trainer::config::{ResolvedTrainConfig, TrainerConfig};
 use tessera_trainer::device::DeviceKind;
+use tessera_trainer::feeder::HostUpload;
 use tessera_trainer::metrics::{Smoothed, StepMetrics};
 use tessera_trainer::synthetic::SyntheticSource;
 use tessera_trainer::train::{self, Observer, RunOptions, RunSummary};
@@ -60,6 +62,10 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N` (`cuda` needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Leave the batch buffers pageable on CUDA instead of page-locking them (slower
+    /// uploads; for comparison).
+    #[arg(long)]
+    pub pageable_buffers: bool,
     /// Steps between reconstruction pictures (0 = only at the end). Default: a tenth of the run.
     #[arg(long)]
     pub picture_every: Option<u64>,
@@ -238,23 +244,36 @@ fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
 pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
     let kind: DeviceKind = args.device.parse()?;
     match kind {
-        DeviceKind::Cpu => train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), stop),
+        DeviceKind::Cpu => {
+            train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), None, stop)
+        }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda(index) => {
             let device = tessera_trainer::device::cuda_device(index)?;
-            train_on::<Autodiff<burn::backend::Cuda>>(args, prepared, &device, stop)
+            let page_lock: Option<Arc<dyn BufferHook>> = if args.pageable_buffers {
+                None
+            } else {
+                Some(Arc::new(tessera_trainer::pinned::PageLock::new(index)?))
+            };
+            train_on::<Autodiff<burn::backend::Cuda>>(args, prepared, &device, page_lock, stop)
         }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda(_) => Err(tessera_trainer::device::DeviceError::NotCompiled.into()),
     }
 }
 
-fn train_on<B: AutodiffBackend>(
+/// `buffer_hook` prepares the batch buffers for the device (page-locks them on CUDA).
+fn train_on<B>(
     args: &Args,
     prepared: Prepared,
     device: &B::Device,
+    buffer_hook: Option<Arc<dyn BufferHook>>,
     stop: &AtomicBool,
-) -> anyhow::Result<RunSummary> {
+) -> anyhow::Result<RunSummary>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: HostUpload,
+{
     let Prepared {
         recipe,
         resolved,
@@ -267,7 +286,7 @@ fn train_on<B: AutodiffBackend>(
         train::run::<B, _, std::convert::Infallible>(
             &resolved,
             device,
-            |state| Ok(SyntheticSource::new(&recipe, seed, state)),
+            |state| Ok(SyntheticSource::new(&recipe, seed, state, buffer_hook)),
             &options,
             stop,
             &mut bar,
@@ -285,6 +304,7 @@ fn train_on<B: AutodiffBackend>(
                 opts.graph.epochs = None; // the schedule decides when to stop
                 opts.graph.ordered = true;
                 opts.graph.resume = state;
+                opts.graph.buffer_hook = buffer_hook;
                 Loader::start(opts)
             },
             &options,

@@ -12,29 +12,33 @@
 //! blocks on `send`, the loader's pool runs dry and the whole pipeline waits (memory stays
 //! flat). The training loop measures the time it blocks in [`Feeder::next`] as *data wait*.
 //!
-//! # What the CUDA runtime does with the upload (cubecl 0.10, burn 0.21)
+//! # Host memory: no copy, page-locked on CUDA
 //!
-//! Read from `cubecl-runtime-0.10.0/src/client.rs`, `cubecl-common-0.10.0/src/stream_id.rs`,
-//! `cubecl-cuda-0.10.0/src/compute/command.rs`:
+//! Each view's pooled buffer is handed to the backend as it is (`Bytes::from_shared` over
+//! the loan, no copy) and goes back to the pipeline's pool once the device has read it:
+//! [`HostUpload::release_host_buffers`] runs at the end of every [`Uploader::upload`], so
+//! the pool's accounting, and with it the pipeline's back-pressure, is what it is without
+//! a device. What the CUDA runtime does with such bytes (cubecl 0.10, burn 0.21), read from
+//! `cubecl-runtime-0.10.0/src/client.rs`, `cubecl-common-0.10.0/src/stream_id.rs`,
+//! `cubecl-cuda-0.10.0/src/compute/command.rs` and `cubecl-runtime-0.10.0/src/
+//! memory_management/drop_queue/queue.rs`:
 //!
-//! - **One stream per OS thread: yes.** `StreamId::current()` is a thread-local id handed
-//!   out from a global counter, and the CUDA server maps it onto a pool of up to
-//!   `max_streams` (default 128) CUDA streams. Tensors created on the uploader thread are
-//!   written on that thread's stream; the first use on the training thread's stream makes
-//!   the server insert a cross-stream event wait, so upload and compute overlap.
-//! - **Pinned staging of uploads: no.** `ComputeClient::create_tensor` → `do_create` calls
-//!   `staging(.., file_only = true)`: only file-backed `Bytes` are copied into pinned memory.
-//!   Ordinary heap `Bytes` (what `TensorData::new(Vec<u8>, ..)` holds) go straight to
-//!   `cuMemcpyHtoDAsync` from pageable memory, which the driver stages through its own
-//!   bounce buffer and which returns only after the host-side copy is done. All server work
-//!   runs on cubecl's single device-runner thread (`ChannelDeviceHandle`), so that host copy
-//!   also delays kernel launches queued by the training thread. (The `<= 100 MB` pinned path
-//!   in `command.rs::reserve_cpu` is used for device → host reads in 0.10, and for uploads
-//!   only when the caller already holds pinned `Bytes`.) Consequence: under `cuda` the
-//!   pipeline's batch pool should allocate page-locked buffers (`cuMemHostAlloc`) and hand
-//!   them to cubecl as `AllocationProperty::Pinned` bytes; with pageable buffers an upload
-//!   of a ViT-B batch (256 × 224² × 3 u8 = 38.5 MB) costs roughly 3-6 ms of host copy on
-//!   the device thread per step.
+//! - **One stream per OS thread.** `StreamId::current()` is a thread-local id, mapped onto
+//!   a pool of CUDA streams. Tensors created on the uploader thread are written on its
+//!   stream; their first use on the training thread's stream makes the server insert a
+//!   cross-stream event wait, so upload and compute overlap.
+//! - **No pinned staging of uploads.** `create_tensor` copies only file-backed `Bytes` into
+//!   pinned memory; any other `Bytes` go straight to `cuMemcpyHtoDAsync`. From pageable
+//!   memory the driver stages through its own bounce buffer and returns only once the host
+//!   side is copied, on cubecl's single device thread, delaying the training thread's
+//!   kernel launches (a ViT-B batch, 256 × 224² × 3 u8 = 38.5 MB, is several ms of copy).
+//!   So the trainer page-locks the pool's buffers itself (`crate::pinned`, installed as the
+//!   loader's `BufferHook`), and the copy becomes an asynchronous DMA transfer.
+//! - **The bytes live on in a drop queue.** The server keeps every uploaded `Bytes` until a
+//!   fence recorded at a later flush of that stream has passed; flushes happen on their own
+//!   only after 64 uploads or 64 MiB. A pooled buffer held there would starve the pool and
+//!   stall the pipeline, so the CUDA `release_host_buffers` waits for the uploader's stream
+//!   on the uploader thread and then flushes it twice, which frees them.
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +48,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use tessera_pipeline::batch::{MaskBatch, ViewBatch};
 use tessera_pipeline::loader::{Loader, LoaderError};
 use tessera_pipeline::{Batch, Keys, PipelineState};
@@ -73,6 +77,39 @@ impl Default for Normalize {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
         }
+    }
+}
+
+/// A backend the [`Uploader`] can hand pooled host buffers to without copying them.
+pub trait HostUpload: Backend {
+    /// Called on the uploading thread after a batch's tensors were created from its pooled
+    /// buffers; returns once the backend holds none of them any more, so that they are
+    /// back in the pipeline's pool.
+    fn release_host_buffers(device: &Self::Device) -> Result<(), FeedError>;
+}
+
+/// Flex copies or converts the bytes while the tensors are made (the u8 tensor itself is
+/// consumed by the cast to f32), so nothing is held.
+impl HostUpload for burn::backend::Flex {
+    fn release_host_buffers(_device: &Self::Device) -> Result<(), FeedError> {
+        Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl HostUpload for burn::backend::Cuda {
+    fn release_host_buffers(device: &Self::Device) -> Result<(), FeedError> {
+        use burn::cubecl::Runtime;
+        use burn::cubecl::cuda::CudaRuntime;
+
+        let failed = |e: &dyn std::fmt::Display| FeedError::Device(e.to_string());
+        // Waits on this thread, for this thread's stream: the copy and the normalisation.
+        <Self as Backend>::sync(device).map_err(|e| failed(&e))?;
+        // The first flush puts this batch's bytes behind a fence (already passed, given the
+        // sync); the second passes that fence and drops them.
+        let client = CudaRuntime::client(device);
+        client.flush().map_err(|e| failed(&e))?;
+        client.flush().map_err(|e| failed(&e))
     }
 }
 
@@ -198,6 +235,9 @@ pub enum FeedError {
     /// The uploader thread panicked.
     #[error("the uploader thread stopped unexpectedly")]
     UploaderPanicked,
+    /// The device failed while taking a batch.
+    #[error("uploading a batch to the device: {0}")]
+    Device(String),
 }
 
 /// Uploads batches on a dedicated thread; [`Feeder::next`] hands them over in order.
@@ -224,7 +264,7 @@ pub struct UploaderTiming {
     pub waiting_for_step: Duration,
 }
 
-impl<B: Backend> Feeder<B> {
+impl<B: HostUpload> Feeder<B> {
     /// Start the uploader thread with a queue of `depth` (at least 1) uploaded batches.
     pub fn start(
         mut source: impl BatchSource,
@@ -298,7 +338,7 @@ impl<B: Backend> Drop for Feeder<B> {
     }
 }
 
-fn uploader_loop<B: Backend>(
+fn uploader_loop<B: HostUpload>(
     source: &mut impl BatchSource,
     device: &B::Device,
     normalize: Normalize,
@@ -345,7 +385,7 @@ pub struct Uploader<B: Backend> {
     shift: Tensor<B, 4>,
 }
 
-impl<B: Backend> Uploader<B> {
+impl<B: HostUpload> Uploader<B> {
     /// Constants for `normalize` on `device`.
     pub fn new(device: &B::Device, normalize: Normalize) -> Self {
         let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * normalize.std[c]));
@@ -358,7 +398,7 @@ impl<B: Backend> Uploader<B> {
         }
     }
 
-    /// Upload one host batch. Its pooled buffers go back to the pool when this returns.
+    /// Upload one host batch. Its pooled buffers are back in the pool when this returns.
     pub fn upload(&self, batch: Batch) -> Result<DeviceBatch<B>, FeedError> {
         let Batch {
             views,
@@ -369,15 +409,18 @@ impl<B: Backend> Uploader<B> {
         } = batch;
         let len = views.first().map(|v| v.len).unwrap_or(labels.len());
         let views = views
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, view)| self.upload_view(i, view))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>();
         let masks = masks
             .iter()
             .enumerate()
             .map(|(i, m)| m.as_ref().map(|m| self.upload_mask(i, m)).transpose())
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>();
+        // Whatever failed above, the views that did go up must give their buffers back.
+        B::release_host_buffers(&self.device)?;
+        let (views, masks) = (views?, masks?);
         Ok(DeviceBatch {
             views,
             masks,
@@ -388,10 +431,11 @@ impl<B: Backend> Uploader<B> {
         })
     }
 
-    /// u8 NHWC → f32 NCHW, normalised, all on the device.
-    fn upload_view(&self, index: usize, view: &ViewBatch) -> Result<Tensor<B, 4>, FeedError> {
-        let &ViewBatch {
-            ref data,
+    /// u8 NHWC → f32 NCHW, normalised, all on the device. The pooled buffer itself is the
+    /// tensor's host data (see the module doc).
+    fn upload_view(&self, index: usize, view: ViewBatch) -> Result<Tensor<B, 4>, FeedError> {
+        let ViewBatch {
+            data,
             len,
             height,
             width,
@@ -406,7 +450,12 @@ impl<B: Backend> Uploader<B> {
                 width,
             });
         }
-        let host = TensorData::new(data[..bytes].to_vec(), [len, height, width, 3]);
+        let shared = bytes::Bytes::from_owner(data).slice(..bytes);
+        let host = TensorData::from_bytes(
+            Bytes::from_shared(shared, AllocationProperty::Native),
+            [len, height, width, 3],
+            DType::U8,
+        );
         let pixels = Tensor::<B, 4, Int>::from_data(host, (&self.device, DType::U8)); // [n, h, w, 3] u8
         let pixels = pixels.float().permute([0, 3, 1, 2]); // [n, 3, h, w]
         Ok(pixels * self.scale.clone() + self.shift.clone())

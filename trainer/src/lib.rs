@@ -35,5 +35,7 @@ pub mod device;
 pub mod feeder;
 pub mod metrics;
 pub mod pictures;
+#[cfg(feature = "cuda")]
+pub mod pinned;
 pub mod synthetic;
 pub mod train;

@@ -8,12 +8,13 @@
 //! RNG, so they are exactly the kind of masks a real run gets.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tessera_pipeline::batch::{MaskBatch, ViewBatch};
 use tessera_pipeline::masks::MaskGenerator;
-use tessera_pipeline::pool::BufferPool;
+use tessera_pipeline::pool::{BufferHook, BufferPool};
 use tessera_pipeline::{Batch, PipelineState, Recipe};
 
 use crate::feeder::BatchSource;
@@ -38,8 +39,14 @@ struct SyntheticView {
 
 impl SyntheticSource {
     /// Batches of `recipe.data.batch_size` with every view of `recipe` (masks included),
-    /// continuing from `resume` (only the sample count matters), seeded by `seed`.
-    pub fn new(recipe: &Recipe, seed: u64, resume: Option<PipelineState>) -> Self {
+    /// continuing from `resume` (only the sample count matters), seeded by `seed`. Its
+    /// buffers are prepared by `hook` like the loader's (page-locked on CUDA).
+    pub fn new(
+        recipe: &Recipe,
+        seed: u64,
+        resume: Option<PipelineState>,
+        hook: Option<Arc<dyn BufferHook>>,
+    ) -> Self {
         let batch_size = recipe.data.batch_size;
         let views: Vec<SyntheticView> = recipe
             .view_instances()
@@ -49,7 +56,7 @@ impl SyntheticSource {
                 let side = spec.size as usize;
                 SyntheticView {
                     side,
-                    pool: BufferPool::new(4, batch_size * side * side * 3),
+                    pool: BufferPool::with_hook(4, batch_size * side * side * 3, hook.clone()),
                     mask: spec.mask.as_ref().map(|m| MaskGenerator::new(m, spec.size)),
                 }
             })
@@ -143,7 +150,7 @@ mod tests {
     #[test]
     fn batches_have_the_recipe_shape_and_valid_masks() {
         let recipe = Recipe::load("mae_vit_tiny_cifar").unwrap();
-        let mut source = SyntheticSource::new(&recipe, 3, None);
+        let mut source = SyntheticSource::new(&recipe, 3, None, None);
         let batch = source.next_batch().unwrap().unwrap();
         let n = recipe.data.batch_size;
         assert_eq!((batch.views[0].len, batch.views[0].height), (n, 32));

@@ -128,7 +128,7 @@ impl Loader {
                 BufferPool::with_hook(
                     pool_count,
                     options.batch_size * h * w * 3,
-                    options.buffer_hook.as_ref(),
+                    options.buffer_hook.clone(),
                 )
             })
             .collect();

@@ -3,6 +3,7 @@
 //! the run can stop.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tessera_shards::ShardError;
 
@@ -138,9 +139,9 @@ pub struct GraphOptions {
     pub shuffle_buffer: usize,
     /// Skip or fail on a bad sample. Default: the recipe's.
     pub policy: BadSamplePolicy,
-    /// Called once on every batch buffer when the loader allocates it, e.g. to page-lock
-    /// it for CUDA (see [`BufferHook`]; nothing installs one yet). Default none.
-    pub buffer_hook: Option<BufferHook>,
+    /// Prepares every batch buffer when the loader allocates it and releases it when the
+    /// loader frees it; the CUDA trainer page-locks them (see [`BufferHook`]). Default none.
+    pub buffer_hook: Option<Arc<dyn BufferHook>>,
 }
 
 pub(super) fn check_options(options: &GraphOptions) -> Result<(), LoaderError> {

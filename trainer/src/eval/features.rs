@@ -23,7 +23,7 @@ use tessera_shards::reader::ShardReader;
 
 use super::{EvalError, EvalProgress, Split};
 use crate::checkpoint;
-use crate::feeder::{Normalize, Uploader};
+use crate::feeder::{HostUpload, Normalize, Uploader};
 use crate::vit::{Vit, VitConfig};
 
 /// More reader tasks than this buys nothing; fewer than the shard count mixes fewer shards
@@ -263,7 +263,7 @@ pub fn indexed_samples(shards: &[PathBuf]) -> Option<u64> {
 }
 
 /// Features of the images in `shards`: the evaluation view of each, through the encoder.
-pub fn extract<B: Backend>(
+pub fn extract<B: HostUpload>(
     encoder: &Encoder<B>,
     shards: &[PathBuf],
     split: Split,

@@ -37,7 +37,7 @@ use tessera_pipeline::loader::LoaderError;
 use tessera_pipeline::recipe::RecipeError;
 use tessera_shards::ShardError;
 
-use crate::feeder::FeedError;
+use crate::feeder::{FeedError, HostUpload};
 pub use features::{Encoder, ExtractOptions, Features, Pooling, load_encoder};
 pub use knn::{KnnAccuracy, KnnSettings, knn_accuracy};
 pub use linear_probe::{ProbeResult, ProbeSettings, linear_probe};
@@ -275,11 +275,15 @@ pub struct EvalReport {
 ///
 /// Features are extracted on `AB::InnerBackend` (no autodiff); only the probe's head is
 /// trained with `AB`.
-pub fn evaluate<AB: AutodiffBackend>(
+pub fn evaluate<AB>(
     options: &EvalOptions,
     device: &AB::Device,
     progress: &mut dyn EvalProgress,
-) -> Result<EvalReport, EvalError> {
+) -> Result<EvalReport, EvalError>
+where
+    AB: AutodiffBackend,
+    AB::InnerBackend: HostUpload,
+{
     let started = Instant::now();
     options.knn.check()?;
     options.probe.check()?;

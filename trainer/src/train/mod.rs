@@ -1,0 +1,230 @@
+//! The training loop: batches in, optimiser steps, metrics, pictures and checkpoints out.
+//!
+//! ```text
+//! checkpoint::latest(run_dir)? ─► model + optimiser + step + PipelineState
+//!   ─► start the source at that state ─► Feeder (uploader thread) ─► loop {
+//!        train_step: schedule lookup ─► forward ─► non-finite check ─► backward (accumulate)
+//!                    ─► clip ─► optimiser step ─► metrics
+//!        metrics.jsonl ◄─ every step;  pictures/ ◄─ every `picture_every`;
+//!        checkpoint ◄─ every `checkpoint_every`, at the end, on interrupt, on a non-finite loss
+//!      } ─► loss.png
+//! ```
+//!
+//! Resume is exact: the checkpoint stores the pipeline's state after the last batch a finished
+//! step consumed, the loader (ordered mode) continues from it, the masks come with the batches
+//! and the schedule is a pure function of the step, so a resumed run computes the same losses
+//! as one that never stopped. The loop itself draws no random numbers.
+//!
+//! `[train] precision` is applied to the model after it is built or restored
+//! ([`MaeModel::with_precision`]); the loop is the same for f32 and bf16, since gradients,
+//! clipping, the optimiser and checkpoints see f32 parameters either way.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::AutodiffBackend;
+use tessera_pipeline::PipelineState;
+
+use crate::checkpoint;
+use crate::config::ResolvedTrainConfig;
+use crate::feeder::{BatchSource, Feeder, HostUpload};
+use crate::metrics::{MetricsLog, RunTotals, StepMetrics, read_metrics};
+use crate::pictures::{loss_curve, save_png};
+
+mod options;
+mod outcome;
+mod step;
+
+pub use options::{Observer, Quiet, RunOptions, layout};
+pub use outcome::{RunSummary, StopReason, TrainError};
+use step::{Run, StepError, write_reconstruction};
+
+/// Train `config`'s model on batches from `start_source` (called with the state to resume
+/// from, `None` for a fresh run). `stop` is polled between steps (Ctrl-C sets it).
+pub fn run<B, S, E>(
+    config: &ResolvedTrainConfig,
+    device: &B::Device,
+    start_source: impl FnOnce(Option<PipelineState>) -> Result<S, E>,
+    options: &RunOptions,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: HostUpload,
+    S: BatchSource,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let dir = &options.run_dir;
+    std::fs::create_dir_all(dir.join(layout::PICTURES)).map_err(|source| TrainError::Config {
+        path: dir.join(layout::PICTURES),
+        source,
+    })?;
+    write_config(dir, config)?;
+
+    let mut run = Run::<B>::start(config, device, options, observer)?;
+    let first_step = run.step;
+    let metrics_path = dir.join(layout::METRICS);
+    let mut log = if first_step > 0 {
+        MetricsLog::resume(&metrics_path, first_step)?
+    } else {
+        MetricsLog::create(&metrics_path)?
+    };
+
+    let source = start_source(run.pipeline).map_err(|e| TrainError::Source(Box::new(e)))?;
+    let mut feeder = Feeder::<B::InnerBackend>::start(
+        source,
+        device.clone(),
+        options.normalize,
+        options.feeder_depth,
+    );
+
+    let total = config.total_steps();
+    let last = options.stop_after.map_or(total, |s| s.min(total));
+    observer.started(first_step, last);
+    let started = Instant::now();
+    let mut totals = RunTotals::default();
+    let mut pictures = Vec::new();
+    let mut last_loss = None;
+    let mut checkpoint_path = None;
+    let mut step_began = Instant::now();
+    let stopped = loop {
+        if run.step >= total {
+            break StopReason::Finished;
+        }
+        if run.step >= last {
+            break StopReason::StepLimit;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break StopReason::Interrupted;
+        }
+        if options.time_limit.is_some_and(|t| started.elapsed() >= t) {
+            break StopReason::TimeLimit;
+        }
+
+        // Data: `accum_steps` uploaded micro-batches, timing the wait for each.
+        let mut micro = Vec::with_capacity(config.accum_steps);
+        let mut data_wait = Duration::ZERO;
+        for _ in 0..config.accum_steps {
+            match feeder.next() {
+                Some((batch, waited)) => {
+                    data_wait += waited;
+                    micro.push(batch?);
+                }
+                None => break,
+            }
+        }
+        if micro.len() < config.accum_steps {
+            break StopReason::EndOfData;
+        }
+
+        let due_picture = (options.picture_every > 0
+            && (run.step + 1) % options.picture_every == 0)
+            || run.step + 1 == last;
+        let out = match run.train_step(micro, due_picture) {
+            Ok(out) => out,
+            Err(StepError::NonFinite { loss, lr }) => {
+                let path = run.save(dir)?;
+                return Err(TrainError::NonFiniteLoss {
+                    step: run.step,
+                    loss,
+                    lr,
+                    checkpoint: path,
+                });
+            }
+            Err(StepError::Train(e)) => return Err(e),
+        };
+
+        // Metrics: one record per step, time measured end to end (data wait included).
+        let now = Instant::now();
+        let m = StepMetrics::new(
+            run.step - 1,
+            out.epoch,
+            out.loss,
+            out.lr,
+            out.images,
+            now - step_began,
+            data_wait,
+        );
+        log.append(&m)?;
+        totals.add(&m);
+        last_loss = Some(out.loss);
+        observer.step(&m);
+        if run.step % config.log_every == 0 {
+            tracing::debug!(
+                step = m.step,
+                loss = m.loss,
+                lr = m.lr,
+                ips = m.images_per_second,
+                "step"
+            );
+        }
+
+        if let Some((images, pred, mask)) = out.picture {
+            let path = dir
+                .join(layout::PICTURES)
+                .join(format!("step_{:07}.png", run.step));
+            write_reconstruction(&path, images, pred, mask, &run, options)?;
+            observer.event(&format!("picture {}", path.display()));
+            pictures.push(path);
+        }
+        if config.checkpoint_every > 0 && run.step % config.checkpoint_every == 0 && run.step < last
+        {
+            let path = run.save(dir)?;
+            observer.event(&format!("checkpoint {}", path.display()));
+            checkpoint_path = Some(path);
+        }
+        // Reset the clock so checkpoint and picture time is not billed to the next step.
+        step_began = Instant::now();
+    };
+
+    // The end, whatever the reason: a checkpoint of the last finished step (also on Ctrl-C).
+    if run.step > first_step || checkpoint::latest(dir)?.is_none() {
+        let path = run.save(dir)?;
+        observer.event(&format!("checkpoint {}", path.display()));
+        checkpoint_path = Some(path);
+    } else if checkpoint_path.is_none() {
+        checkpoint_path = checkpoint::latest(dir)?;
+    }
+    let uploader = feeder.timing();
+    drop(feeder);
+
+    let loss_path = dir.join(layout::LOSS_CURVE);
+    let points: Vec<(u64, f64)> = read_metrics(&metrics_path)?
+        .iter()
+        .map(|m| (m.step, m.loss))
+        .collect();
+    save_png(&loss_curve(&points, 960, 540), &loss_path)?;
+
+    Ok(RunSummary {
+        first_step,
+        steps_done: run.step,
+        stopped,
+        last_loss,
+        images_per_second: totals.images_per_second(),
+        data_wait_fraction: totals.data_wait_fraction(),
+        checkpoint: checkpoint_path,
+        pictures,
+        loss_curve: loss_path,
+        metrics: metrics_path,
+        uploader,
+    })
+}
+
+fn write_config(dir: &Path, config: &ResolvedTrainConfig) -> Result<(), TrainError> {
+    let path = dir.join(layout::CONFIG);
+    let tmp = dir.join("config.json.tmp");
+    let io = |source| TrainError::Config {
+        path: path.clone(),
+        source,
+    };
+    let text = serde_json::to_vec_pretty(config).map_err(|e| io(std::io::Error::other(e)))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&text).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)
+}
