@@ -8,18 +8,28 @@
 # - With `--libjpeg-turbo` (CI), also runs the pipeline's tests with the optional
 #   libjpeg-turbo JPEG path (needs `nasm`; without the flag it runs when nasm is installed).
 # - With `--cuda-check` (CI), also proves the `cuda` feature compiles without a GPU.
+# - With `--lint` (CI), first checks formatting (`cargo fmt`) and lints (`cargo clippy`,
+#   warnings are errors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cuda_check=0
+lint=0
 libjpeg_turbo=auto
 for arg in "$@"; do
   case "$arg" in
     --cuda-check) cuda_check=1 ;;
     --libjpeg-turbo) libjpeg_turbo=1 ;;
-    *) echo "usage: scripts/test.sh [--libjpeg-turbo] [--cuda-check]" >&2; exit 2 ;;
+    --lint) lint=1 ;;
+    *) echo "usage: scripts/test.sh [--lint] [--libjpeg-turbo] [--cuda-check]" >&2; exit 2 ;;
   esac
 done
+
+if [ "$lint" = 1 ]; then
+  echo "==> cargo fmt --check; cargo clippy --release --workspace --all-targets -D warnings"
+  cargo fmt --all -- --check
+  cargo clippy --release --workspace --all-targets -- -D warnings
+fi
 
 venv=.venv
 stamp="$venv/.requirements.sha256"

@@ -174,7 +174,7 @@ fn shards_read_back_identically_in_python_webdataset_and_inspect() {
         let class = source.split('/').next().unwrap();
         assert_eq!(
             fields["cls"],
-            format!("{}", &class[1..]).into_bytes(),
+            class[1..].to_string().into_bytes(),
             "{source}"
         );
     }
@@ -347,7 +347,7 @@ fn killed_build_finishes_on_rerun_with_every_input_once() {
     let made = make_inputs(&inputs, 300);
     std::fs::write(
         inputs.join("c0/broken.jpg"),
-        &std::fs::read(testdata("hostile/files/truncated_50pct.jpg")).unwrap(),
+        std::fs::read(testdata("hostile/files/truncated_50pct.jpg")).unwrap(),
     )
     .unwrap();
     let extra = ["--max-samples", "10", "--workers", "2"];
@@ -457,7 +457,7 @@ fn folder_labels_write_cls_and_classes_json() {
         let meta: serde_json::Value = serde_json::from_slice(&fields["json"]).unwrap();
         let class = meta["class"].as_str().unwrap();
         assert!(meta["source"].as_str().unwrap().starts_with(class));
-        assert_eq!(fields["cls"], class[1..].as_bytes());
+        assert_eq!(fields["cls"], &class.as_bytes()[1..]);
     }
 }
 

@@ -6,8 +6,9 @@
 //! - `image`: `image::load_from_memory(..).to_rgb8()`, the usual Rust path (a fresh
 //!   `DynamicImage` and RGB buffer per image; copies the input; parses headers twice);
 //! - `tessera`: `Decoder::decode` into a reused `RgbImage` (zune-jpeg direct), as the
-//!   pipeline workers run it;
-//! and times the per-view transforms on a decoded 500x375 photo.
+//!   pipeline workers run it.
+//!
+//! It also times the per-view transforms on a decoded 500x375 photo.
 
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -132,10 +132,8 @@ impl RoundRobin {
     pub fn replay(lengths: &[u64], position: u64) -> (Vec<u64>, RoundRobin) {
         let mut rr = RoundRobin::new(lengths.len());
         let mut taken = vec![0u64; lengths.len()];
-        for r in 0..lengths.len() {
-            if lengths[r] == 0 {
-                rr.finish(r);
-            }
+        for (r, _) in lengths.iter().enumerate().filter(|(_, len)| **len == 0) {
+            rr.finish(r);
         }
         for _ in 0..position {
             let Some(r) = rr.current() else { break };
@@ -384,9 +382,9 @@ mod tests {
         assert_eq!(merged.len(), 14);
         for pos in 0..=14u64 {
             let (counts, _) = RoundRobin::replay(&lengths, pos);
-            for r in 0..4 {
+            for (r, &count) in counts.iter().enumerate() {
                 let expect = merged[..pos as usize].iter().filter(|&&m| m == r).count() as u64;
-                assert_eq!(counts[r], expect);
+                assert_eq!(count, expect);
             }
         }
     }

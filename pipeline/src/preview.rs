@@ -120,8 +120,8 @@ fn grey_masked_patches(tile: &mut RgbImage, mask: &MaskBatch, s: usize) {
             for x in px * pw..(px + 1) * pw {
                 let p = tile.get_pixel_mut(x, y);
                 let tint = [90u16, 90, 140];
-                for c in 0..3 {
-                    p.0[c] = ((p.0[c] as u16 + 2 * tint[c]) / 3) as u8;
+                for (channel, tint) in p.0.iter_mut().zip(tint) {
+                    *channel = ((*channel as u16 + 2 * tint) / 3) as u8;
                 }
             }
         }

@@ -172,16 +172,17 @@ fn inspect_shard(
         for field in sample.fields() {
             *report.fields.entry(field.name.clone()).or_default() += 1;
             *report.field_bytes.entry(field.name.clone()).or_default() += field.data.len() as u64;
-            if verify && is_image_field(&field.name) {
-                if let Err(reject) = preparer.prepare(&field.data) {
-                    failures.push(Failure {
-                        shard: path.to_path_buf(),
-                        key: sample.key.clone(),
-                        field: field.name.clone(),
-                        reason: reject.reason.to_string(),
-                        detail: reject.detail,
-                    });
-                }
+            if verify
+                && is_image_field(&field.name)
+                && let Err(reject) = preparer.prepare(&field.data)
+            {
+                failures.push(Failure {
+                    shard: path.to_path_buf(),
+                    key: sample.key.clone(),
+                    field: field.name.clone(),
+                    reason: reject.reason.to_string(),
+                    detail: reject.detail,
+                });
             }
         }
     }

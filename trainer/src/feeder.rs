@@ -10,7 +10,7 @@
 //! the NHWC → NCHW permute and the ImageNet normalisation run on the device. The queue is
 //! a `std::sync::mpsc::sync_channel`: when the step is slower than the pipeline, the uploader
 //! blocks on `send`, the loader's pool runs dry and the whole pipeline waits (memory stays
-//! flat). The training loop measures the time it blocks in [`Feeder::next`] as *data wait*.
+//! flat). The training loop measures the time it blocks in [`Feeder::next_batch`] as *data wait*.
 //!
 //! # Host memory: no copy, page-locked on CUDA
 //!
@@ -240,7 +240,7 @@ pub enum FeedError {
     Device(String),
 }
 
-/// Uploads batches on a dedicated thread; [`Feeder::next`] hands them over in order.
+/// Uploads batches on a dedicated thread; [`Feeder::next_batch`] hands them over in order.
 #[derive(Debug)]
 pub struct Feeder<B: Backend> {
     rx: Option<Receiver<Result<DeviceBatch<B>, FeedError>>>,
@@ -302,7 +302,7 @@ impl<B: HostUpload> Feeder<B> {
 
     /// The next uploaded batch and how long this call blocked waiting for it.
     /// `None` at the end of the stream.
-    pub fn next(&mut self) -> Option<(Result<DeviceBatch<B>, FeedError>, Duration)> {
+    pub fn next_batch(&mut self) -> Option<(Result<DeviceBatch<B>, FeedError>, Duration)> {
         let started = Instant::now();
         let rx = self.rx.as_ref()?;
         match rx.recv() {
@@ -609,11 +609,11 @@ mod tests {
         };
         let mut feeder = Feeder::<B>::start(source, Default::default(), Normalize::default(), 2);
         let mut seen = Vec::new();
-        while let Some((item, _wait)) = feeder.next() {
+        while let Some((item, _wait)) = feeder.next_batch() {
             seen.push(item.unwrap().state.samples_consumed);
         }
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
-        assert!(feeder.next().is_none());
+        assert!(feeder.next_batch().is_none());
         assert_eq!(feeder.timing().batches, 5);
     }
 
@@ -627,7 +627,7 @@ mod tests {
             })
         };
         let mut feeder = Feeder::<B>::start(source, Default::default(), Normalize::default(), 2);
-        assert!(feeder.next().is_some());
+        assert!(feeder.next_batch().is_some());
         drop(feeder); // must not hang on the endless source
     }
 }

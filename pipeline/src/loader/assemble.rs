@@ -295,20 +295,20 @@ impl Assembly {
                 };
                 self.close_open(state, last);
             }
-        } else if let Some(end) = state.stream_end {
-            if state.resolved_total >= end - self.first_seq {
-                state.stream_end = None;
-                let last = state.last_resolved.unwrap_or(Ticket {
-                    seq: end,
-                    epoch: 0,
-                    seq_in_epoch: 0,
-                });
-                let last = Ticket {
-                    seq_in_epoch: last.seq_in_epoch + 1,
-                    ..last
-                };
-                self.close_open(state, last);
-            }
+        } else if let Some(end) = state.stream_end
+            && state.resolved_total >= end - self.first_seq
+        {
+            state.stream_end = None;
+            let last = state.last_resolved.unwrap_or(Ticket {
+                seq: end,
+                epoch: 0,
+                seq_in_epoch: 0,
+            });
+            let last = Ticket {
+                seq_in_epoch: last.seq_in_epoch + 1,
+                ..last
+            };
+            self.close_open(state, last);
         }
     }
 

@@ -249,10 +249,10 @@ impl Parser {
 /// The number of samples of a shard: from its index when there is a valid one, otherwise
 /// by reading it (only needed to resume mid-epoch).
 pub(crate) fn shard_len(path: &Path) -> Result<u64, ShardError> {
-    if let Ok(Some(index)) = tessera_shards::index::ShardIndex::load_for(path) {
-        if index.check_shard(path).is_ok() {
-            return Ok(index.samples.len() as u64);
-        }
+    if let Ok(Some(index)) = tessera_shards::index::ShardIndex::load_for(path)
+        && index.check_shard(path).is_ok()
+    {
+        return Ok(index.samples.len() as u64);
     }
     let mut reader = ShardReader::open(path)?;
     let mut sample = Sample::default();
@@ -405,10 +405,10 @@ impl Sequencer {
             }
         };
         while let Some(sample) = self.next_merged(&mut input, &mut clock) {
-            if let Some(out) = buffer.push(sample) {
-                if !emit(out, &mut clock) {
-                    return None;
-                }
+            if let Some(out) = buffer.push(sample)
+                && !emit(out, &mut clock)
+            {
+                return None;
             }
         }
         while let Some(out) = buffer.drain_one() {

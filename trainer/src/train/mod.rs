@@ -107,7 +107,7 @@ where
         let mut micro = Vec::with_capacity(config.accum_steps);
         let mut data_wait = Duration::ZERO;
         for _ in 0..config.accum_steps {
-            match feeder.next() {
+            match feeder.next_batch() {
                 Some((batch, waited)) => {
                     data_wait += waited;
                     micro.push(batch?);
