@@ -199,6 +199,10 @@ impl<B: HostUpload> Uploader<B> {
                 width,
             });
         }
+        // The loan is the owner: the buffer goes back to the pool when the backend drops
+        // these bytes. `Native` (not `Pinned`) because the bytes may be pageable; cubecl
+        // 0.10 treats both alike (only `File` bytes are staged), and the driver finds out
+        // for itself whether memory is registered.
         let shared = bytes::Bytes::from_owner(data).slice(..bytes);
         let host = TensorData::from_bytes(
             Bytes::from_shared(shared, AllocationProperty::Native),
