@@ -163,9 +163,9 @@ impl<B: HostUpload> Uploader<B> {
             .map(|(i, view)| self.upload_view(i, view))
             .collect::<Result<Vec<_>, _>>();
         let masks = masks
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, m)| m.as_ref().map(|m| self.upload_mask(i, m)).transpose())
+            .map(|(i, m)| m.map(|m| self.upload_mask(i, m)).transpose())
             .collect::<Result<Vec<_>, _>>();
         // Whatever failed above, the views that did go up must give their buffers back.
         B::release_host_buffers(&self.device)?;
@@ -214,7 +214,8 @@ impl<B: HostUpload> Uploader<B> {
         Ok(pixels * self.scale.clone() + self.shift.clone())
     }
 
-    fn upload_mask(&self, index: usize, m: &MaskBatch) -> Result<DeviceMask<B>, FeedError> {
+    /// The mask vectors become the tensors' host data (moved, not copied).
+    fn upload_mask(&self, index: usize, m: MaskBatch) -> Result<DeviceMask<B>, FeedError> {
         let (n, l, k) = (m.len, m.num_patches, m.num_keep);
         if m.mask.len() != n * l || m.ids_keep.len() != n * k || m.ids_restore.len() != n * l {
             return Err(FeedError::MaskShape {
@@ -228,18 +229,14 @@ impl<B: HostUpload> Uploader<B> {
             });
         }
         let mask = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(m.mask.clone(), [n, l]),
+            TensorData::new(m.mask, [n, l]),
             (&self.device, DType::U8),
         )
         .float();
-        let ids_keep = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(m.ids_keep.clone(), [n, k]),
-            &self.device,
-        );
-        let ids_restore = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(m.ids_restore.clone(), [n, l]),
-            &self.device,
-        );
+        let ids_keep =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_keep, [n, k]), &self.device);
+        let ids_restore =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_restore, [n, l]), &self.device);
         Ok(DeviceMask {
             mask,
             ids_keep,
