@@ -22,6 +22,8 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod export;
+#[cfg(test)]
+pub(crate) mod goldens;
 pub mod objectives;
 pub mod optim;
 pub mod precision;
