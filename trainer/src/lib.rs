@@ -22,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod losses;
 #[cfg(test)]
 pub(crate) mod goldens;
 pub mod objectives;
