@@ -76,6 +76,15 @@ pub enum Error {
         /// What differs.
         what: String,
     },
+    /// An optimiser's saved state does not fit the model or the update rule it is loaded into.
+    #[error("optimiser state of parameter `{param}`: {what}")]
+    OptimState {
+        /// The parameter's dotted name, or its id when the model has no such parameter
+        /// (`-` when the whole record is wrong).
+        param: String,
+        /// What does not fit.
+        what: String,
+    },
     /// Writing or reading a safetensors file failed.
     #[error("safetensors {path}")]
     Safetensors {

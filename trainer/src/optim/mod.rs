@@ -1,18 +1,24 @@
-//! AdamW with parameter groups, and global-norm gradient clipping.
+//! Optimisers: parameter groups, global-norm gradient clipping, and [`Optim`], one
+//! optimiser over the three update rules that self-supervised recipes use.
 //!
-//! burn 0.21's optimisers have no parameter groups: one `AdamW` applies one weight decay to
-//! every parameter it receives gradients for. [`GroupedAdamW`] holds two burn `AdamW`
-//! optimisers (decay and no decay) over disjoint parameter sets: it splits each step's
-//! [`GradientsParams`] by [`ParamId`] and steps both. A parameter without a gradient is left
-//! untouched by an optimiser, so each one only ever updates (and keeps moment state for)
-//! its own group. The split follows timm `param_groups_weight_decay`: no decay for
+//! | rule | recipes | file |
+//! |------|---------|------|
+//! | AdamW (`torch.optim.AdamW`) | MAE, DINO (cosine weight decay 0.04 → 0.4), MoCo v3, iBOT | [`rules`] |
+//! | SGD with momentum (`torch.optim.SGD`) | MoCo v2, SimSiam | [`rules`] |
+//! | LARS (Barlow Twins `main.py`) | SimCLR, BYOL, Barlow Twins, VICReg, SwAV | [`rules`] |
+//!
+//! [`Optim`] (in `optimizer.rs`) takes the learning rate *and* the weight decay at every step,
+//! so both can follow a schedule ([`crate::schedule`]); burn's optimisers fix the decay at
+//! construction. It applies the rules itself, with tensor ops on the inner backend, keeps
+//! one state per parameter keyed by [`ParamId`], and saves it as a burn record
+//! ([`OptimRecord`]). [`GroupedAdamW`] (burn's AdamW per group) is the older MAE optimiser.
+//!
+//! Groups: [`ParamGroups`] follows timm `param_groups_weight_decay`: no decay for
 //! parameters with at most one dimension (biases, LayerNorm weights) and for the names in
 //! [`NO_WEIGHT_DECAY`] (class and mask tokens; position embeddings are fixed buffers here,
 //! listed for completeness). Note that the official MAE code decays the tokens
 //! (its `add_weight_decay` has an empty skip list); we follow timm and the task's spec.
-//!
-//! Epsilon: burn's `AdamWConfig` defaults to 1e-5; PyTorch (and so MAE's reported runs) use
-//! 1e-8. We default to 1e-8 so that results transfer; it is a config key.
+//! LARS ignores the groups and decides by rank alone, as Barlow Twins' `exclude_bias_and_norm`.
 //!
 //! Clipping: burn's `GradientClippingConfig::Norm` clips each parameter's gradient by its
 //! own norm (see `burn-optim/src/grad_clipping/base.rs::clip_by_norm`, called per tensor from
@@ -26,24 +32,19 @@
 use std::collections::HashSet;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, backend::AutodiffBackend};
-use serde::{Deserialize, Serialize};
+
+mod grouped;
+mod optimizer;
+pub mod rules;
+
+pub use grouped::{AdamWSettings, GroupedAdamW, GroupedAdamWRecord};
+pub use optimizer::{Optim, OptimRecord, OptimRecordItem, ParamState, ParamStateItem};
+pub use rules::OptimSettings;
 
 /// Parameter names (last path component) that never get weight decay, whatever their rank.
 pub const NO_WEIGHT_DECAY: &[&str] = &["cls_token", "mask_token", "pos_embed", "decoder_pos_embed"];
-
-/// AdamW's hyper-parameters except the learning rate (which the schedule gives per step).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AdamWSettings {
-    /// `(beta1, beta2)`; MAE uses `(0.9, 0.95)`.
-    pub betas: (f32, f32),
-    /// Denominator epsilon (PyTorch 1e-8).
-    pub eps: f32,
-    /// Decoupled weight decay for the decayed group (MAE 0.05).
-    pub weight_decay: f32,
-}
 
 /// One trainable parameter and its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +62,9 @@ pub struct ParamEntry {
 /// The decay / no-decay split of a module's parameters.
 #[derive(Debug, Clone)]
 pub struct ParamGroups {
-    /// Every float parameter, in module order.
+    /// Every float parameter, in module order. burn's visitors also show BatchNorm's
+    /// running statistics (`RunningState`) as floats, so they are listed too (1-D, no
+    /// decay); they never get gradients, so no optimiser touches them.
     pub params: Vec<ParamEntry>,
     no_decay: HashSet<ParamId>,
 }
@@ -91,6 +94,11 @@ impl ParamGroups {
     pub fn is_no_decay(&self, id: ParamId) -> bool {
         self.no_decay.contains(&id)
     }
+
+    /// The entry of parameter `id`, if `id` is one of the module's parameters.
+    pub fn find(&self, id: ParamId) -> Option<&ParamEntry> {
+        self.params.iter().find(|p| p.id == id)
+    }
 }
 
 struct GroupVisitor {
@@ -116,109 +124,6 @@ impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for GroupVisitor {
             shape: param.shape().as_slice().to_vec(),
             decay,
         });
-    }
-}
-
-/// Moves the gradients of the no-decay parameters out of `grads` into a second set.
-struct GradSplitter<'a> {
-    groups: &'a ParamGroups,
-    grads: &'a mut GradientsParams,
-    no_decay: GradientsParams,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradSplitter<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if self.groups.is_no_decay(param.id)
-            && let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id)
-        {
-            self.no_decay.register::<B::InnerBackend, D>(param.id, grad);
-        }
-    }
-}
-
-/// The optimiser state of a [`GroupedAdamW`], one burn record per group.
-pub struct GroupedAdamWRecord<M: AutodiffModule<B>, B: AutodiffBackend> {
-    /// State of the decayed group's AdamW.
-    pub decay: <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record,
-    /// State of the no-decay group's AdamW.
-    pub no_decay: <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record,
-}
-
-/// AdamW with a decayed and a non-decayed parameter group (see the module docs).
-#[derive(Clone)]
-pub struct GroupedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
-    decay: OptimizerAdaptor<AdamW, M, B>,
-    no_decay: OptimizerAdaptor<AdamW, M, B>,
-    groups: ParamGroups,
-    settings: AdamWSettings,
-}
-
-impl<M: AutodiffModule<B>, B: AutodiffBackend> std::fmt::Debug for GroupedAdamW<M, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let decayed = self.groups.params.iter().filter(|p| p.decay).count();
-        f.debug_struct("GroupedAdamW")
-            .field("settings", &self.settings)
-            .field("decayed_params", &decayed)
-            .field("no_decay_params", &(self.groups.params.len() - decayed))
-            .finish()
-    }
-}
-
-impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
-    /// Groups `model`'s parameters and builds one AdamW per group.
-    pub fn new(settings: AdamWSettings, model: &M) -> Self {
-        let adamw = |weight_decay: f32| {
-            AdamWConfig::new()
-                .with_beta_1(settings.betas.0)
-                .with_beta_2(settings.betas.1)
-                .with_epsilon(settings.eps)
-                .with_weight_decay(weight_decay)
-                .init::<B, M>()
-        };
-        Self {
-            decay: adamw(settings.weight_decay),
-            no_decay: adamw(0.0),
-            groups: ParamGroups::new(model),
-            settings,
-        }
-    }
-
-    /// The parameter split.
-    pub fn groups(&self) -> &ParamGroups {
-        &self.groups
-    }
-
-    /// The hyper-parameters.
-    pub fn settings(&self) -> AdamWSettings {
-        self.settings
-    }
-
-    /// One AdamW step with learning rate `lr` on both groups; returns the updated model.
-    pub fn step(&mut self, lr: f64, model: M, mut grads: GradientsParams) -> M {
-        let mut splitter = GradSplitter {
-            groups: &self.groups,
-            grads: &mut grads,
-            no_decay: GradientsParams::new(),
-        };
-        model.visit(&mut splitter);
-        let no_decay = splitter.no_decay;
-        let model = self.decay.step(lr, model, grads);
-        self.no_decay.step(lr, model, no_decay)
-    }
-
-    /// The moment estimates and step counts of both groups.
-    pub fn to_record(&self) -> GroupedAdamWRecord<M, B> {
-        GroupedAdamWRecord {
-            decay: self.decay.to_record(),
-            no_decay: self.no_decay.to_record(),
-        }
-    }
-
-    /// Restores the state saved by [`GroupedAdamW::to_record`].
-    pub fn load_record(mut self, record: GroupedAdamWRecord<M, B>) -> Self {
-        self.decay = self.decay.load_record(record.decay);
-        self.no_decay = self.no_decay.load_record(record.no_decay);
-        self
     }
 }
 
@@ -289,7 +194,10 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 #[cfg(test)]
-mod tests {
+mod optimizer_tests;
+
+#[cfg(test)]
+pub(crate) mod tests {
     use super::*;
     use crate::objectives::mae::MaeConfig;
     use crate::vit::VitConfig;
@@ -298,14 +206,15 @@ mod tests {
 
     type B = Autodiff<Flex>;
 
+    /// A Linear `[3, 2]`, a LayerNorm and a class token: one parameter of each group.
     #[derive(Module, Debug)]
-    struct Toy<B: burn::tensor::backend::Backend> {
-        linear: Linear<B>,
-        norm: LayerNorm<B>,
-        cls_token: Param<Tensor<B, 3>>,
+    pub(crate) struct Toy<B: burn::tensor::backend::Backend> {
+        pub(crate) linear: Linear<B>,
+        pub(crate) norm: LayerNorm<B>,
+        pub(crate) cls_token: Param<Tensor<B, 3>>,
     }
 
-    fn toy(device: &burn::tensor::Device<B>) -> Toy<B> {
+    pub(crate) fn toy(device: &burn::tensor::Device<B>) -> Toy<B> {
         Toy {
             linear: crate::vit::init_linear(3, 2, device),
             norm: crate::vit::init_layer_norm(2, device),
@@ -313,7 +222,7 @@ mod tests {
         }
     }
 
-    fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    pub(crate) fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().unwrap()
     }
 
@@ -354,56 +263,6 @@ mod tests {
         assert!(!decay("mask_token"));
         // pos embeddings are fixed buffers, not parameters.
         assert!(groups.params.iter().all(|p| !p.name.contains("pos_embed")));
-    }
-
-    /// With zero gradients Adam's update is zero, so the only change is the decoupled decay
-    /// `w <- w (1 - lr wd)`: it must show on the matrix and nowhere else.
-    #[test]
-    fn zero_gradient_step_decays_only_the_decay_group() {
-        let device = Default::default();
-        let model = toy(&device);
-        let settings = AdamWSettings {
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 0.5,
-        };
-        let mut optim = GroupedAdamW::new(settings, &model);
-        let before = (
-            values(model.linear.weight.val()),
-            values(model.cls_token.val()),
-            values(model.norm.gamma.val()),
-        );
-
-        let mut grads = GradientsParams::new();
-        grads.register::<Flex, 2>(model.linear.weight.id, Tensor::zeros([3, 2], &device));
-        grads.register::<Flex, 1>(
-            model.linear.bias.as_ref().unwrap().id,
-            Tensor::zeros([2], &device),
-        );
-        grads.register::<Flex, 3>(model.cls_token.id, Tensor::zeros([1, 1, 2], &device));
-        grads.register::<Flex, 1>(model.norm.gamma.id, Tensor::zeros([2], &device));
-        let model = optim.step(0.1, model, grads);
-
-        for (a, b) in values(model.linear.weight.val()).iter().zip(&before.0) {
-            assert!(
-                (a - b * 0.95).abs() < 1e-7,
-                "decayed by lr*wd = 0.05: {a} vs {b}"
-            );
-        }
-        assert_eq!(
-            values(model.cls_token.val()),
-            before.1,
-            "class token not decayed"
-        );
-        assert_eq!(
-            values(model.norm.gamma.val()),
-            before.2,
-            "norm weight not decayed"
-        );
-        assert_eq!(
-            values(model.linear.bias.as_ref().unwrap().val()),
-            vec![0.0, 0.0]
-        );
     }
 
     #[test]
