@@ -22,13 +22,14 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod export;
-pub mod losses;
 #[cfg(test)]
 pub(crate) mod goldens;
+pub mod losses;
 pub mod objectives;
 pub mod optim;
 pub mod precision;
 pub mod schedule;
+pub mod teacher;
 pub mod vit;
 
 pub use error::{Error, Result};
