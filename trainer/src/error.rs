@@ -94,6 +94,14 @@ pub enum Error {
         #[source]
         source: safetensors::SafeTensorError,
     },
+    /// A saved feature queue's write pointer is not one of its rows.
+    #[error("feature queue pointer {pointer} is outside its {capacity} rows")]
+    QueuePointer {
+        /// The saved pointer.
+        pointer: usize,
+        /// The number of rows in the saved queue.
+        capacity: usize,
+    },
     /// A tensor could not be read back from the device as `f32`.
     #[error("reading tensor `{name}` from the device: {message}")]
     TensorData {
