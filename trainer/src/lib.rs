@@ -17,14 +17,16 @@
 //! multi-device training. Mixed precision (bf16 matmuls, f32 master weights) is
 //! [`precision`].
 
+pub mod backbone;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
 pub mod export;
-pub mod losses;
 #[cfg(test)]
 pub(crate) mod goldens;
+pub mod heads;
+pub mod losses;
 pub mod objectives;
 pub mod optim;
 pub mod precision;
