@@ -102,6 +102,16 @@ pub enum Error {
         /// The number of rows in the saved queue.
         capacity: usize,
     },
+    /// A timm state dict (safetensors) does not fit the model it is loaded into.
+    #[error("timm weights {path}: `{key}`: {problem}")]
+    TimmWeights {
+        /// The safetensors file (or a label for weights built in memory).
+        path: PathBuf,
+        /// The timm key concerned (the first one, when several are).
+        key: String,
+        /// What is wrong with it.
+        problem: TimmProblem,
+    },
     /// A tensor could not be read back from the device as `f32`.
     #[error("reading tensor `{name}` from the device: {message}")]
     TensorData {
@@ -109,6 +119,45 @@ pub enum Error {
         name: String,
         /// burn's message.
         message: String,
+    },
+}
+
+/// What is wrong with one key of a timm state dict, for [`Error::TimmWeights`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimmProblem {
+    /// The model has this parameter but the file does not.
+    #[error("missing from the file ({others} other keys missing too)")]
+    Missing {
+        /// How many further keys are missing.
+        others: usize,
+    },
+    /// The file has this key but the model has no such parameter.
+    #[error("not a parameter of the model ({others} other unexpected keys)")]
+    Unexpected {
+        /// How many further keys are unexpected.
+        others: usize,
+    },
+    /// Both have the key, with different shapes (PyTorch layout).
+    #[error("shape {actual:?} in the file, the model needs {expected:?}")]
+    Shape {
+        /// The shape the model needs.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        actual: Vec<usize>,
+    },
+    /// The tensor's dtype is not a float type we read (f32, f16, bf16).
+    #[error("dtype {dtype} (expected F32, F16 or BF16)")]
+    Dtype {
+        /// safetensors' name of the dtype.
+        dtype: String,
+    },
+    /// The number of values does not match the shape.
+    #[error("{values} values for shape {shape:?}")]
+    Length {
+        /// The declared shape.
+        shape: Vec<usize>,
+        /// The values given.
+        values: usize,
     },
 }
 

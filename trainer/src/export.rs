@@ -5,8 +5,8 @@
 //! `[in, out]` while PyTorch's stores `[out, in]` (every linear weight is transposed), and
 //! the patch embedding is a linear over `(channel, row, column)`-flattened patches, so
 //! timm's conv weight `[D, C, P, P]` is its transpose reshaped. LayerNorm `gamma`/`beta`
-//! become `weight`/`bias`. The fixed position table is written as `pos_embed` (timm keeps it
-//! as a parameter). Everything is f32, little endian, and the file appears atomically.
+//! become `weight`/`bias`. The position table is written as `pos_embed` (a parameter in timm
+//! too; ours is not trained). Everything is f32, little endian, and the file appears atomically.
 
 use std::collections::HashMap;
 use std::fs;
@@ -93,7 +93,7 @@ pub fn timm_tensors<B: Backend>(vit: &Vit<B>) -> Result<Vec<NamedTensor>> {
     let mut out = Vec::new();
     let token: &Param<Tensor<B, 3>> = &vit.cls_token;
     out.push(named("cls_token".into(), token.val())?);
-    out.push(named("pos_embed".into(), vit.pos_embed.clone())?);
+    out.push(named("pos_embed".into(), vit.pos_embed.val())?);
     let proj = &vit.patch_embed.proj;
     let [patch_dim, d] = proj.weight.dims();
     let p = vit.patch_embed.patch_size;
@@ -259,12 +259,12 @@ mod tests {
             assert_eq!(t.dtype(), Dtype::F32, "{name}");
             assert_eq!(t.shape(), shape.as_slice(), "{name}");
         }
-        // Every trained scalar is exported once (plus the fixed position table).
+        // Every scalar is exported once (the position table is a parameter, untrained).
         let total: usize = expected
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();
-        assert_eq!(total, vit.num_params() + (1 + l) * d);
+        assert_eq!(total, vit.num_params());
 
         // qkv: PyTorch [out, in] is burn's [in, out] transposed.
         let qkv = host(vit.blocks[1].attn.qkv.weight.val()); // [d, 3d]
@@ -295,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             floats(&st.tensor("pos_embed").unwrap()),
-            host(vit.pos_embed.clone())
+            host(vit.pos_embed.val())
         );
         assert_eq!(
             floats(&st.tensor("blocks.0.mlp.fc2.bias").unwrap()),

@@ -17,6 +17,7 @@
 //! multi-device training. Mixed precision (bf16 matmuls, f32 master weights) is
 //! [`precision`].
 
+pub mod backbone;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod eval;
 pub mod export;
 #[cfg(test)]
 pub(crate) mod goldens;
+pub mod heads;
 pub mod losses;
 pub mod objectives;
 pub mod optim;

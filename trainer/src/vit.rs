@@ -7,8 +7,10 @@
 //! them one to one; the only renames are burn's `LayerNorm` `gamma`/`beta` (timm `weight`/`bias`)
 //! and burn's `Linear` weight layout `[in, out]` (PyTorch stores `[out, in]`).
 //!
-//! Position embeddings are FIXED 2-D sin-cos tables (MAE `get_2d_sincos_pos_embed`), held as
-//! plain tensors: not parameters, not saved, recomputed from the config.
+//! Position embeddings start as FIXED 2-D sin-cos tables (MAE `get_2d_sincos_pos_embed`),
+//! held in a [`Param`] that does not require a gradient: never trained (MAE keeps it fixed),
+//! but saved in records, so that a learned table imported from timm (see
+//! [`crate::backbone::Backbone::load_timm`]) survives a checkpoint.
 //!
 //! The patch embedding is a `Linear` over patches flattened in `(channel, row, column)` order,
 //! which is exactly a `Conv2d(3, D, P, stride=P)` whose weight `[D, 3, P, P]` is the transposed
@@ -19,7 +21,7 @@
 //! the whole tree by [`Vit::with_precision`], f32 after `init`) and with bf16 run their
 //! matmuls in bf16 inside; LayerNorm and the residual stream stay f32 (see [`crate::precision`]).
 
-use burn::module::{Initializer, Module, Param};
+use burn::module::{Initializer, Module, Param, ParamId};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
@@ -161,7 +163,10 @@ impl VitConfig {
                 std: 0.02,
             }
             .init([1, 1, d], device),
-            pos_embed: sincos_pos_embed_2d(d, self.grid_size(), device),
+            pos_embed: Param::initialized(
+                ParamId::new(),
+                sincos_pos_embed_2d(d, self.grid_size(), device),
+            ),
             blocks: (0..self.depth)
                 .map(|_| init_block(d, self.num_heads, self.mlp_ratio, device))
                 .collect(),
@@ -347,8 +352,10 @@ pub struct Vit<B: Backend> {
     pub patch_embed: PatchEmbed<B>,
     /// Learned class token `[1, 1, D]`.
     pub cls_token: Param<Tensor<B, 3>>,
-    /// Fixed 2-D sin-cos table `[1, 1 + L, D]`, row 0 (class token) all zeros. Not trained.
-    pub pos_embed: Tensor<B, 3>,
+    /// Position table `[1, 1 + L, D]`: the 2-D sin-cos table after `init` (row 0, the class
+    /// token's, all zeros) or an imported one. Requires no gradient, so it is never trained;
+    /// saved in records.
+    pub pos_embed: Param<Tensor<B, 3>>,
     /// Transformer blocks.
     pub blocks: Vec<Block<B>>,
     /// Final LayerNorm.
@@ -379,7 +386,7 @@ impl<B: Backend> Vit<B> {
     pub fn embed_patches(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
         let x = self.patch_embed.forward(images); // [n, l, d]
         let [_, l, d] = x.dims();
-        x + self.pos_embed.clone().slice([0..1, 1..l + 1, 0..d])
+        x + self.pos_embed.val().slice([0..1, 1..l + 1, 0..d])
     }
 
     /// Prepends the class token (with its position embedding) and runs blocks and norm.
@@ -388,7 +395,7 @@ impl<B: Backend> Vit<B> {
     /// `tokens` `[n, k, d]` -> `[n, 1 + k, d]`.
     pub fn forward_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, _, d] = tokens.dims();
-        let cls = self.cls_token.val() + self.pos_embed.clone().slice([0..1, 0..1, 0..d]);
+        let cls = self.cls_token.val() + self.pos_embed.val().slice([0..1, 0..1, 0..d]);
         let mut x = Tensor::cat(vec![cls.expand([n, 1, d]), tokens], 1); // [n, 1 + k, d]
         for block in &self.blocks {
             x = block.forward(x);
