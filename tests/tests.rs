@@ -6,12 +6,15 @@
 //! - `pipeline`: `tessera profile`, `preview` (issue #3).
 //! - `train`: `tessera train`, `export`, `demo` (issue #4).
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
+//! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
 
 mod util;
 
 #[cfg(feature = "train")]
 mod eval;
 mod inspect;
+#[cfg(feature = "train")]
+mod methods;
 mod pipeline;
 mod shard;
 #[cfg(feature = "train")]

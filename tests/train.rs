@@ -37,6 +37,9 @@ patch_size = 4
 embed_dim = 48
 depth = 2
 num_heads = 3
+
+[objective]
+method = "mae"
 decoder_embed_dim = 32
 decoder_depth = 1
 decoder_num_heads = 2

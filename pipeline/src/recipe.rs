@@ -53,6 +53,46 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
     ("byol", include_str!("../../configs/byol.toml")),
     ("dino", include_str!("../../configs/dino.toml")),
     ("ibot", include_str!("../../configs/ibot.toml")),
+    (
+        "simclr_resnet18_cifar",
+        include_str!("../../configs/simclr_resnet18_cifar.toml"),
+    ),
+    (
+        "simclr_resnet50",
+        include_str!("../../configs/simclr_resnet50.toml"),
+    ),
+    (
+        "mocov2_resnet50",
+        include_str!("../../configs/mocov2_resnet50.toml"),
+    ),
+    (
+        "mocov3_vit_small",
+        include_str!("../../configs/mocov3_vit_small.toml"),
+    ),
+    (
+        "byol_resnet50",
+        include_str!("../../configs/byol_resnet50.toml"),
+    ),
+    (
+        "byol_resnet18_cifar",
+        include_str!("../../configs/byol_resnet18_cifar.toml"),
+    ),
+    (
+        "simsiam_resnet18_cifar",
+        include_str!("../../configs/simsiam_resnet18_cifar.toml"),
+    ),
+    (
+        "barlowtwins_resnet50",
+        include_str!("../../configs/barlowtwins_resnet50.toml"),
+    ),
+    (
+        "vicreg_resnet50",
+        include_str!("../../configs/vicreg_resnet50.toml"),
+    ),
+    (
+        "nnclr_resnet18_cifar",
+        include_str!("../../configs/nnclr_resnet18_cifar.toml"),
+    ),
 ];
 
 /// A parsed, checked recipe.

@@ -57,6 +57,9 @@ patch_size = 4
 embed_dim = 96
 depth = 4
 num_heads = 3
+
+[objective]
+method = "mae"
 decoder_embed_dim = 64
 decoder_depth = 1
 decoder_num_heads = 2
@@ -214,6 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .join("::");
     let train_args = super::train::Args {
         config: recipe_arg,
+        list_methods: false,
         shards: Some(shard_spec),
         synthetic: false,
         steps: Some(steps),

@@ -26,6 +26,9 @@ pub struct Args {
     /// A checkpoint directory (`RUN/checkpoints/step-…`) or a run directory.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// `student` (default) or `teacher` (the momentum teacher, for methods that keep one).
+    #[arg(long, default_value = "student")]
+    pub which: tessera_trainer::eval::Which,
     /// Labelled shards the kNN searches and the probe trains on: a path, glob, brace range
     /// or `@list` file.
     #[arg(long)]
@@ -134,6 +137,7 @@ fn options(args: &Args) -> anyhow::Result<EvalOptions> {
     }
     Ok(EvalOptions {
         checkpoint: args.checkpoint.clone(),
+        which: args.which,
         train_shards: shards(&args.train_shards).context("--train-shards")?,
         val_shards: shards(&args.val_shards).context("--val-shards")?,
         extract,

@@ -1,9 +1,10 @@
-//! `tessera export`: a checkpoint's encoder as timm-compatible safetensors.
+//! `tessera export`: a checkpoint's backbone as timm-compatible safetensors.
 //!
 //! `--checkpoint` takes a checkpoint directory or a run directory (its newest complete
 //! checkpoint is used). The file gets timm's key names (`patch_embed.proj.weight`,
 //! `blocks.0.attn.qkv.weight`, ...), so `timm.create_model(arch, num_classes=0)` loads it
-//! with `load_state_dict`; the decoder is not exported. One JSON object goes to stdout.
+//! with `load_state_dict`; heads and decoders are not exported. ResNets and RegNets get
+//! timm's names too (`conv1.weight`, `layer1.0.bn1.running_mean`, `s1.b1.conv1.conv.weight`). One JSON object goes to stdout.
 
 use std::path::PathBuf;
 
@@ -17,10 +18,14 @@ pub struct Args {
     /// The safetensors file to write (written atomically).
     #[arg(long)]
     pub out: PathBuf,
+    /// `student` (the trained network, default) or `teacher` (the momentum teacher of
+    /// BYOL, MoCo and the other methods that keep one).
+    #[arg(long, default_value = "student")]
+    pub which: tessera_trainer::eval::Which,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let summary = tessera_trainer::export::export(&args.checkpoint, &args.out)
+    let summary = tessera_trainer::export::export(&args.checkpoint, args.which, &args.out)
         .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
     eprintln!(
         "wrote {} ({} tensors, {} parameters) from {} (step {})",

@@ -28,11 +28,14 @@ use tessera_trainer::train::{self, Observer, RunOptions, RunSummary};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Recipe: a builtin name (`mae_vit_tiny_cifar`, `mae_vit_base`, ...) or a TOML file.
-    #[arg(long)]
+    /// Recipe: a builtin name (`mae_vit_tiny_cifar`, `simclr_resnet18_cifar`, ...) or a TOML file.
+    #[arg(long, required_unless_present = "list_methods", default_value = "")]
     pub config: String,
+    /// Print every method with its paper and recipes, and exit.
+    #[arg(long)]
+    pub list_methods: bool,
     /// Shards to read: a path, glob, brace range (`train-{000..009}.tar`) or `@list` file.
-    #[arg(long, required_unless_present = "synthetic")]
+    #[arg(long, required_unless_present_any = ["synthetic", "list_methods"])]
     pub shards: Option<String>,
     /// Train on synthetic batches of the recipe's shape instead of shards (measures the
     /// device alone).
@@ -86,6 +89,10 @@ pub struct Prepared {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.list_methods {
+        list_methods();
+        return Ok(());
+    }
     let prepared = prepare(&args)?;
     print_resolved(&prepared);
     let stop = install_interrupt_handler()?;
@@ -171,23 +178,31 @@ fn count_samples(shards: &[PathBuf]) -> Option<u64> {
 /// MAE's start-up printout: what the recipe turned into.
 fn print_resolved(p: &Prepared) {
     let r = &p.resolved;
-    let e = &r.model.encoder;
     eprintln!("recipe:           {}", r.recipe);
+    eprintln!("method:           {}", r.method.name());
+    let backbone = match &r.backbone {
+        tessera_trainer::backbone::BackboneConfig::Vit(e) => format!(
+            "ViT (dim {}, depth {}, heads {}, patch {}, img {})",
+            e.embed_dim, e.depth, e.num_heads, e.patch_size, e.img_size
+        ),
+        other => format!(
+            "{} ({} features)",
+            other.arch_name().unwrap_or("custom"),
+            other.num_features()
+        ),
+    };
+    eprintln!("backbone:         {backbone}");
+    if let tessera_trainer::objectives::MethodConfig::Mae(m) = &r.method {
+        eprintln!(
+            "decoder:          {} wide, {} deep; {:.0}% of patches masked",
+            m.decoder_embed_dim,
+            m.decoder_depth,
+            m.mask_ratio * 100.0
+        );
+    }
     eprintln!(
-        "model:            MAE ViT (dim {}, depth {}, heads {}, patch {}, img {}), decoder {}x{}",
-        e.embed_dim,
-        e.depth,
-        e.num_heads,
-        e.patch_size,
-        e.img_size,
-        r.model.decoder_embed_dim,
-        r.model.decoder_depth
-    );
-    eprintln!(
-        "mask:             {:.0}% of {} patches ({} visible)",
-        r.mask_ratio * 100.0,
-        r.num_patches,
-        r.num_keep
+        "optimizer:        {}",
+        serde_json::to_string(&r.optim).unwrap_or_default()
     );
     eprintln!(
         "effective batch:  {} (micro-batch {} x accum {} x ranks {})",
@@ -221,6 +236,14 @@ fn print_resolved(p: &Prepared) {
         ),
     }
     eprintln!("run directory:    {}", p.options.run_dir.display());
+}
+
+/// `--list-methods`: one block per method.
+fn list_methods() {
+    for m in tessera_trainer::objectives::list() {
+        println!("{:<14} {}", m.name, m.paper);
+        println!("{:<14} recipes: {}", "", m.recipes.join(", "));
+    }
 }
 
 /// First Ctrl-C sets the flag (the loop finishes its step and checkpoints); the second exits.

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! RUN/checkpoints/step-00001000/
-//!     model.mpk           burn record of the model (named MessagePack, f32)
-//!     optim-decay.mpk     AdamW state (moments, step count) of the decayed group
-//!     optim-no-decay.mpk  ... of the no-decay group
+//!     model.mpk           burn record of the trained model (named MessagePack, f32)
+//!     optim.mpk           optimiser state (moments, momentum buffers, step counts)
+//!     method.mpk          the method's untrained state: momentum teacher, queue, centre
 //!     state.json          step, PipelineState, trainer RNG, schedule, resolved config
 //! ```
 //!
@@ -15,7 +15,8 @@
 //! checkpoints are kept.
 //!
 //! What makes a resumed run reproduce the uninterrupted one bit for bit on CPU: the f32
-//! weights and AdamW moments and step counts (full precision records, parameter ids kept),
+//! weights, the optimiser's state and the method's teacher and queues (full precision
+//! records, parameter ids kept),
 //! the step (the schedule is a pure function of it, [`crate::schedule`]), the pipeline's
 //! [`PipelineState`] (the exact sample stream continues), and the trainer's own RNG.
 
@@ -23,22 +24,23 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tessera_pipeline::PipelineState;
 
 use crate::config::ResolvedTrainConfig;
 use crate::error::{Error, Result};
-use crate::optim::{AdamWSettings, GroupedAdamW, GroupedAdamWRecord};
+use crate::objectives::Method;
+use crate::optim::Optim;
 
 /// Subdirectory of a run directory holding its checkpoints.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const MODEL_FILE: &str = "model.mpk";
-const OPTIM_DECAY_FILE: &str = "optim-decay.mpk";
-const OPTIM_NO_DECAY_FILE: &str = "optim-no-decay.mpk";
+const OPTIM_FILE: &str = "optim.mpk";
+const METHOD_FILE: &str = "method.mpk";
 const STATE_FILE: &str = "state.json";
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -89,12 +91,13 @@ pub struct TrainerState {
 }
 
 /// What [`load`] returns.
-#[derive(Debug)]
-pub struct Restored<M: AutodiffModule<B>, B: AutodiffBackend> {
+pub struct Restored<B: AutodiffBackend, M: Method<B>> {
     /// The model with the saved weights (and the saved parameter ids).
-    pub model: M,
-    /// The optimiser with the saved moments, grouped over `model`.
-    pub optim: GroupedAdamW<M, B>,
+    pub model: M::Model,
+    /// The method's saved state (teacher, queue, centre).
+    pub method_state: M::State,
+    /// The optimiser with the saved state, over `model`.
+    pub optim: Optim<M::Model, B>,
     /// `state.json`.
     pub state: TrainerState,
     /// The checkpoint directory read.
@@ -125,14 +128,14 @@ fn sync_dir(path: &Path) -> Result<()> {
         .map_err(Error::io("syncing directory", path))
 }
 
-fn encode<B: AutodiffBackend, R: Record<B>>(record: R, path: &Path) -> Result<Vec<u8>> {
+fn encode<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<Vec<u8>> {
     Recorder::<B>::record(&Rec::default(), record, ()).map_err(|e| Error::Record {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
 }
 
-fn decode<B: AutodiffBackend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
+fn decode<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
     let bytes = fs::read(path).map_err(Error::io("reading", path))?;
     Recorder::<B>::load(&Rec::default(), bytes, device).map_err(|e| Error::Record {
         path: path.to_path_buf(),
@@ -140,13 +143,22 @@ fn decode<B: AutodiffBackend, R: Record<B>>(path: &Path, device: &B::Device) -> 
     })
 }
 
-/// Writes a checkpoint of `model`, `optim` and `state` under `run_dir/checkpoints/`,
-/// atomically, then deletes all but the newest `keep` complete checkpoints. Returns its
-/// directory. A complete checkpoint of the same step is replaced.
-pub fn save<M: AutodiffModule<B>, B: AutodiffBackend>(
+/// What a checkpoint holds besides `state.json`.
+pub struct Saved<'a, B: AutodiffBackend, M: Method<B>> {
+    /// The trained model.
+    pub model: &'a M::Model,
+    /// Its optimiser.
+    pub optim: &'a Optim<M::Model, B>,
+    /// The method's untrained state.
+    pub method_state: &'a M::State,
+}
+
+/// Writes a checkpoint of `saved` and `state` under `run_dir/checkpoints/`, atomically,
+/// then deletes all but the newest `keep` complete checkpoints. Returns its directory. A
+/// complete checkpoint of the same step is replaced.
+pub fn save<B: AutodiffBackend, M: Method<B>>(
     run_dir: &Path,
-    model: &M,
-    optim: &GroupedAdamW<M, B>,
+    saved: Saved<'_, B, M>,
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
@@ -160,12 +172,17 @@ pub fn save<M: AutodiffModule<B>, B: AutodiffBackend>(
     fs::create_dir(&tmp).map_err(Error::io("creating", &tmp))?;
 
     let path = tmp.join(MODEL_FILE);
-    write_file(&path, &encode::<B, _>(model.clone().into_record(), &path)?)?;
-    let GroupedAdamWRecord { decay, no_decay } = optim.to_record();
-    let path = tmp.join(OPTIM_DECAY_FILE);
-    write_file(&path, &encode::<B, _>(decay, &path)?)?;
-    let path = tmp.join(OPTIM_NO_DECAY_FILE);
-    write_file(&path, &encode::<B, _>(no_decay, &path)?)?;
+    write_file(
+        &path,
+        &encode::<B, _>(saved.model.clone().into_record(), &path)?,
+    )?;
+    let path = tmp.join(OPTIM_FILE);
+    write_file(&path, &encode::<B, _>(saved.optim.record(), &path)?)?;
+    let path = tmp.join(METHOD_FILE);
+    write_file(
+        &path,
+        &encode::<B::InnerBackend, _>(saved.method_state.clone().into_record(), &path)?,
+    )?;
     let path = tmp.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(state).map_err(|source| Error::State {
         path: path.clone(),
@@ -274,23 +291,35 @@ pub fn load_model<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>
     Ok(model.load_record(record))
 }
 
-/// Loads the checkpoint in `dir`: weights into `model` (built from the same config), then
-/// a [`GroupedAdamW`] with `adamw` grouped over the loaded model and its saved state.
-pub fn load<M: AutodiffModule<B>, B: AutodiffBackend>(
+/// Loads the method state of the checkpoint in `dir` into `state` (built by the same method).
+pub fn load_method_state<B: Backend, S: Module<B>>(dir: &Path, state: S, device: &B::Device) -> Result<S> {
+    let record = decode::<B, _>(&dir.join(METHOD_FILE), device)?;
+    Ok(state.load_record(record))
+}
+
+/// Loads the checkpoint in `dir` for `method`: weights and method state into a freshly
+/// built model (same config), then the optimiser over the loaded model with its saved state.
+pub fn load<B: AutodiffBackend, M: Method<B>>(
     dir: &Path,
-    model: M,
-    adamw: AdamWSettings,
+    method: &M,
+    config: &ResolvedTrainConfig,
     device: &B::Device,
-) -> Result<Restored<M, B>> {
+) -> Result<Restored<B, M>> {
     let state = load_state(dir)?;
-    let model = load_model::<B, M>(dir, model, device)?;
-    let record = GroupedAdamWRecord {
-        decay: decode::<B, _>(&dir.join(OPTIM_DECAY_FILE), device)?,
-        no_decay: decode::<B, _>(&dir.join(OPTIM_NO_DECAY_FILE), device)?,
-    };
-    let optim = GroupedAdamW::new(adamw, &model).load_record(record);
+    let (model, method_state) = method.init(&config.backbone, device);
+    let model = load_model::<B, _>(dir, model, device)?;
+    let method_state = load_method_state::<B::InnerBackend, _>(dir, method_state, device)?;
+    let path = dir.join(OPTIM_FILE);
+    let record = decode::<B, _>(&path, device)?;
+    let optim = Optim::new(config.optim, &model)
+        .load_record(record)
+        .map_err(|e| Error::Record {
+            path,
+            message: e.to_string(),
+        })?;
     Ok(Restored {
         model,
+        method_state,
         optim,
         state,
         dir: dir.to_path_buf(),
@@ -300,7 +329,8 @@ pub fn load<M: AutodiffModule<B>, B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objectives::mae::{MaeInput, MaeModel};
+    use crate::objectives::mae::{MaeInput, MaeMethod, MaeModel};
+    use crate::objectives::{Method, MethodConfig, NoState};
     use burn::backend::{Autodiff, Flex};
     use burn::module::{Module, ModuleVisitor, Param};
     use burn::optim::GradientsParams;
@@ -342,9 +372,32 @@ mod tests {
         MaeInput::new(images, &masks, device).unwrap()
     }
 
+    fn method(config: &ResolvedTrainConfig) -> MaeMethod {
+        match &config.method {
+            MethodConfig::Mae(m) => m.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn init(config: &ResolvedTrainConfig) -> MaeModel<B> {
+        Method::<B>::init(&method(config), &config.backbone, &Default::default()).0
+    }
+
+    fn saved<'a>(
+        model: &'a MaeModel<B>,
+        optim: &'a Optim<MaeModel<B>, B>,
+    ) -> Saved<'a, B, MaeMethod> {
+        const NONE: &NoState<Flex> = &std::marker::PhantomData;
+        Saved {
+            model,
+            optim,
+            method_state: NONE,
+        }
+    }
+
     fn train(
         model: MaeModel<B>,
-        optim: &mut GroupedAdamW<MaeModel<B>, B>,
+        optim: &mut Optim<MaeModel<B>, B>,
         steps: std::ops::Range<u64>,
         config: &ResolvedTrainConfig,
     ) -> (MaeModel<B>, Vec<f32>) {
@@ -355,7 +408,8 @@ mod tests {
             let loss = model.forward(batch(step, &device)).loss;
             losses.push(loss.clone().into_scalar());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(config.schedule.lr(step), model, grads);
+            let wd = config.weight_decay.value(step);
+            model = optim.step(config.schedule.lr(step), wd, model, grads);
         }
         (model, losses)
     }
@@ -397,21 +451,20 @@ mod tests {
         let device = Default::default();
         let config = crate::config::tiny_resolved_for_tests();
         let run = tempfile::tempdir().unwrap();
-        let model = config.model.init::<B>(&device);
-        let mut optim = GroupedAdamW::new(config.adamw, &model);
+        let model = init(&config);
+        let mut optim = Optim::new(config.optim, &model);
         let (model, _) = train(model, &mut optim, 0..2, &config);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let _: u64 = rng.random();
-        let dir = save(run.path(), &model, &optim, &state(2, &config, &rng), 3).unwrap();
+        let dir = save(run.path(), saved(&model, &optim), &state(2, &config, &rng), 3).unwrap();
         assert_eq!(dir, run.path().join("checkpoints/step-00000002"));
         let saved_values = values(&model);
         let (_, uninterrupted) = train(model, &mut optim, 2..5, &config);
 
-        let fresh = config.model.init::<B>(&device);
-        let restored = load(
+        let restored = load::<B, MaeMethod>(
             &latest(run.path()).unwrap().unwrap(),
-            fresh,
-            config.adamw,
+            &method(&config),
+            &config,
             &device,
         )
         .unwrap();
@@ -438,11 +491,11 @@ mod tests {
             resolve(run.path()),
             Err(Error::NoCheckpoint { .. })
         ));
-        let model = config.model.init::<B>(&device);
-        let optim = GroupedAdamW::new(config.adamw, &model);
+        let model = init(&config);
+        let optim = Optim::new(config.optim, &model);
         let rng = ChaCha8Rng::seed_from_u64(1);
         for step in [10, 20, 30] {
-            save(run.path(), &model, &optim, &state(step, &config, &rng), 2).unwrap();
+            save(run.path(), saved(&model, &optim), &state(step, &config, &rng), 2).unwrap();
         }
         // A save killed half way: a temp dir, and a renamed dir without state.json.
         let root = run.path().join(CHECKPOINTS_DIR);
@@ -462,7 +515,7 @@ mod tests {
             "only the newest 2 kept"
         );
         // Saving the same step again replaces it whole; the next save clears the temp dir.
-        save(run.path(), &model, &optim, &state(30, &config, &rng), 2).unwrap();
+        save(run.path(), saved(&model, &optim), &state(30, &config, &rng), 2).unwrap();
         assert!(!root.join(".tmp-step-00000040-999").exists());
         assert_eq!(load_state(&root.join("step-00000030")).unwrap().step, 30);
     }
@@ -472,20 +525,24 @@ mod tests {
         let device = Default::default();
         let config = crate::config::tiny_resolved_for_tests();
         let run = tempfile::tempdir().unwrap();
-        let model = config.model.init::<B>(&device);
-        let optim = GroupedAdamW::new(config.adamw, &model);
+        let model = init(&config);
+        let optim = Optim::new(config.optim, &model);
         save(
             run.path(),
-            &model,
-            &optim,
+            saved(&model, &optim),
             &state(4, &config, &ChaCha8Rng::seed_from_u64(0)),
             1,
         )
         .unwrap();
         let out = run.path().join("encoder.safetensors");
-        let summary = crate::export::export(run.path(), &out).unwrap();
+        let summary =
+            crate::export::export(run.path(), crate::eval::Which::Student, &out).unwrap();
         assert_eq!(summary.step, 4);
-        assert_eq!(summary.tensors, 6 + 12 * config.model.encoder.depth);
+        let depth = match &config.backbone {
+            crate::backbone::BackboneConfig::Vit(v) => v.depth,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(summary.tensors, 6 + 12 * depth);
         let bytes = fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let cls: Vec<f32> = st

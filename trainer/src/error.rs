@@ -112,6 +112,9 @@ pub enum Error {
         /// What is wrong with it.
         problem: TimmProblem,
     },
+    /// A picture of the run could not be drawn or written.
+    #[error("picture")]
+    Picture(#[from] crate::pictures::PictureError),
     /// A tensor could not be read back from the device as `f32`.
     #[error("reading tensor `{name}` from the device: {message}")]
     TensorData {

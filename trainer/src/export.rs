@@ -13,13 +13,14 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::backend::Flex;
+use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Tensor, backend::Backend};
 use safetensors::{Dtype, tensor::TensorView};
 
 use crate::error::{Error, Result};
+use crate::eval::features::Which;
 use crate::vit::Vit;
 
 /// One exported tensor: timm name, PyTorch shape, row-major f32 values.
@@ -158,23 +159,37 @@ pub fn write_safetensors(
     fs::rename(&tmp, path).map_err(Error::io("renaming", &tmp))
 }
 
-/// Exports the encoder of the checkpoint `checkpoint_or_run_dir` (a checkpoint directory, or
-/// a run directory whose newest complete checkpoint is used) to `output`.
-pub fn export(checkpoint_or_run_dir: &Path, output: &Path) -> Result<ExportSummary> {
-    let encoder =
-        crate::eval::features::load_encoder::<Flex>(checkpoint_or_run_dir, &Default::default())?;
-    let tensors = timm_tensors(&encoder.vit)?;
-    let enc = &encoder.config;
-    let metadata = HashMap::from([
+/// Exports the backbone of the checkpoint `checkpoint_or_run_dir` (a checkpoint directory, or
+/// a run directory whose newest complete checkpoint is used) to `output`: the student, or
+/// with [`Which::Teacher`] the momentum teacher.
+pub fn export(checkpoint_or_run_dir: &Path, which: Which, output: &Path) -> Result<ExportSummary> {
+    let encoder = crate::eval::features::load_encoder::<Autodiff<Flex>>(
+        checkpoint_or_run_dir,
+        which,
+        &Default::default(),
+    )?;
+    let tensors = encoder.backbone.timm_tensors()?;
+    let mut metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("tessera.step".to_string(), encoder.step.to_string()),
-        ("tessera.img_size".to_string(), enc.img_size.to_string()),
-        ("tessera.patch_size".to_string(), enc.patch_size.to_string()),
-        ("tessera.embed_dim".to_string(), enc.embed_dim.to_string()),
-        ("tessera.depth".to_string(), enc.depth.to_string()),
-        ("tessera.num_heads".to_string(), enc.num_heads.to_string()),
-        ("tessera.mlp_ratio".to_string(), enc.mlp_ratio.to_string()),
+        (
+            "tessera.arch".to_string(),
+            encoder.config.arch_name().unwrap_or("vit").to_string(),
+        ),
+        ("tessera.network".to_string(), format!("{which:?}").to_lowercase()),
+        ("tessera.img_size".to_string(), encoder.img_size.to_string()),
     ]);
+    if let crate::backbone::BackboneConfig::Vit(enc) = &encoder.config {
+        for (key, value) in [
+            ("patch_size", enc.patch_size.to_string()),
+            ("embed_dim", enc.embed_dim.to_string()),
+            ("depth", enc.depth.to_string()),
+            ("num_heads", enc.num_heads.to_string()),
+            ("mlp_ratio", enc.mlp_ratio.to_string()),
+        ] {
+            metadata.insert(format!("tessera.{key}"), value);
+        }
+    }
     write_safetensors(&tensors, metadata, output)?;
     Ok(ExportSummary {
         checkpoint: encoder.checkpoint,

@@ -5,11 +5,13 @@
 //! runs, CUDA behind the `cuda` feature. Each objective is one file in [`objectives`].
 //!
 //! ```text
-//! recipe [model] [train] [optim] ─► config::TrainerConfig ─► ResolvedTrainConfig (config.json)
-//! vit::VitConfig ─► vit::Vit (shared backbone) ◄── objectives::mae::MaeModel (Objective)
-//! batch (u8 + MaskBatch) ─► feeder ─► MaeInput ─► loss ─► backward ─► optim::clip_grad_norm
-//!   ─► optim::GroupedAdamW::step(schedule::WarmupCosine::lr(step)) ─► checkpoint::save
-//! checkpoint dir ─► export::export ─► encoder.safetensors (timm names)
+//! recipe [model] [objective] [train] [optim] ─► config::TrainerConfig ─► ResolvedTrainConfig
+//! backbone::BackboneConfig ─► Backbone (ViT, ResNet, RegNetY; timm names) ◄── heads::MlpHead
+//! objectives::MethodConfig ─► Method (MAE, SimCLR, MoCo, BYOL, ...): model + state (teacher)
+//! batch (u8 + masks) ─► feeder ─► Method::forward ─► loss ─► backward (accumulate)
+//!   ─► optim::clip_grad_norm ─► optim::Optim::step (AdamW, SGD, LARS; schedule per step)
+//!   ─► Method::after_step (teacher::ema_update, queues) ─► checkpoint::save
+//! checkpoint dir ─► export::export ─► backbone.safetensors (timm names)
 //! ```
 //!
 //! Not here: data loading and augmentation (`tessera_pipeline`), random masking (drawn by

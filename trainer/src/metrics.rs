@@ -23,6 +23,12 @@ pub struct StepMetrics {
     pub loss: f64,
     /// Learning rate used by this step.
     pub lr: f64,
+    /// Weight decay used by this step (absent in logs of older runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// The method's named loss parts (VICReg's three terms, ...), if it reports any.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parts: std::collections::BTreeMap<String, f64>,
     /// Images in this step (all micro-batches).
     pub images: u64,
     /// Images per second over this step, wall clock (data wait included).
@@ -53,6 +59,8 @@ impl StepMetrics {
             epoch,
             loss,
             lr,
+            weight_decay: None,
+            parts: Default::default(),
             images,
             images_per_second: images as f64 / step_seconds,
             step_seconds,

@@ -144,7 +144,7 @@ mod tests {
 
     use crate::checkpoint::{self, RngState, TrainerState};
     use crate::objectives::mae::{MaeConfig, MaeInput, MaeModel};
-    use crate::optim::{AdamWSettings, GroupedAdamW};
+    use crate::optim::{Optim, OptimSettings};
     use crate::vit::VitConfig;
 
     type B = Autodiff<Flex>;
@@ -343,8 +343,8 @@ mod tests {
         v.values
     }
 
-    fn adamw() -> AdamWSettings {
-        AdamWSettings {
+    fn adamw() -> OptimSettings {
+        OptimSettings::AdamW {
             betas: (0.9, 0.95),
             eps: 1e-8,
             weight_decay: 0.05,
@@ -357,8 +357,8 @@ mod tests {
         batch: &MaeInput<B>,
         steps: usize,
         lr: f64,
-    ) -> (MaeModel<B>, GroupedAdamW<MaeModel<B>, B>, Vec<f32>) {
-        let mut optim = GroupedAdamW::new(adamw(), &model);
+    ) -> (MaeModel<B>, Optim<MaeModel<B>, B>, Vec<f32>) {
+        let mut optim = Optim::new(adamw(), &model);
         let mut losses = vec![];
         for step in 0..steps {
             let loss = model.forward(batch.clone()).loss;
@@ -367,7 +367,7 @@ mod tests {
             if step == 0 {
                 master_weights::<Flex, _>(&model.valid(), Some(&grads));
             }
-            model = optim.step(lr, model, grads);
+            model = optim.step(lr, 0.05, model, grads);
         }
         (model, optim, losses)
     }
@@ -424,7 +424,15 @@ mod tests {
         // Checkpoints hold the f32 master weights, whatever the run's precision.
         let run = tempfile::tempdir().expect("temp dir");
         let mut resolved = crate::config::tiny_resolved_for_tests();
-        resolved.model = config.clone();
+        resolved.backbone = crate::backbone::BackboneConfig::Vit(config.encoder.clone());
+        let method = crate::objectives::mae::MaeMethod {
+            decoder_embed_dim: config.decoder_embed_dim,
+            decoder_depth: config.decoder_depth,
+            decoder_num_heads: config.decoder_num_heads,
+            norm_pix_loss: config.norm_pix_loss,
+            ..Default::default()
+        };
+        resolved.method = crate::objectives::MethodConfig::Mae(method);
         resolved.precision = Precision::Bf16;
         let state = TrainerState {
             step: STEPS as u64,
@@ -438,7 +446,12 @@ mod tests {
             rng: RngState::capture(&rand_chacha::ChaCha8Rng::seed_from_u64(0)),
             config: resolved,
         };
-        let dir = checkpoint::save(run.path(), &model, &optim, &state, 1).expect("save");
+        let saved = checkpoint::Saved::<B, crate::objectives::mae::MaeMethod> {
+            model: &model,
+            optim: &optim,
+            method_state: &std::marker::PhantomData,
+        };
+        let dir = checkpoint::save(run.path(), saved, &state, 1).expect("save");
         let loaded: MaeModel<Flex> =
             checkpoint::load_model(&dir, config.init::<Flex>(&device), &device).expect("load");
         assert_eq!(loaded.precision, Precision::F32, "precision is not saved");

@@ -1,81 +1,65 @@
-//! The trainer's sections of a recipe (`[model]`, `[train]`, `[optim]`) and the resolved run
-//! config derived from them.
+//! The trainer's sections of a recipe (`[model]`, `[objective]`, `[train]`, `[optim]`) and
+//! the resolved run config derived from them.
 //!
 //! Two levels, as ripgrep's low/high args and MAE's `main_pretrain.py` printout: the
-//! sections are parsed as written ([`ModelSection`], [`TrainSection`], [`OptimSection`],
-//! every key documented with unit and default, unknown keys rejected), then
-//! [`TrainerConfig::resolve`] derives what the run actually uses ([`ResolvedTrainConfig`]:
-//! effective batch, absolute learning rate, steps per epoch, warmup and total steps), which
-//! the training loop writes to `runs/<id>/config.json` before step 0 and prints at start.
+//! sections are parsed as written ([`ModelSection`], the method's keys, [`TrainSection`],
+//! [`OptimSection`], every key documented with unit and default, unknown keys rejected),
+//! then [`TrainerConfig::resolve`] derives what the run actually uses
+//! ([`ResolvedTrainConfig`]: effective batch, absolute learning rate, steps per epoch,
+//! warmup and total steps), which the training loop writes to `runs/<id>/config.json`
+//! before step 0 and prints at start.
 //!
-//! The pipeline owns `[data]` and `[[views]]` (`tessera_pipeline::recipe`); the batch size
-//! lives there once (`data.batch_size`, samples per micro-batch per rank) and the effective
-//! batch is derived: `data.batch_size x train.accum_steps x world_size`.
+//! `[model]` is the backbone; `[objective]` names the method (`method = "byol"`) and holds its
+//! own keys (temperatures, head widths, the MAE decoder), checked by the method's file in
+//! [`crate::objectives`] against the views it needs. The pipeline owns `[data]` and
+//! `[[views]]` (`tessera_pipeline::recipe`); the batch size lives there once
+//! (`data.batch_size`, samples per micro-batch per rank) and the effective batch is derived:
+//! `data.batch_size x train.accum_steps x world_size`.
 
 use serde::{Deserialize, Serialize};
 use tessera_pipeline::Recipe;
 
+use crate::backbone::BackboneConfig;
 use crate::error::{Error, Result};
-use crate::objectives::mae::MaeConfig;
+use crate::objectives::{MethodConfig, ResolveContext};
 use crate::precision::Precision;
-use crate::vit::{VitConfig, check_width};
+use crate::vit::VitConfig;
 
 mod resolved;
 
 #[cfg(test)]
 pub(crate) use resolved::tiny_resolved_for_tests;
-pub use resolved::{MaskedView, ResolvedTrainConfig};
+pub use resolved::ResolvedTrainConfig;
 
 fn default_arch() -> String {
     "vit_base_patch16_224".into()
 }
-fn default_decoder_embed_dim() -> usize {
-    512
-}
-fn default_decoder_depth() -> usize {
-    8
-}
-fn default_decoder_num_heads() -> usize {
-    16
-}
-fn default_true() -> bool {
-    true
-}
 
-/// `[model]`: the encoder variant, overrides of its shape, and the MAE decoder.
+/// `[model]`: the backbone (timm name) and overrides of its shape. The method's heads and
+/// decoder are `[objective]` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// timm name of the encoder the shape starts from: `vit_tiny_patch16_224`,
-    /// `vit_small_patch16_224`, `vit_base_patch16_224` (default) or `vit_large_patch16_224`.
+    /// timm name of the backbone: `vit_tiny/small/base/large_patch16_224`, `resnet18`,
+    /// `resnet50`, `regnety_002`, ... Default `vit_base_patch16_224`.
     #[serde(default = "default_arch")]
     pub arch: String,
-    /// Input side in pixels. Default: the arch's (224). Must equal the masked view's `size`.
+    /// ViT input side in pixels. Default: the arch's (224). Must equal the views' size.
     pub img_size: Option<usize>,
-    /// Patch side in pixels. Default: the arch's (16). Must equal the mask's `patch_size`.
+    /// ViT patch side in pixels. Default: the arch's (16). Must equal a mask's `patch_size`.
     /// Smaller patches mean quadratically more tokens (and attention cost).
     pub patch_size: Option<usize>,
-    /// Encoder width. Default: the arch's. Multiple of 4 and of `num_heads`.
+    /// ViT width. Default: the arch's. Multiple of 4 and of `num_heads`.
     pub embed_dim: Option<usize>,
-    /// Encoder blocks. Default: the arch's.
+    /// ViT blocks. Default: the arch's.
     pub depth: Option<usize>,
-    /// Encoder heads. Default: the arch's.
+    /// ViT heads. Default: the arch's.
     pub num_heads: Option<usize>,
-    /// MLP width / token width. Default: the arch's (4.0).
+    /// ViT MLP width / token width. Default: the arch's (4.0).
     pub mlp_ratio: Option<f64>,
-    /// MAE decoder width. Default 512 (paper). Multiple of 4 and of `decoder_num_heads`.
-    #[serde(default = "default_decoder_embed_dim")]
-    pub decoder_embed_dim: usize,
-    /// MAE decoder blocks. Default 8 (paper); 1 still learns (paper Table 1a).
-    #[serde(default = "default_decoder_depth")]
-    pub decoder_depth: usize,
-    /// MAE decoder heads. Default 16.
-    #[serde(default = "default_decoder_num_heads")]
-    pub decoder_num_heads: usize,
-    /// Targets are each patch's pixels normalised by the patch's mean and std. Default true
-    /// (paper: +0.5% top-1 over raw pixels).
-    #[serde(default = "default_true")]
-    pub norm_pix_loss: bool,
+    /// ResNet only: the CIFAR stem (3x3 convolution, stride 1, no max-pool) for 32-pixel
+    /// images, as SimCLR's CIFAR experiments and solo-learn use. Default false.
+    pub cifar_stem: Option<bool>,
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -128,56 +112,84 @@ pub struct TrainSection {
     pub log_every: u64,
 }
 
-fn default_base_lr() -> f64 {
-    1.5e-4
-}
-fn default_weight_decay() -> f64 {
-    0.05
-}
-fn default_betas() -> [f64; 2] {
-    [0.9, 0.95]
-}
-fn default_eps() -> f64 {
-    1e-8
+
+/// The optimisers `[optim] optimizer` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// AdamW (MAE, MoCo v3, DINO): `betas`, `eps`.
+    #[default]
+    Adamw,
+    /// SGD with momentum (MoCo v2, SimSiam): `momentum`, `nesterov`, `decay_all`.
+    Sgd,
+    /// LARS (SimCLR, BYOL, Barlow Twins, VICReg): `momentum`, `eta`.
+    Lars,
 }
 
-/// `[optim]`: AdamW and the learning-rate scale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[optim]`: the optimiser, the learning-rate scale and weight decay.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimSection {
+    /// `adamw` (default), `sgd` or `lars`.
+    #[serde(default)]
+    pub optimizer: OptimizerName,
     /// Learning rate per 256 samples of effective batch: `lr = base_lr x batch / 256`.
     /// Default 1.5e-4 (MAE). Ignored when `lr` is set.
-    #[serde(default = "default_base_lr")]
-    pub base_lr: f64,
+    pub base_lr: Option<f64>,
     /// Absolute peak learning rate, overriding `base_lr` scaling. Default: unset.
     pub lr: Option<f64>,
     /// Floor of the cosine decay. Default 0.
     #[serde(default)]
     pub min_lr: f64,
-    /// Decoupled weight decay of matrices (not biases, norms or tokens). Default 0.05.
-    #[serde(default = "default_weight_decay")]
-    pub weight_decay: f64,
-    /// Adam `(beta1, beta2)`. Default `[0.9, 0.95]` (MAE; PyTorch's 0.999 is slower to adapt).
-    #[serde(default = "default_betas")]
-    pub betas: [f64; 2],
-    /// Adam denominator epsilon. Default 1e-8 (PyTorch; burn's own default is 1e-5).
-    #[serde(default = "default_eps")]
-    pub eps: f64,
+    /// Weight decay of matrices (not of biases, norms or tokens, unless SGD's `decay_all`).
+    /// Default 0.05.
+    pub weight_decay: Option<f64>,
+    /// Weight decay at the end of the run, reached on a half cosine (DINO: 0.04 -> 0.4).
+    /// Default: constant.
+    pub weight_decay_end: Option<f64>,
+    /// AdamW `(beta1, beta2)`. Default `[0.9, 0.95]` (MAE; PyTorch's 0.999 is slower to adapt).
+    pub betas: Option<[f64; 2]>,
+    /// AdamW denominator epsilon. Default 1e-8 (PyTorch; burn's own default is 1e-5).
+    pub eps: Option<f64>,
+    /// SGD and LARS momentum. Default 0.9.
+    pub momentum: Option<f64>,
+    /// SGD: Nesterov momentum. Default false.
+    pub nesterov: Option<bool>,
+    /// SGD: decay every parameter, biases and norms too (MoCo v2's and SimSiam's official
+    /// code). Default true.
+    pub decay_all: Option<bool>,
+    /// LARS trust coefficient `eta`. Default 0.001.
+    pub eta: Option<f64>,
     /// Clip gradients to this global L2 norm; unset = no clipping (MAE pretraining).
     pub clip_grad: Option<f64>,
 }
 
-impl Default for OptimSection {
-    fn default() -> Self {
-        Self {
-            base_lr: default_base_lr(),
-            lr: None,
-            min_lr: 0.0,
-            weight_decay: default_weight_decay(),
-            betas: default_betas(),
-            eps: default_eps(),
-            clip_grad: None,
+impl OptimSection {
+    /// The keys set that only another optimiser reads, with the one that reads them.
+    fn foreign_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut keys = Vec::new();
+        let adamw = self.optimizer == OptimizerName::Adamw;
+        let sgd = self.optimizer == OptimizerName::Sgd;
+        let lars = self.optimizer == OptimizerName::Lars;
+        if !adamw && self.betas.is_some() {
+            keys.push(("betas", "adamw"));
         }
+        if !adamw && self.eps.is_some() {
+            keys.push(("eps", "adamw"));
+        }
+        if adamw && self.momentum.is_some() {
+            keys.push(("momentum", "sgd or lars"));
+        }
+        if !sgd && self.nesterov.is_some() {
+            keys.push(("nesterov", "sgd"));
+        }
+        if !sgd && self.decay_all.is_some() {
+            keys.push(("decay_all", "sgd"));
+        }
+        if !lars && self.eta.is_some() {
+            keys.push(("eta", "lars"));
+        }
+        keys
     }
 }
 
@@ -190,9 +202,14 @@ pub struct TrainerConfig {
     pub train: TrainSection,
     /// `[optim]` (all defaults when absent).
     pub optim: OptimSection,
+    /// The backbone `[model]` describes.
+    pub backbone: BackboneConfig,
+    /// `[objective]`: the method and its settings, checked against the views.
+    pub method: MethodConfig,
 }
 
-fn parse_section<T: serde::de::DeserializeOwned>(
+/// Deserialises one recipe table, unknown keys rejected.
+pub(crate) fn parse_table<T: serde::de::DeserializeOwned>(
     section: &'static str,
     table: &toml::Table,
 ) -> Result<T> {
@@ -202,91 +219,147 @@ fn parse_section<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainerConfig {
-    /// Parses `[model]`, `[train]` and `[optim]` of `recipe` and checks them against its views.
+    /// Parses `[model]`, `[objective]`, `[train]` and `[optim]` of `recipe` and checks them
+    /// against its views.
     pub fn from_recipe(recipe: &Recipe) -> Result<Self> {
-        for (name, section) in [
-            ("schedule", &recipe.schedule),
-            ("objective", &recipe.objective),
-        ] {
-            if section.is_some() {
-                return Err(Error::config(
-                    "recipe",
-                    name,
-                    "this section is not read by the MAE trainer: warmup and length go in [train], \
-                     norm_pix_loss in [model], learning rates in [optim]",
-                ));
-            }
+        if recipe.schedule.is_some() {
+            return Err(Error::config(
+                "recipe",
+                "schedule",
+                "no such section: warmup and length go in [train], learning rates and \
+                 weight-decay schedules in [optim], teacher momentum in [objective]",
+            ));
         }
-        let model = recipe
-            .model
-            .as_ref()
-            .ok_or_else(|| Error::config("model", "-", "the recipe has no [model] section"))?;
+        let model: ModelSection = match &recipe.model {
+            Some(table) => parse_table("model", table)?,
+            None => return Err(Error::config("model", "-", "the recipe has no [model] section")),
+        };
         let train = recipe
             .train
             .as_ref()
             .ok_or_else(|| Error::config("train", "-", "the recipe has no [train] section"))?;
-        let config = Self {
-            model: parse_section("model", model)?,
-            train: parse_section("train", train)?,
-            optim: match &recipe.optim {
-                Some(table) => parse_section("optim", table)?,
-                None => OptimSection::default(),
-            },
-        };
-        config.mae()?;
-        config.check_train()?;
-        config.masked_view(recipe)?;
-        Ok(config)
-    }
-
-    /// The model these sections describe.
-    pub fn mae(&self) -> Result<MaeConfig> {
-        let m = &self.model;
-        let base = VitConfig::by_name(&m.arch).ok_or_else(|| {
+        let objective = recipe.objective.as_ref().ok_or_else(|| {
             Error::config(
-                "model",
-                "arch",
+                "objective",
+                "method",
                 format!(
-                    "unknown `{}`; known: {}",
-                    m.arch,
-                    VitConfig::NAMES.join(", ")
+                    "the recipe has no [objective] section; add one with `method = \"...\"` ({})",
+                    crate::objectives::names().join(", ")
                 ),
             )
         })?;
-        let encoder = VitConfig {
-            img_size: m.img_size.unwrap_or(base.img_size),
-            patch_size: m.patch_size.unwrap_or(base.patch_size),
-            in_chans: 3,
-            embed_dim: m.embed_dim.unwrap_or(base.embed_dim),
-            depth: m.depth.unwrap_or(base.depth),
-            num_heads: m.num_heads.unwrap_or(base.num_heads),
-            mlp_ratio: m.mlp_ratio.unwrap_or(base.mlp_ratio),
+        let backbone = backbone(&model)?;
+        let method = MethodConfig::parse(
+            objective,
+            &ResolveContext {
+                recipe,
+                backbone: &backbone,
+            },
+        )?;
+        let config = Self {
+            model,
+            train: parse_table("train", train)?,
+            optim: match &recipe.optim {
+                Some(table) => parse_table("optim", table)?,
+                None => OptimSection::default(),
+            },
+            backbone,
+            method,
         };
-        encoder
-            .check()
-            .map_err(|(key, msg)| Error::config("model", key, msg))?;
-        check_width(
-            "decoder_embed_dim",
-            m.decoder_embed_dim,
-            m.decoder_num_heads,
-        )
-        .map_err(|(key, msg)| Error::config("model", key, msg))?;
-        if m.decoder_depth == 0 {
-            return Err(Error::config(
-                "model",
-                "decoder_depth",
-                "must be at least 1",
-            ));
-        }
-        Ok(MaeConfig {
-            encoder,
-            decoder_embed_dim: m.decoder_embed_dim,
-            decoder_depth: m.decoder_depth,
-            decoder_num_heads: m.decoder_num_heads,
-            norm_pix_loss: m.norm_pix_loss,
-        })
+        config.check_train()?;
+        config.check_views(recipe)?;
+        Ok(config)
     }
 
+    /// ViTs take one image size: every view must have it unless the method resamples
+    /// position embeddings (multi-crop methods say so themselves).
+    fn check_views(&self, recipe: &Recipe) -> Result<()> {
+        if let BackboneConfig::Vit(vit) = &self.backbone {
+            for instance in recipe.view_instances() {
+                let spec = &recipe.views[instance.spec];
+                if spec.size as usize != vit.img_size {
+                    return Err(Error::config(
+                        "model",
+                        "img_size",
+                        format!(
+                            "{} differs from view `{}`'s size {}",
+                            vit.img_size, spec.name, spec.size
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The backbone `[model]` names, with its overrides applied and checked.
+pub fn backbone(m: &ModelSection) -> Result<BackboneConfig> {
+    let unknown = || {
+        Error::config(
+            "model",
+            "arch",
+            format!(
+                "unknown `{}`; known: {}",
+                m.arch,
+                BackboneConfig::NAMES.join(", ")
+            ),
+        )
+    };
+    let base = BackboneConfig::by_name(&m.arch).ok_or_else(unknown)?;
+    let vit_keys = [
+        ("img_size", m.img_size.is_some()),
+        ("patch_size", m.patch_size.is_some()),
+        ("embed_dim", m.embed_dim.is_some()),
+        ("depth", m.depth.is_some()),
+        ("num_heads", m.num_heads.is_some()),
+        ("mlp_ratio", m.mlp_ratio.is_some()),
+    ];
+    match base {
+        BackboneConfig::Vit(base) => {
+            if m.cifar_stem.is_some() {
+                return Err(Error::config(
+                    "model",
+                    "cifar_stem",
+                    format!("a ResNet key; `{}` is a ViT", m.arch),
+                ));
+            }
+            let vit = VitConfig {
+                img_size: m.img_size.unwrap_or(base.img_size),
+                patch_size: m.patch_size.unwrap_or(base.patch_size),
+                in_chans: 3,
+                embed_dim: m.embed_dim.unwrap_or(base.embed_dim),
+                depth: m.depth.unwrap_or(base.depth),
+                num_heads: m.num_heads.unwrap_or(base.num_heads),
+                mlp_ratio: m.mlp_ratio.unwrap_or(base.mlp_ratio),
+            };
+            vit.check()
+                .map_err(|(key, msg)| Error::config("model", key, msg))?;
+            Ok(BackboneConfig::Vit(vit))
+        }
+        other => {
+            if let Some((key, _)) = vit_keys.iter().find(|(_, set)| *set) {
+                return Err(Error::config(
+                    "model",
+                    *key,
+                    format!("a ViT key; `{}` is a convolutional network", m.arch),
+                ));
+            }
+            match (other, m.cifar_stem) {
+                (BackboneConfig::ResNet(mut r), Some(stem)) => {
+                    r.cifar_stem = stem;
+                    Ok(BackboneConfig::ResNet(r))
+                }
+                (other, Some(_)) if !matches!(other, BackboneConfig::ResNet(_)) => Err(
+                    Error::config("model", "cifar_stem", "only ResNets have a CIFAR stem"),
+                ),
+                (other, _) => Ok(other),
+            }
+        }
+    }
+}
+
+impl TrainerConfig {
     // `!(x > 0.0)` on purpose: NaN must fail the checks too.
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
     fn check_train(&self) -> Result<()> {
@@ -345,30 +418,48 @@ impl TrainerConfig {
                 "must be at least 1 (the one to resume from)".into(),
             );
         }
-        for (key, v) in [("base_lr", o.base_lr), ("lr", o.lr.unwrap_or(1.0))] {
+        if let Some((key, owner)) = o.foreign_keys().first() {
+            return err(
+                "optim",
+                key,
+                format!(
+                    "a setting of {owner}; this recipe's optimizer is {}",
+                    serde_json::to_string(&o.optimizer).unwrap_or_default()
+                ),
+            );
+        }
+        for (key, v) in [
+            ("base_lr", o.base_lr.unwrap_or(1.0)),
+            ("lr", o.lr.unwrap_or(1.0)),
+            ("eps", o.eps.unwrap_or(1.0)),
+            ("eta", o.eta.unwrap_or(1.0)),
+        ] {
             if !(v > 0.0 && v.is_finite()) {
                 return err("optim", key, format!("{v} must be positive"));
             }
         }
-        if !(o.min_lr >= 0.0) {
-            return err("optim", "min_lr", format!("{} must be >= 0", o.min_lr));
+        for (key, v) in [
+            ("min_lr", o.min_lr),
+            ("weight_decay", o.weight_decay.unwrap_or(0.0)),
+            ("weight_decay_end", o.weight_decay_end.unwrap_or(0.0)),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return err("optim", key, format!("{v} must be >= 0"));
+            }
         }
-        if !(o.weight_decay >= 0.0) {
-            return err(
-                "optim",
-                "weight_decay",
-                format!("{} must be >= 0", o.weight_decay),
-            );
-        }
-        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+        if let Some(betas) = o.betas
+            && betas.iter().any(|b| !(0.0..1.0).contains(b))
+        {
             return err(
                 "optim",
                 "betas",
-                format!("{:?}: each must be in [0, 1)", o.betas),
+                format!("{betas:?}: each must be in [0, 1)"),
             );
         }
-        if !(o.eps > 0.0) {
-            return err("optim", "eps", format!("{} must be positive", o.eps));
+        if let Some(m) = o.momentum
+            && !(0.0..1.0).contains(&m)
+        {
+            return err("optim", "momentum", format!("{m} must be in [0, 1)"));
         }
         if let Some(c) = o.clip_grad
             && !(c > 0.0)
@@ -386,6 +477,8 @@ impl TrainerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objectives::mae::MaeConfig;
+    use crate::optim::OptimSettings;
 
     pub(super) fn recipe(
         extra: &str,
@@ -416,6 +509,9 @@ arch = "vit_tiny_patch16_224"
 img_size = 32
 patch_size = 4
 depth = 6
+
+[objective]
+method = "mae"
 decoder_embed_dim = 128
 decoder_depth = 2
 decoder_num_heads = 4
@@ -438,10 +534,21 @@ base_lr = 1e-3
         assert!((r.lr() - 1e-3 * 64.0 / 256.0).abs() < 1e-15);
         assert_eq!(r.steps_per_epoch, Some(100));
         assert_eq!((r.schedule.warmup_steps, r.total_steps()), (100, 1000));
-        assert_eq!((r.num_patches, r.num_keep), (64, 16));
-        assert_eq!(r.model.encoder.depth, 6);
-        assert_eq!(r.model.encoder.embed_dim, 192);
-        assert_eq!(r.adamw.betas, (0.9, 0.95));
+        let BackboneConfig::Vit(vit) = &r.backbone else {
+            panic!("{:?}", r.backbone)
+        };
+        assert_eq!((vit.depth, vit.embed_dim, vit.num_patches()), (6, 192, 64));
+        let MethodConfig::Mae(mae) = &r.method else {
+            panic!("{:?}", r.method)
+        };
+        assert_eq!((mae.view, mae.mask_ratio, mae.decoder_depth), (0, 0.75, 2));
+        assert!(matches!(
+            r.optim,
+            OptimSettings::AdamW {
+                betas: (0.9, 0.95),
+                ..
+            }
+        ));
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(
             serde_json::from_str::<ResolvedTrainConfig>(&json).unwrap(),
@@ -468,6 +575,26 @@ base_lr = 1e-3
     /// The shipped recipes load through the pipeline and resolve to the documented numbers.
     #[test]
     fn shipped_recipes_resolve() {
+        // Every shipped training recipe parses, checks and resolves; each method has one.
+        let mut methods = std::collections::BTreeSet::new();
+        for (name, text) in tessera_pipeline::recipe::BUILTIN_RECIPES {
+            if !text.contains("[objective]") {
+                continue; // a pipeline-only recipe (`tessera profile`)
+            }
+            let recipe = Recipe::load(name).unwrap();
+            let config = TrainerConfig::from_recipe(&recipe)
+                .unwrap_or_else(|e| panic!("{name}: {e}: {:?}", std::error::Error::source(&e)));
+            config
+                .resolve(&recipe, Some(50_000), 1)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            methods.insert(config.method.name());
+        }
+        for m in crate::objectives::list() {
+            assert!(methods.contains(m.name), "no shipped recipe for {}", m.name);
+            for r in m.recipes {
+                assert!(Recipe::load(r).is_ok(), "{}: recipe {r} is not shipped", m.name);
+            }
+        }
         let base = Recipe::load("mae_vit_base").unwrap();
         let r = TrainerConfig::from_recipe(&base)
             .unwrap()
@@ -475,7 +602,13 @@ base_lr = 1e-3
             .unwrap();
         assert_eq!((r.effective_batch, r.accum_steps), (4096, 64));
         assert!((r.lr() - 2.4e-3).abs() < 1e-12);
-        assert_eq!(r.model, MaeConfig::mae_vit_base_patch16());
+        let BackboneConfig::Vit(vit) = &r.backbone else {
+            panic!("{:?}", r.backbone)
+        };
+        let MethodConfig::Mae(mae) = &r.method else {
+            panic!("{:?}", r.method)
+        };
+        assert_eq!(mae.model(vit), MaeConfig::mae_vit_base_patch16());
         assert_eq!(r.schedule.total_steps, 800 * r.steps_per_epoch.unwrap());
         assert_eq!(r.schedule.warmup_steps, 40 * r.steps_per_epoch.unwrap());
         assert_eq!(r.precision, Precision::Bf16);
@@ -485,7 +618,7 @@ base_lr = 1e-3
             .unwrap()
             .resolve(&cifar, Some(50_000), 1)
             .unwrap();
-        assert_eq!((r.effective_batch, r.num_patches, r.num_keep), (64, 64, 16));
+        assert_eq!(r.effective_batch, 64);
         assert_eq!((r.schedule.warmup_steps, r.schedule.total_steps), (30, 300));
         assert!((r.lr() - 1e-3).abs() < 1e-12);
         assert_eq!(r.precision, Precision::F32, "the default");

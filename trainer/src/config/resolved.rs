@@ -1,70 +1,19 @@
-//! What a run derives from its recipe: where MAE's input sits in the batch
-//! ([`MaskedView`]) and the resolved run config ([`ResolvedTrainConfig`]: effective batch,
-//! absolute learning rate, schedule), written to `runs/<id>/config.json` before step 0.
+//! What a run derives from its recipe: the resolved run config ([`ResolvedTrainConfig`]:
+//! backbone, method, effective batch, absolute learning rate, schedules, optimiser),
+//! written to `runs/<id>/config.json` before step 0.
 
 use serde::{Deserialize, Serialize};
 use tessera_pipeline::Recipe;
-use tessera_pipeline::masks::MaskSpec;
 
-use super::TrainerConfig;
+use super::{OptimSection, OptimizerName, TrainerConfig};
+use crate::backbone::BackboneConfig;
 use crate::error::{Error, Result};
-use crate::objectives::mae::MaeConfig;
-use crate::optim::AdamWSettings;
+use crate::objectives::MethodConfig;
+use crate::optim::OptimSettings;
 use crate::precision::Precision;
-use crate::schedule::WarmupCosine;
+use crate::schedule::{CosineSchedule, WarmupCosine};
 
 impl TrainerConfig {
-    /// Index (in the batch's view order) of the one view with a random (MAE) mask, checked
-    /// against the model's image and patch size.
-    pub fn masked_view(&self, recipe: &Recipe) -> Result<MaskedView> {
-        let mae = self.mae()?;
-        let mut found = None;
-        for (index, instance) in recipe.view_instances().iter().enumerate() {
-            let spec = &recipe.views[instance.spec];
-            if let Some(MaskSpec::Random { ratio, patch_size }) = &spec.mask {
-                if found.is_some() {
-                    return Err(Error::config(
-                        "recipe",
-                        "views",
-                        "MAE takes exactly one view with a `random` mask",
-                    ));
-                }
-                found = Some((index, spec.size as usize, *patch_size as usize, *ratio));
-            }
-        }
-        let Some((index, size, patch, ratio)) = found else {
-            return Err(Error::config(
-                "recipe",
-                "views",
-                "MAE needs one view with a `random` mask ([views.mask] kind = \"random\")",
-            ));
-        };
-        if size != mae.encoder.img_size {
-            return Err(Error::config(
-                "model",
-                "img_size",
-                format!(
-                    "{} differs from the masked view's size {size}",
-                    mae.encoder.img_size
-                ),
-            ));
-        }
-        if patch != mae.encoder.patch_size {
-            return Err(Error::config(
-                "model",
-                "patch_size",
-                format!(
-                    "{} differs from the mask's patch_size {patch}",
-                    mae.encoder.patch_size
-                ),
-            ));
-        }
-        Ok(MaskedView {
-            index,
-            mask_ratio: ratio,
-        })
-    }
-
     /// Derives the run's numbers. `samples_per_epoch` (from the shard index, per rank) is
     /// needed when the length or the warmup is given in epochs.
     pub fn resolve(
@@ -74,8 +23,6 @@ impl TrainerConfig {
         world_size: u32,
     ) -> Result<ResolvedTrainConfig> {
         let (t, o) = (&self.train, &self.optim);
-        let model = self.mae()?;
-        let view = self.masked_view(recipe)?;
         let micro_batch = recipe.data.batch_size;
         let world = world_size.max(1) as usize;
         let accum_steps = match (t.batch_size, t.accum_steps) {
@@ -132,7 +79,8 @@ impl TrainerConfig {
                 format!("warmup of {warmup_steps} steps is longer than the run's {total_steps}"),
             ));
         }
-        let lr = o.lr.unwrap_or(o.base_lr * effective_batch as f64 / 256.0);
+        let base_lr = o.base_lr.unwrap_or(1.5e-4);
+        let lr = o.lr.unwrap_or(base_lr * effective_batch as f64 / 256.0);
         if o.min_lr > lr {
             return Err(Error::config(
                 "optim",
@@ -140,32 +88,32 @@ impl TrainerConfig {
                 format!("{} is above the peak lr {lr}", o.min_lr),
             ));
         }
-        let num_patches = model.encoder.num_patches();
+        let weight_decay = o.weight_decay.unwrap_or(0.05);
         Ok(ResolvedTrainConfig {
             recipe: recipe.source.clone(),
-            num_patches,
-            num_keep: ((num_patches as f64) * (1.0 - view.mask_ratio)) as usize,
-            model,
-            masked_view: view.index,
-            mask_ratio: view.mask_ratio,
+            backbone: self.backbone.clone(),
+            method: self.method.clone(),
+            image_size: recipe
+                .view_instances()
+                .first()
+                .map_or(0, |v| recipe.views[v.spec].size as usize),
             micro_batch,
             accum_steps,
             world_size: world as u32,
             effective_batch,
-            base_lr: o
-                .lr
-                .map_or(o.base_lr, |lr| lr * 256.0 / effective_batch as f64),
+            base_lr: o.lr.map_or(base_lr, |lr| lr * 256.0 / effective_batch as f64),
             schedule: WarmupCosine {
                 peak_lr: lr,
                 min_lr: o.min_lr,
                 warmup_steps,
                 total_steps,
             },
-            adamw: AdamWSettings {
-                betas: (o.betas[0] as f32, o.betas[1] as f32),
-                eps: o.eps as f32,
-                weight_decay: o.weight_decay as f32,
+            weight_decay: CosineSchedule {
+                start: weight_decay,
+                end: o.weight_decay_end.unwrap_or(weight_decay),
+                total_steps,
             },
+            optim: optim_settings(o, weight_decay),
             clip_grad: o.clip_grad,
             samples_per_epoch,
             steps_per_epoch,
@@ -178,13 +126,29 @@ impl TrainerConfig {
     }
 }
 
-/// Where MAE's input is in the batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MaskedView {
-    /// Index into `Batch::views` / `Batch::masks`.
-    pub index: usize,
-    /// The mask ratio the pipeline applies.
-    pub mask_ratio: f64,
+/// The optimiser `[optim]` describes, with the defaults filled in.
+fn optim_settings(o: &OptimSection, weight_decay: f64) -> OptimSettings {
+    match o.optimizer {
+        OptimizerName::Adamw => {
+            let [b1, b2] = o.betas.unwrap_or([0.9, 0.95]);
+            OptimSettings::AdamW {
+                betas: (b1, b2),
+                eps: o.eps.unwrap_or(1e-8),
+                weight_decay,
+            }
+        }
+        OptimizerName::Sgd => OptimSettings::Sgd {
+            momentum: o.momentum.unwrap_or(0.9),
+            nesterov: o.nesterov.unwrap_or(false),
+            weight_decay,
+            decay_all: o.decay_all.unwrap_or(true),
+        },
+        OptimizerName::Lars => OptimSettings::Lars {
+            momentum: o.momentum.unwrap_or(0.9),
+            eta: o.eta.unwrap_or(1e-3),
+            weight_decay,
+        },
+    }
 }
 
 /// Everything a run derives from its recipe, written to `runs/<id>/config.json`.
@@ -192,16 +156,12 @@ pub struct MaskedView {
 pub struct ResolvedTrainConfig {
     /// The recipe's name or path.
     pub recipe: String,
-    /// The model, every variant field filled in.
-    pub model: MaeConfig,
-    /// Index of the masked view in the batch.
-    pub masked_view: usize,
-    /// Fraction of patches masked.
-    pub mask_ratio: f64,
-    /// Patches per image `L`.
-    pub num_patches: usize,
-    /// Visible patches per image `K` (as the pipeline computes it, `L x (1 - ratio)` floored).
-    pub num_keep: usize,
+    /// The backbone, every variant field filled in.
+    pub backbone: BackboneConfig,
+    /// The method and its settings.
+    pub method: MethodConfig,
+    /// Side of the first (global) view in pixels: what evaluation cuts images to.
+    pub image_size: usize,
     /// Samples per micro-batch per rank (`data.batch_size`).
     pub micro_batch: usize,
     /// Micro-batches per optimiser step.
@@ -214,8 +174,10 @@ pub struct ResolvedTrainConfig {
     pub base_lr: f64,
     /// Peak lr, floor, warmup and total steps.
     pub schedule: WarmupCosine,
-    /// AdamW hyper-parameters.
-    pub adamw: AdamWSettings,
+    /// Weight decay per step (constant unless `weight_decay_end` is set).
+    pub weight_decay: CosineSchedule,
+    /// The optimiser and its hyper-parameters (the base weight decay among them).
+    pub optim: OptimSettings,
     /// Global gradient-norm clip, if any.
     pub clip_grad: Option<f64>,
     /// Samples per epoch per rank, if known.
@@ -268,6 +230,9 @@ patch_size = 4
 embed_dim = 16
 depth = 1
 num_heads = 2
+
+[objective]
+method = "mae"
 decoder_embed_dim = 16
 decoder_depth = 1
 decoder_num_heads = 2

@@ -21,10 +21,13 @@ use tessera_shards::Sample;
 use tessera_shards::index::ShardIndex;
 use tessera_shards::reader::ShardReader;
 
+use burn::tensor::backend::AutodiffBackend;
+
 use super::{EvalError, EvalProgress, Split};
+use crate::backbone::{Backbone, BackboneConfig, NormMode};
 use crate::checkpoint;
 use crate::feeder::{HostUpload, Normalize, Uploader};
-use crate::vit::{Vit, VitConfig};
+use crate::objectives::{Method, MethodVisitor};
 
 /// More reader tasks than this buys nothing; fewer than the shard count mixes fewer shards
 /// into the first batches (what `max_samples` keeps).
@@ -36,32 +39,99 @@ const SUBSET_SHUFFLE_BUFFER: usize = 1000;
 /// A pretrained encoder and where it came from.
 #[derive(Debug)]
 pub struct Encoder<B: Backend> {
-    /// The ViT, with the checkpoint's weights.
-    pub vit: Vit<B>,
-    /// Its shape (the image size the evaluation view is cut to).
-    pub config: VitConfig,
+    /// The backbone, with the checkpoint's weights.
+    pub backbone: Backbone<B>,
+    /// Its shape.
+    pub config: BackboneConfig,
+    /// The side of the images it was trained on (the evaluation view is cut to it).
+    pub img_size: usize,
     /// The checkpoint directory read.
     pub checkpoint: PathBuf,
     /// Optimiser steps the checkpoint had completed.
     pub step: u64,
 }
 
-/// The encoder of the checkpoint `checkpoint_or_run_dir` (a checkpoint directory, or a run
-/// directory whose newest complete checkpoint is used), on any backend.
-pub fn load_encoder<B: Backend>(
+/// Which network of a checkpoint to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Which {
+    /// The trained network (default).
+    #[default]
+    Student,
+    /// The momentum teacher (BYOL's target, MoCo's key encoder), for methods that have one.
+    Teacher,
+}
+
+impl std::str::FromStr for Which {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "student" => Ok(Which::Student),
+            "teacher" => Ok(Which::Teacher),
+            _ => Err(format!("`{s}` is not `student` or `teacher`")),
+        }
+    }
+}
+
+/// The backbone of the checkpoint `checkpoint_or_run_dir` (a checkpoint directory, or a run
+/// directory whose newest complete checkpoint is used), on `AB`'s inner backend: any method's
+/// checkpoint, its student or (`which`) its momentum teacher.
+pub fn load_encoder<AB: AutodiffBackend>(
     checkpoint_or_run_dir: &Path,
-    device: &B::Device,
-) -> crate::Result<Encoder<B>> {
+    which: Which,
+    device: &AB::Device,
+) -> crate::Result<Encoder<AB::InnerBackend>> {
     let dir = checkpoint::resolve(checkpoint_or_run_dir)?;
     let state = checkpoint::load_state(&dir)?;
-    let model = state.config.model.init::<B>(device);
-    let model = checkpoint::load_model::<B, _>(&dir, model, device)?;
+    let backbone = state.config.method.visit::<AB, _>(LoadBackbone::<AB> {
+        dir: &dir,
+        config: &state.config,
+        which,
+        device,
+    })?;
     Ok(Encoder {
-        vit: model.encoder,
-        config: state.config.model.encoder,
+        backbone,
+        config: state.config.backbone.clone(),
+        img_size: state.config.image_size,
         checkpoint: dir,
         step: state.step,
     })
+}
+
+struct LoadBackbone<'a, AB: AutodiffBackend> {
+    dir: &'a Path,
+    config: &'a crate::config::ResolvedTrainConfig,
+    which: Which,
+    device: &'a AB::Device,
+}
+
+impl<AB: AutodiffBackend> MethodVisitor<AB> for LoadBackbone<'_, AB> {
+    type Output = crate::Result<Backbone<AB::InnerBackend>>;
+
+    fn visit<M: Method<AB>>(self, method: &M) -> Self::Output {
+        let (model, state) = method.init(&self.config.backbone, self.device);
+        match self.which {
+            Which::Student => {
+                let model = checkpoint::load_model::<AB, _>(self.dir, model, self.device)?;
+                Ok(crate::objectives::inner_backbone(method, &model))
+            }
+            Which::Teacher => {
+                let state = checkpoint::load_method_state::<AB::InnerBackend, _>(
+                    self.dir, state, self.device,
+                )?;
+                method.teacher_backbone(&state).ok_or_else(|| {
+                    crate::Error::CheckpointMismatch {
+                        path: self.dir.to_path_buf(),
+                        what: format!(
+                            "{} has no momentum teacher; export the student",
+                            self.config.method.name()
+                        ),
+                    }
+                })
+            }
+        }
+    }
 }
 
 /// Which tokens make the feature vector.
@@ -271,7 +341,7 @@ pub fn extract<B: HostUpload>(
     device: &B::Device,
     progress: &mut dyn EvalProgress,
 ) -> Result<Features, EvalError> {
-    let recipe = eval_recipe(encoder.config.img_size, options)?;
+    let recipe = eval_recipe(encoder.img_size, options)?;
     let mut loader_options = LoaderOptions::new(shards.to_vec(), recipe);
     loader_options.graph.workers = options.workers;
     loader_options.graph.seed = options.seed;
@@ -285,7 +355,7 @@ pub fn extract<B: HostUpload>(
     let limit = options.max_samples.unwrap_or(usize::MAX);
     let total = indexed_samples(shards).map(|n| n.min(limit as u64));
     progress.extraction_started(split, total);
-    let dim = encoder.config.embed_dim;
+    let dim = encoder.config.num_features();
     let mut values = Vec::new();
     let mut labels = Vec::new();
     while labels.len() < limit {
@@ -308,7 +378,10 @@ pub fn extract<B: HostUpload>(
             labels.push(label);
         }
         let images = batch.views.swap_remove(0).narrow(0, 0, take); // [take, 3, h, w]
-        let features = options.pooling.apply(encoder.vit.forward(images)); // [take, d]
+        let features = match &encoder.backbone {
+            Backbone::Vit(vit) => options.pooling.apply(vit.forward(images)),
+            cnn => cnn.forward_features(images, NormMode::Eval), // global average pool
+        }; // [take, d]
         let host = features
             .into_data()
             .convert::<f32>()

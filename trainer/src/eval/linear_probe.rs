@@ -4,7 +4,7 @@
 //! features that is a standardisation by the training set's per-dimension mean and
 //! standard deviation ([`Standardizer`], computed once here instead of per batch). The
 //! head is one [`Linear`] trained with cross-entropy by AdamW (the trainer's
-//! [`GroupedAdamW`]: no decay on the bias) under a cosine schedule ([`WarmupCosine`]),
+//! [`Optim`]'s AdamW: no decay on the bias) under a cosine schedule ([`WarmupCosine`]),
 //! on mini-batches in a seeded order. MAE trains 90 epochs with LARS at batch 16384; a few
 //! epochs of AdamW are enough to compare checkpoints, which is what this is for.
 
@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::{EvalError, Features};
-use crate::optim::{AdamWSettings, GroupedAdamW};
+use crate::optim::{Optim, OptimSettings};
 use crate::schedule::WarmupCosine;
 
 /// BatchNorm's epsilon in MAE's probe head.
@@ -197,11 +197,11 @@ pub fn linear_probe<AB: AutodiffBackend>(
     let mut head: Linear<AB> = LinearConfig::new(train.dim, num_classes)
         .with_initializer(Initializer::Zeros)
         .init(device);
-    let mut optim = GroupedAdamW::new(
-        AdamWSettings {
+    let mut optim = Optim::new(
+        OptimSettings::AdamW {
             betas: (0.9, 0.999),
             eps: 1e-8,
-            weight_decay: settings.weight_decay,
+            weight_decay: f64::from(settings.weight_decay),
         },
         &head,
     );
@@ -231,7 +231,7 @@ pub fn linear_probe<AB: AutodiffBackend>(
             // Summed on the device; read once per epoch (no sync per step).
             loss_sum = loss_sum + loss.clone().inner() * batch.len() as f32;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = optim.step(schedule.lr(step), head, grads);
+            head = optim.step(schedule.lr(step), f64::from(settings.weight_decay), head, grads);
             step += 1;
         }
         last_loss = loss_sum.into_scalar().elem::<f64>() / n as f64;

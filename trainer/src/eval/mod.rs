@@ -38,7 +38,7 @@ use tessera_pipeline::recipe::RecipeError;
 use tessera_shards::ShardError;
 
 use crate::feeder::{FeedError, HostUpload};
-pub use features::{Encoder, ExtractOptions, Features, Pooling, load_encoder};
+pub use features::{Encoder, ExtractOptions, Features, Pooling, Which, load_encoder};
 pub use knn::{KnnAccuracy, KnnSettings, knn_accuracy};
 pub use linear_probe::{ProbeResult, ProbeSettings, linear_probe};
 
@@ -216,6 +216,8 @@ impl EvalProgress for NoProgress {}
 pub struct EvalOptions {
     /// A checkpoint directory, or a run directory (its newest complete checkpoint).
     pub checkpoint: PathBuf,
+    /// The student (default) or, for methods that have one, the momentum teacher.
+    pub which: Which,
     /// Labelled shards the kNN searches and the probe trains on.
     pub train_shards: Vec<PathBuf>,
     /// Labelled shards the accuracies are measured on.
@@ -299,7 +301,7 @@ where
 
     // Decide up front: the checkpoint loads and every shard is labelled.
     let encoder =
-        load_encoder::<AB::InnerBackend>(&options.checkpoint, device).map_err(|source| {
+        load_encoder::<AB>(&options.checkpoint, options.which, device).map_err(|source| {
             EvalError::Checkpoint {
                 path: options.checkpoint.clone(),
                 source: Box::new(source),

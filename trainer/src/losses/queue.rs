@@ -5,22 +5,29 @@
 //! written to. [`FeatureQueue::enqueue`] overwrites the oldest rows and moves the pointer on,
 //! wrapping around the end (MoCo asserts that the capacity is a multiple of the batch size;
 //! here any batch size works, and a batch longer than the queue keeps its newest rows).
-//! Rows are stored detached: the queue is plain data, not part of any graph. The losses
-//! take the whole tensor ([`FeatureQueue::tensor`]); the order of rows does not matter to them.
+//! Rows are stored detached: the queue is not part of any graph. The losses take the whole
+//! tensor ([`FeatureQueue::rows`]); the order of rows does not matter to them.
 //!
-//! It is plain data so that a method can save it with its checkpoint:
-//! [`FeatureQueue::rows`] and [`FeatureQueue::pointer`] out, [`FeatureQueue::from_parts`] back.
+//! It is a burn module (rows and pointer as parameters that are never trained) so that a
+//! method's state saves it with the checkpoint and a resumed run sees the same negatives.
 
-use burn::tensor::{Distribution, Tensor, backend::Backend};
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::{Distribution, ElementConversion, Int, Tensor, TensorData, backend::Backend};
 
 use super::normalize;
 use crate::error::{Error, Result};
 
 /// A ring of `capacity` feature rows and the index of the oldest one (the next written).
-#[derive(Debug, Clone)]
+#[derive(Module, Debug)]
 pub struct FeatureQueue<B: Backend> {
-    rows: Tensor<B, 2>,
-    pointer: usize,
+    /// `[capacity, d]`.
+    rows: Param<Tensor<B, 2>>,
+    /// `[1]`: the next row to write.
+    pointer: Param<Tensor<B, 1, Int>>,
+}
+
+fn pointer_tensor<B: Backend>(pointer: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(vec![pointer as i64], [1]), device)
 }
 
 impl<B: Backend> FeatureQueue<B> {
@@ -33,8 +40,8 @@ impl<B: Backend> FeatureQueue<B> {
         assert!(capacity > 0 && dim > 0, "queue of {capacity} x {dim}");
         let rows = Tensor::random([capacity, dim], Distribution::Normal(0.0, 1.0), device);
         Self {
-            rows: normalize(rows, 1),
-            pointer: 0,
+            rows: Param::from_tensor(normalize(rows, 1)),
+            pointer: Param::initialized(ParamId::new(), pointer_tensor(0, device)),
         }
     }
 
@@ -48,9 +55,10 @@ impl<B: Backend> FeatureQueue<B> {
         if pointer >= capacity {
             return Err(Error::QueuePointer { pointer, capacity });
         }
+        let device = rows.device();
         Ok(Self {
-            rows: rows.detach(),
-            pointer,
+            rows: Param::from_tensor(rows.detach()),
+            pointer: Param::initialized(ParamId::new(), pointer_tensor(pointer, &device)),
         })
     }
 
@@ -65,6 +73,7 @@ impl<B: Backend> FeatureQueue<B> {
     pub fn enqueue(&mut self, keys: Tensor<B, 2>) -> Result<()> {
         let [n, d] = keys.dims();
         let [capacity, dim] = self.rows.dims();
+        let mut rows = self.rows.val();
         if d != dim {
             return Err(Error::Shape {
                 what: "queue keys",
@@ -74,41 +83,33 @@ impl<B: Backend> FeatureQueue<B> {
         }
         // Keys that would be overwritten within this call are skipped, not written.
         let skip = n.saturating_sub(capacity);
-        let mut pointer = (self.pointer + skip) % capacity;
+        let mut pointer = (self.pointer() + skip) % capacity;
         let mut written = skip;
         while written < n {
             let len = (capacity - pointer).min(n - written);
             let chunk = keys.clone().slice([written..written + len, 0..d]).detach(); // [len, d]
-            self.rows = self
-                .rows
-                .clone()
-                .slice_assign([pointer..pointer + len, 0..d], chunk);
+            rows = rows.slice_assign([pointer..pointer + len, 0..d], chunk);
             written += len;
             pointer = (pointer + len) % capacity;
         }
-        self.pointer = pointer;
+        let device = rows.device();
+        self.rows = Param::initialized(self.rows.id, rows);
+        self.pointer = Param::initialized(self.pointer.id, pointer_tensor(pointer, &device));
         Ok(())
     }
 
-    /// The rows, for the losses.
-    ///
-    /// # Shapes
-    /// `[capacity, d]`.
-    pub fn tensor(&self) -> &Tensor<B, 2> {
-        &self.rows
-    }
-
-    /// The rows, owned, for saving.
+    /// The rows (for the losses).
     ///
     /// # Shapes
     /// `[capacity, d]`.
     pub fn rows(&self) -> Tensor<B, 2> {
-        self.rows.clone()
+        self.rows.val()
     }
 
-    /// The index of the oldest row, where the next key goes.
+    /// The index of the oldest row, where the next key goes (read from the device).
     pub fn pointer(&self) -> usize {
-        self.pointer
+        let p: i64 = self.pointer.val().into_scalar().elem();
+        p.max(0) as usize
     }
 
     /// The number of rows.

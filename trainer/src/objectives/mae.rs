@@ -20,11 +20,18 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 use tessera_pipeline::batch::MaskBatch;
 
-use super::{Objective, ObjectiveLoss};
+use burn::tensor::backend::AutodiffBackend;
+use tessera_pipeline::masks::MaskSpec;
+
+use super::{Method, MethodOutput, MethodSpec, NoState, ResolveContext, StepContext};
+use crate::backbone::{Backbone, BackboneConfig};
 use crate::error::{Error, Result};
+use crate::feeder::DeviceBatch;
+use crate::pictures::Reconstruction;
 use crate::precision::{Precision, to_f32};
 use crate::vit::{
-    Block, Vit, VitConfig, init_block, init_layer_norm, init_linear, sincos_pos_embed_2d,
+    Block, Vit, VitConfig, check_width, init_block, init_layer_norm, init_linear,
+    sincos_pos_embed_2d,
 };
 
 /// Encoder plus the MAE decoder's shape and the loss's target normalisation.
@@ -309,16 +316,215 @@ impl<B: Backend> MaeModel<B> {
     }
 }
 
-impl<B: Backend> Objective<B> for MaeModel<B> {
-    type Input = MaeInput<B>;
+/// `[objective]` of `method = "mae"`: the decoder and the target, plus where the masked
+/// view sits in the batch (derived from the recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaeMethod {
+    /// Decoder token width. Default 512 (paper). Multiple of 4 and of `decoder_num_heads`.
+    pub decoder_embed_dim: usize,
+    /// Decoder blocks. Default 8 (paper); 1 still learns (paper Table 1a).
+    pub decoder_depth: usize,
+    /// Decoder heads. Default 16.
+    pub decoder_num_heads: usize,
+    /// Targets are each patch's pixels normalised by the patch's mean and std. Default true
+    /// (paper: +0.5% top-1 over raw pixels).
+    pub norm_pix_loss: bool,
+    /// Index of the view with the random mask (derived, not a recipe key).
+    #[serde(skip_deserializing)]
+    pub view: usize,
+    /// Fraction of patches the pipeline masks (derived from the view's mask).
+    #[serde(skip_deserializing)]
+    pub mask_ratio: f64,
+}
 
-    fn loss(&self, input: Self::Input) -> ObjectiveLoss<B> {
-        let loss = self.forward(input).loss;
-        ObjectiveLoss {
-            parts: vec![("mae", loss.clone())],
-            total: loss,
+impl Default for MaeMethod {
+    fn default() -> Self {
+        Self {
+            decoder_embed_dim: 512,
+            decoder_depth: 8,
+            decoder_num_heads: 16,
+            norm_pix_loss: true,
+            view: 0,
+            mask_ratio: 0.75,
         }
     }
+}
+
+impl MaeMethod {
+    /// The whole model's shape over the `encoder`.
+    pub fn model(&self, encoder: &VitConfig) -> MaeConfig {
+        MaeConfig {
+            encoder: encoder.clone(),
+            decoder_embed_dim: self.decoder_embed_dim,
+            decoder_depth: self.decoder_depth,
+            decoder_num_heads: self.decoder_num_heads,
+            norm_pix_loss: self.norm_pix_loss,
+        }
+    }
+}
+
+impl MethodSpec for MaeMethod {
+    const NAME: &'static str = "mae";
+    const PAPER: &'static str = "He et al. 2021, Masked Autoencoders Are Scalable Vision Learners";
+    const RECIPES: &'static [&'static str] = &["mae", "mae_vit_base", "mae_vit_tiny_cifar"];
+
+    fn resolve(mut self, ctx: &ResolveContext<'_>) -> Result<Self> {
+        let BackboneConfig::Vit(encoder) = ctx.backbone else {
+            return Err(Error::config(
+                "model",
+                "arch",
+                format!(
+                    "MAE needs a ViT encoder (`vit_*`), not `{}`",
+                    ctx.backbone.arch_name().unwrap_or("this backbone")
+                ),
+            ));
+        };
+        check_width("decoder_embed_dim", self.decoder_embed_dim, self.decoder_num_heads)
+            .map_err(|(key, msg)| Error::config("objective", key, msg))?;
+        if self.decoder_depth == 0 {
+            return Err(Error::config("objective", "decoder_depth", "must be at least 1"));
+        }
+        let recipe = ctx.recipe;
+        let mut found = None;
+        for (index, instance) in recipe.view_instances().iter().enumerate() {
+            let spec = &recipe.views[instance.spec];
+            if let Some(MaskSpec::Random { ratio, patch_size }) = &spec.mask {
+                if found.is_some() {
+                    return Err(Error::config(
+                        "views",
+                        "mask",
+                        "MAE takes exactly one view with a `random` mask",
+                    ));
+                }
+                found = Some((index, spec.size as usize, *patch_size as usize, *ratio));
+            }
+        }
+        let Some((index, size, patch, ratio)) = found else {
+            return Err(Error::config(
+                "views",
+                "mask",
+                "MAE needs one view with a `random` mask ([views.mask] kind = \"random\")",
+            ));
+        };
+        if size != encoder.img_size {
+            return Err(Error::config(
+                "model",
+                "img_size",
+                format!("{} differs from the masked view's size {size}", encoder.img_size),
+            ));
+        }
+        if patch != encoder.patch_size {
+            return Err(Error::config(
+                "model",
+                "patch_size",
+                format!("{} differs from the mask's patch_size {patch}", encoder.patch_size),
+            ));
+        }
+        self.view = index;
+        self.mask_ratio = ratio;
+        Ok(self)
+    }
+}
+
+impl<B: AutodiffBackend> Method<B> for MaeMethod {
+    type Model = MaeModel<B>;
+    type State = NoState<B::InnerBackend>;
+
+    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+        let encoder = match backbone {
+            BackboneConfig::Vit(v) => v.clone(),
+            // `resolve` rejects other backbones before a model is built.
+            other => unreachable!("MAE over {other:?}"),
+        };
+        (self.model(&encoder).init(device), NoState::default())
+    }
+
+    fn with_precision(&self, model: Self::Model, precision: Precision) -> Self::Model {
+        model.with_precision(precision)
+    }
+
+    fn forward(
+        &self,
+        model: &Self::Model,
+        _state: &mut Self::State,
+        batch: DeviceBatch<B::InnerBackend>,
+        ctx: &StepContext,
+    ) -> Result<MethodOutput<B>> {
+        let DeviceBatch {
+            mut views,
+            mut masks,
+            ..
+        } = batch;
+        let mask = masks.get_mut(self.view).and_then(Option::take);
+        let (Some(mask), true) = (mask, self.view < views.len()) else {
+            return Err(Error::Shape {
+                what: "masked view",
+                expected: vec![self.view + 1],
+                actual: vec![views.len()],
+            });
+        };
+        let images = views.swap_remove(self.view);
+        let kept = ctx.picture.then(|| (images.clone(), mask.mask.clone()));
+        let out = model.forward(MaeInput {
+            images: Tensor::from_inner(images),
+            ids_keep: Tensor::from_inner(mask.ids_keep),
+            ids_restore: Tensor::from_inner(mask.ids_restore),
+            mask: Tensor::from_inner(mask.mask),
+        });
+        let picture = match kept {
+            Some((images, mask)) => Some(reconstruction(
+                images,
+                out.pred.clone().inner(),
+                mask,
+                model.patch_size,
+                model.norm_pix_loss,
+                ctx,
+            )?),
+            None => None,
+        };
+        Ok(MethodOutput {
+            loss: out.loss,
+            parts: Vec::new(),
+            picture,
+        })
+    }
+
+    fn backbone(&self, model: &Self::Model) -> Backbone<B> {
+        Backbone::Vit(model.encoder.clone())
+    }
+}
+
+/// The MAE paper's figure: original, masked and reconstructed, for the first samples.
+fn reconstruction<B: Backend>(
+    images: Tensor<B, 4>,
+    pred: Tensor<B, 3>,
+    mask: Tensor<B, 2>,
+    patch: usize,
+    norm_pix: bool,
+    ctx: &StepContext,
+) -> Result<image::RgbImage> {
+    let [n, _, h, w] = images.dims();
+    let k = ctx.picture_samples.min(n).max(1);
+    let host = |data: TensorData, name: &str| {
+        data.convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| Error::TensorData {
+                name: name.to_string(),
+                message: format!("{e:?}"),
+            })
+    };
+    let recon = Reconstruction {
+        n: k,
+        height: h,
+        width: w,
+        patch,
+        images: host(images.narrow(0, 0, k).into_data(), "images")?,
+        pred: host(pred.narrow(0, 0, k).into_data(), "pred")?,
+        mask: host(mask.narrow(0, 0, k).into_data(), "mask")?,
+        norm_pix,
+    };
+    Ok(recon.render(ctx.normalize)?)
 }
 
 #[cfg(test)]

@@ -1,27 +1,318 @@
-//! Self-supervised objectives, one file each, all over the shared [`crate::vit`] backbone.
+//! Self-supervised methods, one file each, and the one interface the training loop knows.
 //!
-//! An [`Objective`] is a module (its parameters are trained) that takes the batch's device
-//! tensors and returns the loss plus its named parts for logging. The training loop is
-//! written once against this trait; adding DINO or SimCLR is adding a file here.
+//! A [`Method`] says what it builds (the trained model: backbone and heads; its untrained
+//! [`Method::State`]: a momentum teacher, a queue, a centre), how one batch's views become a
+//! loss, and what it updates after each optimiser step. The loop (`crate::train`), the
+//! checkpoints, metrics, `tessera eval` and `tessera export` are written once against it.
+//!
+//! Adding a method is a file here (its recipe keys as a serde struct, [`MethodSpec`] to check
+//! them against the recipe, and [`Method`]) plus one variant of [`MethodConfig`] and one line
+//! in each `match` below; nothing in the loop changes.
+//!
+//! ```text
+//! [objective] method = "byol" ─► MethodConfig::parse ─► ByolConfig (checked: two views, ...)
+//!   ─► Method::init ─► (model: backbone + projector + predictor, state: teacher)
+//!   ─► per micro-batch: Method::forward(model, state, views) ─► loss (+ logged parts)
+//!   ─► optimiser step ─► Method::after_step (teacher EMA, queue, centre)
+//! ```
 
-use burn::tensor::{Tensor, backend::Backend};
+use std::marker::PhantomData;
 
+use burn::module::{AutodiffModule, Module};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use tessera_pipeline::Recipe;
+
+use crate::backbone::{Backbone, BackboneConfig};
+use crate::error::{Error, Result};
+use crate::feeder::{DeviceBatch, Normalize};
+use crate::precision::Precision;
+
+pub mod barlow_twins;
+pub mod byol;
 pub mod mae;
+pub mod moco_v2;
+pub mod moco_v3;
+pub mod nnclr;
+pub mod simclr;
+pub mod simsiam;
+pub mod two_view;
+pub mod vicreg;
 
-/// A training objective: device tensors of one (micro-)batch in, differentiable loss out.
-pub trait Objective<B: Backend> {
-    /// The device tensors one step needs (images, masks, indices, ...).
-    type Input;
-
-    /// Runs the model(s) and returns the loss to minimise and its logged parts.
-    fn loss(&self, input: Self::Input) -> ObjectiveLoss<B>;
+/// Where the loop is, for the method computing a step.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The optimiser step being computed (0-based).
+    pub step: u64,
+    /// Optimiser steps of the whole run.
+    pub total_steps: u64,
+    /// Optimiser steps per epoch, when the data set's size is known.
+    pub steps_per_epoch: Option<u64>,
+    /// Whether a picture is due: the method may return one in [`MethodOutput::picture`].
+    pub picture: bool,
+    /// Samples to draw in a picture.
+    pub picture_samples: usize,
+    /// The normalisation the feeder applied (to draw pictures in true colours).
+    pub normalize: Normalize,
 }
 
-/// The loss of one (micro-)batch.
-#[derive(Debug, Clone)]
-pub struct ObjectiveLoss<B: Backend> {
-    /// Scalar `[1]` to call `backward` on.
-    pub total: Tensor<B, 1>,
-    /// Named scalar parts for logs (`("mae", loss)`); for single-term objectives the total.
-    pub parts: Vec<(&'static str, Tensor<B, 1>)>,
+impl StepContext {
+    /// Fraction of the run done before this step, in `[0, 1]`: what cosine schedules of
+    /// teacher momentum follow.
+    pub fn progress(&self) -> f64 {
+        (self.step as f64 / self.total_steps.max(1) as f64).min(1.0)
+    }
+
+    /// Epochs done before this step (fractional); `None` when the epoch length is unknown.
+    pub fn epoch(&self) -> Option<f64> {
+        self.steps_per_epoch
+            .map(|per| self.step as f64 / per.max(1) as f64)
+    }
+}
+
+/// What a method's forward pass returns for one micro-batch.
+#[derive(Debug)]
+pub struct MethodOutput<B: AutodiffBackend> {
+    /// The loss to minimise, `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// Named parts for the logs (`("invariance", ..)`), detached; empty for one-term losses.
+    pub parts: Vec<(&'static str, Tensor<B::InnerBackend, 1>)>,
+    /// A picture of what the method saw or made, when [`StepContext::picture`] asked.
+    pub picture: Option<image::RgbImage>,
+}
+
+impl<B: AutodiffBackend> MethodOutput<B> {
+    /// A loss without parts or picture.
+    pub fn loss(loss: Tensor<B, 1>) -> Self {
+        Self {
+            loss,
+            parts: Vec::new(),
+            picture: None,
+        }
+    }
+}
+
+/// A self-supervised method: one implementation per file of this module.
+pub trait Method<B: AutodiffBackend>: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// What the optimiser trains: the backbone and the method's heads.
+    type Model: AutodiffModule<B> + 'static;
+    /// What the method keeps between steps without training it (a momentum teacher, a
+    /// queue, a centre), saved in checkpoints. `PhantomData` when there is none.
+    type State: Module<B::InnerBackend> + 'static;
+
+    /// A fresh model around a `backbone` and its state (the paper's initialisation).
+    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State);
+
+    /// The model with its matmuls in `precision` (parameters stay f32). Methods without a
+    /// bf16 path return it unchanged.
+    fn with_precision(&self, model: Self::Model, _precision: Precision) -> Self::Model {
+        model
+    }
+
+    /// One micro-batch: the uploaded views (and masks) in, the loss out. May update state
+    /// that must follow every forward pass (BatchNorm statistics do on their own).
+    fn forward(
+        &self,
+        model: &Self::Model,
+        state: &mut Self::State,
+        batch: DeviceBatch<B::InnerBackend>,
+        ctx: &StepContext,
+    ) -> Result<MethodOutput<B>>;
+
+    /// Changes the summed gradients before clipping and the optimiser step (DINO freezes
+    /// its last layer in the first epoch). Default: nothing.
+    fn adjust_gradients(&self, _model: &Self::Model, _grads: &mut GradientsParams, _ctx: &StepContext) {}
+
+    /// After the optimiser step: teacher EMA, queue updates, prototype normalisation.
+    /// Default: nothing.
+    fn after_step(
+        &self,
+        model: Self::Model,
+        state: Self::State,
+        _ctx: &StepContext,
+    ) -> (Self::Model, Self::State) {
+        (model, state)
+    }
+
+    /// The backbone being pretrained (what `tessera eval` scores and `tessera export` writes).
+    fn backbone(&self, model: &Self::Model) -> Backbone<B>;
+
+    /// The momentum teacher's backbone, for methods that have one.
+    fn teacher_backbone(&self, _state: &Self::State) -> Option<Backbone<B::InnerBackend>> {
+        None
+    }
+}
+
+/// A method's recipe keys (`[objective]`), checked against the rest of the recipe.
+pub trait MethodSpec: Sized {
+    /// The name in `[objective] method = "..."`.
+    const NAME: &'static str;
+    /// The paper, for `--list-methods`.
+    const PAPER: &'static str;
+    /// The shipped recipes that use it.
+    const RECIPES: &'static [&'static str];
+
+    /// Checks the keys against the views and the backbone and fills in what they imply.
+    fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self>;
+}
+
+/// What a method's keys are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolveContext<'a> {
+    /// The whole recipe (views, masks).
+    pub recipe: &'a Recipe,
+    /// The backbone `[model]` describes.
+    pub backbone: &'a BackboneConfig,
+}
+
+impl ResolveContext<'_> {
+    /// The sizes of the batch's views, in order.
+    pub fn view_sizes(&self) -> Vec<usize> {
+        self.recipe
+            .view_instances()
+            .iter()
+            .map(|v| self.recipe.views[v.spec].size as usize)
+            .collect()
+    }
+
+    /// Checks that the recipe makes exactly `want` views of one size (two-view methods).
+    pub fn require_views(&self, method: &str, want: usize) -> Result<usize> {
+        let sizes = self.view_sizes();
+        if sizes.len() != want {
+            return Err(Error::config(
+                "views",
+                "count",
+                format!(
+                    "{method} takes {want} views per image but the recipe makes {} ({}); \
+                     give one [[views]] entry `count = {want}`",
+                    sizes.len(),
+                    sizes
+                        .iter()
+                        .map(|s| format!("{s}px"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if sizes.windows(2).any(|w| w[0] != w[1]) {
+            return Err(Error::config(
+                "views",
+                "size",
+                format!("{method}'s views must share one size; the recipe has {sizes:?}"),
+            ));
+        }
+        Ok(sizes[0])
+    }
+}
+
+/// No state between steps.
+pub type NoState<B> = PhantomData<B>;
+
+macro_rules! methods {
+    ($( $variant:ident($config:ty) ),* $(,)?) => {
+        /// Every method and its resolved settings (`config.json`'s `method`).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "name", rename_all = "snake_case")]
+        #[allow(clippy::large_enum_variant)]
+        pub enum MethodConfig {
+            $(
+                #[doc = concat!("See [`", stringify!($config), "`].")]
+                $variant($config),
+            )*
+        }
+
+        /// One line per method: name, paper, recipes.
+        pub fn list() -> Vec<MethodInfo> {
+            vec![$(MethodInfo {
+                name: <$config as MethodSpec>::NAME,
+                paper: <$config as MethodSpec>::PAPER,
+                recipes: <$config as MethodSpec>::RECIPES,
+            }),*]
+        }
+
+        impl MethodConfig {
+            /// The method's name in recipes.
+            pub fn name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => <$config as MethodSpec>::NAME,)* }
+            }
+
+            /// Parses `[objective]` (`method = "..."` plus that method's keys) and checks it.
+            pub fn parse(table: &toml::Table, ctx: &ResolveContext<'_>) -> Result<Self> {
+                let name = match table.get("method") {
+                    Some(toml::Value::String(name)) => name.as_str(),
+                    Some(other) => return Err(Error::config("objective", "method",
+                        format!("{other} is not a method name; known: {}", names().join(", ")))),
+                    None => return Err(Error::config("objective", "method",
+                        format!("missing; known: {}", names().join(", ")))),
+                };
+                let mut keys = table.clone();
+                keys.remove("method");
+                $(
+                    if name == <$config as MethodSpec>::NAME {
+                        let spec: $config = crate::config::parse_table("objective", &keys)?;
+                        return Ok(Self::$variant(spec.resolve(ctx)?));
+                    }
+                )*
+                Err(Error::config("objective", "method",
+                    format!("unknown `{name}`; known: {}", names().join(", "))))
+            }
+
+            /// Calls `visitor` with the method's concrete type.
+            pub fn visit<B: AutodiffBackend, V: MethodVisitor<B>>(&self, visitor: V) -> V::Output {
+                match self { $(Self::$variant(m) => visitor.visit(m),)* }
+            }
+        }
+    };
+}
+
+methods! {
+    Mae(mae::MaeMethod),
+    Simclr(simclr::SimClrConfig),
+    MocoV2(moco_v2::MocoV2Config),
+    MocoV3(moco_v3::MocoV3Config),
+    Byol(byol::ByolConfig),
+    Simsiam(simsiam::SimSiamConfig),
+    BarlowTwins(barlow_twins::BarlowTwinsConfig),
+    Vicreg(vicreg::VicRegConfig),
+    Nnclr(nnclr::NnclrConfig),
+}
+
+/// The names `[objective] method` accepts.
+pub fn names() -> Vec<&'static str> {
+    list().iter().map(|m| m.name).collect()
+}
+
+/// A method, for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MethodInfo {
+    /// `[objective] method`.
+    pub name: &'static str,
+    /// Authors, year, title.
+    pub paper: &'static str,
+    /// Shipped recipes.
+    pub recipes: &'static [&'static str],
+}
+
+/// Code that runs with a method's concrete type ([`MethodConfig::visit`]): the training
+/// loop, checkpoint loading, export.
+pub trait MethodVisitor<B: AutodiffBackend> {
+    /// What the visit returns.
+    type Output;
+    /// Runs with the method `M`.
+    fn visit<M: Method<B>>(self, method: &M) -> Self::Output;
+}
+
+/// The backbone of `model` on the inner (non-autodiff) backend, for evaluation.
+pub fn inner_backbone<B: AutodiffBackend, M: Method<B>>(
+    method: &M,
+    model: &M::Model,
+) -> Backbone<B::InnerBackend> {
+    method.backbone(model).valid()
+}
+
+/// Detached scalar for [`MethodOutput::parts`].
+pub fn part<B: AutodiffBackend>(loss: &Tensor<B, 1>) -> Tensor<B::InnerBackend, 1> {
+    loss.clone().inner()
 }

@@ -15,10 +15,15 @@
 //! and the schedule is a pure function of the step, so a resumed run computes the same losses
 //! as one that never stopped. The loop itself draws no random numbers.
 //!
+//! The loop knows no method: it runs any [`Method`] (the recipe's `[objective]`, dispatched
+//! once by [`MethodConfig::visit`]), which computes the loss of a micro-batch and updates
+//! its own teacher, queue or centre after each optimiser step.
+//!
 //! `[train] precision` is applied to the model after it is built or restored
-//! ([`MaeModel::with_precision`]); the loop is the same for f32 and bf16, since gradients,
+//! ([`Method::with_precision`]); the loop is the same for f32 and bf16, since gradients,
 //! clipping, the optimiser and checkpoints see f32 parameters either way.
 
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +35,7 @@ use crate::checkpoint;
 use crate::config::ResolvedTrainConfig;
 use crate::feeder::{BatchSource, Feeder, HostUpload};
 use crate::metrics::{MetricsLog, RunTotals, StepMetrics, read_metrics};
+use crate::objectives::{Method, MethodConfig, MethodVisitor};
 use crate::pictures::{loss_curve, save_png};
 
 mod options;
@@ -38,9 +44,9 @@ mod step;
 
 pub use options::{Observer, Quiet, RunOptions, layout};
 pub use outcome::{RunSummary, StopReason, TrainError};
-use step::{Run, StepError, write_reconstruction};
+use step::{Run, StepError};
 
-/// Train `config`'s model on batches from `start_source` (called with the state to resume
+/// Train `config`'s method on batches from `start_source` (called with the state to resume
 /// from, `None` for a fresh run). `stop` is polled between steps (Ctrl-C sets it).
 pub fn run<B, S, E>(
     config: &ResolvedTrainConfig,
@@ -56,6 +62,68 @@ where
     S: BatchSource,
     E: std::error::Error + Send + Sync + 'static,
 {
+    let method: &MethodConfig = &config.method;
+    method.visit::<B, _>(RunMethod {
+        config,
+        device,
+        start_source,
+        options,
+        stop,
+        observer,
+        _source: PhantomData,
+    })
+}
+
+/// [`run`] with the method's concrete type.
+struct RunMethod<'a, B: AutodiffBackend, F, S, E> {
+    config: &'a ResolvedTrainConfig,
+    device: &'a B::Device,
+    start_source: F,
+    options: &'a RunOptions,
+    stop: &'a AtomicBool,
+    observer: &'a mut dyn Observer,
+    _source: PhantomData<fn() -> (S, E)>,
+}
+
+impl<B, F, S, E> MethodVisitor<B> for RunMethod<'_, B, F, S, E>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: HostUpload,
+    F: FnOnce(Option<PipelineState>) -> Result<S, E>,
+    S: BatchSource,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    type Output = Result<RunSummary, TrainError>;
+
+    fn visit<M: Method<B>>(self, method: &M) -> Self::Output {
+        run_method::<B, M, S, E>(
+            method.clone(),
+            self.config,
+            self.device,
+            self.start_source,
+            self.options,
+            self.stop,
+            self.observer,
+        )
+    }
+}
+
+fn run_method<B, M, S, E>(
+    method: M,
+    config: &ResolvedTrainConfig,
+    device: &B::Device,
+    start_source: impl FnOnce(Option<PipelineState>) -> Result<S, E>,
+    options: &RunOptions,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> Result<RunSummary, TrainError>
+where
+    B: AutodiffBackend,
+    B::InnerBackend: HostUpload,
+    M: Method<B>,
+    S: BatchSource,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let dir = &options.run_dir;
     std::fs::create_dir_all(dir.join(layout::PICTURES)).map_err(|source| TrainError::Config {
         path: dir.join(layout::PICTURES),
@@ -63,7 +131,7 @@ where
     })?;
     write_config(dir, config)?;
 
-    let mut run = Run::<B>::start(config, device, options, observer)?;
+    let mut run = Run::<B, M>::start(method, config, device, options, observer)?;
     let first_step = run.step;
     let metrics_path = dir.join(layout::METRICS);
     let mut log = if first_step > 0 {
@@ -122,7 +190,7 @@ where
         let due_picture = (options.picture_every > 0
             && (run.step + 1) % options.picture_every == 0)
             || run.step + 1 == last;
-        let out = match run.train_step(micro, due_picture) {
+        let out = match run.train_step(micro, due_picture, options) {
             Ok(out) => out,
             Err(StepError::NonFinite { loss, lr }) => {
                 let path = run.save(dir)?;
@@ -138,7 +206,7 @@ where
 
         // Metrics: one record per step, time measured end to end (data wait included).
         let now = Instant::now();
-        let m = StepMetrics::new(
+        let mut m = StepMetrics::new(
             run.step - 1,
             out.epoch,
             out.loss,
@@ -147,6 +215,12 @@ where
             now - step_began,
             data_wait,
         );
+        m.weight_decay = Some(out.weight_decay);
+        m.parts = out
+            .parts
+            .iter()
+            .map(|(name, value)| (name.to_string(), *value))
+            .collect();
         log.append(&m)?;
         totals.add(&m);
         last_loss = Some(out.loss);
@@ -161,11 +235,11 @@ where
             );
         }
 
-        if let Some((images, pred, mask)) = out.picture {
+        if let Some(picture) = out.picture {
             let path = dir
                 .join(layout::PICTURES)
                 .join(format!("step_{:07}.png", run.step));
-            write_reconstruction(&path, images, pred, mask, &run, options)?;
+            save_png(&picture, &path)?;
             observer.event(&format!("picture {}", path.display()));
             pictures.push(path);
         }

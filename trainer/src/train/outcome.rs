@@ -69,12 +69,6 @@ pub enum TrainError {
     /// The batch source could not be started.
     #[error("starting the input pipeline")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
-    /// A batch lacks the mask of the view MAE trains on.
-    #[error("batch has no mask for view {view}: the recipe's masked view must carry a random mask")]
-    MissingMask {
-        /// The masked view's index.
-        view: usize,
-    },
     /// The loss became NaN or infinite; the state before the step was checkpointed.
     #[error("loss is {loss} at step {step} (lr {lr:e}); state before the step saved in {}", checkpoint.display())]
     NonFiniteLoss {

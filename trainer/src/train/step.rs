@@ -1,10 +1,9 @@
-//! One run's model, optimiser and position, and what advances them: the optimiser step
-//! over a set of micro-batches, checkpoints, and reconstruction pictures.
+//! One run's method, model, optimiser and position, and what advances them: the optimiser
+//! step over a set of micro-batches, and checkpoints.
 
 use std::path::{Path, PathBuf};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::prelude::*;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
@@ -12,37 +11,42 @@ use rand_chacha::ChaCha8Rng;
 use tessera_pipeline::PipelineState;
 
 use super::{Observer, RunOptions, TrainError};
-use crate::checkpoint::{self, RngState, TrainerState};
+use crate::checkpoint::{self, RngState, Saved, TrainerState};
 use crate::config::ResolvedTrainConfig;
 use crate::error::Error;
 use crate::feeder::DeviceBatch;
-use crate::objectives::mae::{MaeInput, MaeModel};
-use crate::optim::{GroupedAdamW, clip_grad_norm};
-use crate::pictures::{Reconstruction, save_png};
+use crate::objectives::{Method, StepContext};
+use crate::optim::{Optim, clip_grad_norm};
 
 /// The model, optimiser and position of a run: what `train_step` advances.
-pub(super) struct Run<B: AutodiffBackend> {
+pub(super) struct Run<B: AutodiffBackend, M: Method<B>> {
     pub(super) config: ResolvedTrainConfig,
     pub(super) device: B::Device,
-    pub(super) model: MaeModel<B>,
-    pub(super) optim: GroupedAdamW<MaeModel<B>, B>,
+    pub(super) method: M,
+    pub(super) model: M::Model,
+    /// The method's untrained state (teacher, queue, centre).
+    pub(super) state: M::State,
+    pub(super) optim: Optim<M::Model, B>,
     /// Optimiser steps done (= the next step's index).
     pub(super) step: u64,
     /// Pipeline state after the last batch a finished step consumed.
     pub(super) pipeline: Option<PipelineState>,
-    /// The trainer's own RNG (MAE draws nothing from it: masks come with the batches; saved
-    /// so that objectives that do draw resume exactly).
+    /// The trainer's own RNG (no method draws from it yet: masks come with the batches;
+    /// saved so that one that does resumes exactly).
     pub(super) rng: ChaCha8Rng,
 }
 
 /// What one step produced.
-pub(super) struct StepOutput<B: Backend> {
+pub(super) struct StepOutput {
     pub(super) loss: f64,
+    /// The method's named loss parts, averaged over the micro-batches.
+    pub(super) parts: Vec<(&'static str, f64)>,
     pub(super) lr: f64,
+    pub(super) weight_decay: f64,
     pub(super) images: u64,
     pub(super) epoch: u64,
-    /// The first micro-batch's inputs and prediction, kept when a picture is due.
-    pub(super) picture: Option<(Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 2>)>,
+    /// The picture the method drew of the first micro-batch, when one was due.
+    pub(super) picture: Option<image::RgbImage>,
 }
 
 /// Failures inside a step.
@@ -51,29 +55,37 @@ pub(super) enum StepError {
     Train(TrainError),
 }
 
-impl<B: AutodiffBackend> Run<B> {
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        StepError::Train(e.into())
+    }
+}
+
+impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
     /// The model, optimiser and position from the newest checkpoint in the run directory
     /// when resuming (and there is one), else fresh from the recipe.
     pub(super) fn start(
+        method: M,
         config: &ResolvedTrainConfig,
         device: &B::Device,
         options: &RunOptions,
         observer: &mut dyn Observer,
     ) -> Result<Self, TrainError> {
         let dir = &options.run_dir;
-        let run = match options
+        let resume_from = options
             .resume
             .then(|| checkpoint::latest(dir))
             .transpose()?
-            .flatten()
-        {
+            .flatten();
+        let run = match resume_from {
             Some(path) => {
-                let fresh = config.model.init::<B>(device);
-                let restored = checkpoint::load(&path, fresh, config.adamw, device)?;
-                if restored.state.config.model != config.model {
+                let restored = checkpoint::load::<B, M>(&path, &method, config, device)?;
+                let saved = &restored.state.config;
+                if saved.backbone != config.backbone || saved.method != config.method {
                     return Err(Error::CheckpointMismatch {
                         path,
-                        what: "the model in the recipe differs from the checkpoint's".into(),
+                        what: "the model or method in the recipe differs from the checkpoint's"
+                            .into(),
                     }
                     .into());
                 }
@@ -88,7 +100,9 @@ impl<B: AutodiffBackend> Run<B> {
                     config: config.clone(),
                     device: device.clone(),
                     // Precision is not part of a checkpoint: the recipe's applies on resume.
-                    model: restored.model.with_precision(config.precision),
+                    model: method.with_precision(restored.model, config.precision),
+                    state: restored.method_state,
+                    method,
                     optim: restored.optim,
                     step,
                     // Step 0 has consumed nothing: start the stream from its beginning.
@@ -98,24 +112,35 @@ impl<B: AutodiffBackend> Run<B> {
             }
             None => {
                 B::seed(device, config.seed);
-                let model = config
-                    .model
-                    .init::<B>(device)
-                    .with_precision(config.precision);
-                let optim = GroupedAdamW::new(config.adamw, &model);
-                let rng = ChaCha8Rng::seed_from_u64(config.seed);
+                let (model, state) = method.init(&config.backbone, device);
+                let model = method.with_precision(model, config.precision);
+                let optim = Optim::new(config.optim, &model);
                 Run {
                     config: config.clone(),
                     device: device.clone(),
+                    method,
                     model,
+                    state,
                     optim,
                     step: 0,
                     pipeline: None,
-                    rng,
+                    rng: ChaCha8Rng::seed_from_u64(config.seed),
                 }
             }
         };
         Ok(run)
+    }
+
+    /// Where the loop is, for the method.
+    fn context(&self, picture: bool, options: &RunOptions) -> StepContext {
+        StepContext {
+            step: self.step,
+            total_steps: self.config.total_steps(),
+            steps_per_epoch: self.config.steps_per_epoch,
+            picture,
+            picture_samples: options.picture_samples,
+            normalize: options.normalize,
+        }
     }
 
     /// One optimiser step over the micro-batches.
@@ -123,42 +148,28 @@ impl<B: AutodiffBackend> Run<B> {
         &mut self,
         micro: Vec<DeviceBatch<B::InnerBackend>>,
         keep_picture: bool,
-    ) -> Result<StepOutput<B::InnerBackend>, StepError> {
+        options: &RunOptions,
+    ) -> Result<StepOutput, StepError> {
         let accum = micro.len();
-        let view = self.config.masked_view;
 
-        // 1. Schedule lookup: the lr is a pure function of the step.
+        // 1. Schedule lookup: lr and weight decay are pure functions of the step.
         let lr = self.config.schedule.lr(self.step);
+        let weight_decay = self.config.weight_decay.value(self.step);
 
-        let mut accumulator = GradientsAccumulator::<MaeModel<B>>::new();
+        let mut accumulator = GradientsAccumulator::<M::Model>::new();
         let mut loss_sum = 0.0;
+        let mut parts: Vec<(&'static str, f64)> = Vec::new();
         let mut images = 0;
         let mut picture = None;
         let mut last_state = None;
         for (i, batch) in micro.into_iter().enumerate() {
-            let DeviceBatch {
-                mut views,
-                mut masks,
-                state,
-                len,
-                ..
-            } = batch;
-            let mask = masks.get_mut(view).and_then(Option::take);
-            let (Some(mask), true) = (mask, view < views.len()) else {
-                return Err(StepError::Train(TrainError::MissingMask { view }));
-            };
-            let images_inner = views.swap_remove(view);
-            let kept_inputs =
-                (keep_picture && i == 0).then(|| (images_inner.clone(), mask.mask.clone()));
+            let ctx = self.context(keep_picture && i == 0, options);
+            let (len, state) = (batch.len, batch.state);
 
             // 2. Forward.
-            let input = MaeInput {
-                images: Tensor::from_inner(images_inner),
-                ids_keep: Tensor::from_inner(mask.ids_keep),
-                ids_restore: Tensor::from_inner(mask.ids_restore),
-                mask: Tensor::from_inner(mask.mask),
-            };
-            let out = self.model.forward(input);
+            let out = self
+                .method
+                .forward(&self.model, &mut self.state, batch, &ctx)?;
 
             // 3. Non-finite check before anything touches the weights.
             let loss_value: f64 = out.loss.clone().into_scalar().elem();
@@ -169,11 +180,16 @@ impl<B: AutodiffBackend> Run<B> {
                 });
             }
             loss_sum += loss_value;
+            for (name, value) in out.parts {
+                let value: f64 = value.into_scalar().elem::<f64>() / accum as f64;
+                match parts.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, sum)) => *sum += value,
+                    None => parts.push((name, value)),
+                }
+            }
             images += len as u64;
             last_state = Some(state);
-            if let Some((imgs, m)) = kept_inputs {
-                picture = Some((imgs, out.pred.clone().inner(), m));
-            }
+            picture = picture.or(out.picture);
 
             // 4. Backward; micro-batch gradients are averaged by scaling the loss.
             let grads = (out.loss / accum as f64).backward();
@@ -181,18 +197,31 @@ impl<B: AutodiffBackend> Run<B> {
             accumulator.accumulate(&self.model, grads);
         }
 
-        // 5. Clip (optional) and step.
+        // 5. The method's say on the gradients, clipping (optional), the optimiser step.
+        let ctx = self.context(false, options);
         let mut grads = accumulator.grads();
+        self.method
+            .adjust_gradients(&self.model, &mut grads, &ctx);
         if let Some(max_norm) = self.config.clip_grad {
             clip_grad_norm::<B, _>(&self.model, &mut grads, max_norm, &self.device);
         }
-        self.model = self.optim.step(lr, self.model.clone(), grads);
+        let model = self
+            .optim
+            .step(lr, weight_decay, self.model.clone(), grads);
+
+        // 6. The method's own updates: teacher EMA, queues, prototypes.
+        // (A module's clone shares its tensors: nothing is copied.)
+        let (model, state) = self.method.after_step(model, self.state.clone(), &ctx);
+        self.model = model;
+        self.state = state;
         self.step += 1;
         self.pipeline = last_state;
 
         Ok(StepOutput {
             loss: loss_sum / accum as f64,
+            parts,
             lr,
+            weight_decay,
             images,
             epoch: last_state.map_or(0, |s| s.epoch),
             picture,
@@ -214,47 +243,16 @@ impl<B: AutodiffBackend> Run<B> {
             rng: RngState::capture(&self.rng),
             config: self.config.clone(),
         };
+        let saved = Saved::<B, M> {
+            model: &self.model,
+            optim: &self.optim,
+            method_state: &self.state,
+        };
         Ok(checkpoint::save(
             dir,
-            &self.model,
-            &self.optim,
+            saved,
             &state,
             self.config.keep_checkpoints,
         )?)
     }
-}
-
-pub(super) fn write_reconstruction<B: AutodiffBackend>(
-    path: &Path,
-    images: Tensor<B::InnerBackend, 4>,
-    pred: Tensor<B::InnerBackend, 3>,
-    mask: Tensor<B::InnerBackend, 2>,
-    run: &Run<B>,
-    options: &RunOptions,
-) -> Result<(), TrainError> {
-    let [n, _, h, w] = images.dims();
-    let k = options.picture_samples.min(n).max(1);
-    let host = |data: burn::tensor::TensorData, name: &str| {
-        data.convert::<f32>().into_vec::<f32>().map_err(|e| {
-            TrainError::Trainer(Error::TensorData {
-                name: name.to_string(),
-                message: format!("{e:?}"),
-            })
-        })
-    };
-    let images = host(images.narrow(0, 0, k).into_data(), "images")?;
-    let pred = host(pred.narrow(0, 0, k).into_data(), "pred")?;
-    let mask = host(mask.narrow(0, 0, k).into_data(), "mask")?;
-    let recon = Reconstruction {
-        n: k,
-        height: h,
-        width: w,
-        patch: run.config.model.encoder.patch_size,
-        images,
-        pred,
-        mask,
-        norm_pix: run.config.model.norm_pix_loss,
-    };
-    save_png(&recon.render(options.normalize)?, path)?;
-    Ok(())
 }
