@@ -6,3 +6,9 @@
 //! passed in and the updated value returned, so the method that owns it decides when it is
 //! saved. The methods in [`crate::objectives`] combine these with their models; each loss is
 //! checked against the reference implementations' values in `shared/testdata/ssl-goldens/`.
+
+pub mod dino;
+pub mod ibot;
+pub mod msn;
+pub mod simmim;
+pub mod swav;
