@@ -27,6 +27,7 @@ pub mod losses;
 pub(crate) mod goldens;
 pub mod objectives;
 pub mod optim;
+pub mod pos_embed;
 pub mod precision;
 pub mod schedule;
 pub mod vit;
