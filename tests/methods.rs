@@ -14,7 +14,14 @@ fn cifar(dir: &Path) -> String {
 
 /// A two-view CIFAR recipe for `method` with `objective` keys, a ResNet-18 (CIFAR stem)
 /// or the given `[model]`, `steps` long.
-fn recipe(dir: &Path, name: &str, objective: &str, model: &str, optim: &str, steps: u64) -> PathBuf {
+fn recipe(
+    dir: &Path,
+    name: &str,
+    objective: &str,
+    model: &str,
+    optim: &str,
+    steps: u64,
+) -> PathBuf {
     let text = format!(
         r#"[data]
 batch_size = 8
@@ -103,14 +110,42 @@ fn every_two_view_method_trains_and_evaluates_on_resnet18() {
     let sgd = "optimizer = \"sgd\"\nbase_lr = 0.05\nweight_decay = 5e-4";
     let adamw = "base_lr = 1e-3\nweight_decay = 0.05";
     let cases = [
-        ("simclr", "method = \"simclr\"\ntemperature = 0.5\nproj_hidden_dim = 64\nproj_output_dim = 32", lars),
-        ("moco_v2", "method = \"moco_v2\"\nqueue_size = 64\nproj_hidden_dim = 64\nproj_output_dim = 32", sgd),
-        ("moco_v3", "method = \"moco_v3\"\nproj_hidden_dim = 64\nproj_output_dim = 32", adamw),
-        ("byol", "method = \"byol\"\nproj_hidden_dim = 64\nproj_output_dim = 32\npred_hidden_dim = 64", lars),
-        ("simsiam", "method = \"simsiam\"\nproj_dim = 64\npred_hidden_dim = 16", sgd),
-        ("barlow_twins", "method = \"barlow_twins\"\nproj_dim = 64", lars),
+        (
+            "simclr",
+            "method = \"simclr\"\ntemperature = 0.5\nproj_hidden_dim = 64\nproj_output_dim = 32",
+            lars,
+        ),
+        (
+            "moco_v2",
+            "method = \"moco_v2\"\nqueue_size = 64\nproj_hidden_dim = 64\nproj_output_dim = 32",
+            sgd,
+        ),
+        (
+            "moco_v3",
+            "method = \"moco_v3\"\nproj_hidden_dim = 64\nproj_output_dim = 32",
+            adamw,
+        ),
+        (
+            "byol",
+            "method = \"byol\"\nproj_hidden_dim = 64\nproj_output_dim = 32\npred_hidden_dim = 64",
+            lars,
+        ),
+        (
+            "simsiam",
+            "method = \"simsiam\"\nproj_dim = 64\npred_hidden_dim = 16",
+            sgd,
+        ),
+        (
+            "barlow_twins",
+            "method = \"barlow_twins\"\nproj_dim = 64",
+            lars,
+        ),
         ("vicreg", "method = \"vicreg\"\nproj_dim = 64", lars),
-        ("nnclr", "method = \"nnclr\"\nqueue_size = 64\nproj_hidden_dim = 64\nproj_output_dim = 32\npred_hidden_dim = 64", lars),
+        (
+            "nnclr",
+            "method = \"nnclr\"\nqueue_size = 64\nproj_hidden_dim = 64\nproj_output_dim = 32\npred_hidden_dim = 64",
+            lars,
+        ),
     ];
     for (name, objective, optim) in cases {
         let recipe = recipe(tmp.path(), name, objective, RESNET18, optim, 3);
@@ -154,8 +189,14 @@ fn byol_and_moco_v2_resume_exactly() {
     let tmp = tempdir();
     let shards = cifar(tmp.path());
     let cases = [
-        ("byol", "method = \"byol\"\nproj_hidden_dim = 32\nproj_output_dim = 16\npred_hidden_dim = 32"),
-        ("moco_v2", "method = \"moco_v2\"\nqueue_size = 24\nproj_hidden_dim = 32\nproj_output_dim = 16"),
+        (
+            "byol",
+            "method = \"byol\"\nproj_hidden_dim = 32\nproj_output_dim = 16\npred_hidden_dim = 32",
+        ),
+        (
+            "moco_v2",
+            "method = \"moco_v2\"\nqueue_size = 24\nproj_hidden_dim = 32\nproj_output_dim = 16",
+        ),
     ];
     for (name, objective) in cases {
         let optim = "optimizer = \"sgd\"\nbase_lr = 0.05\nweight_decay = 1e-4";
@@ -195,7 +236,10 @@ fn resnet_export_has_timm_keys_and_shapes() {
         .tensors()
         .into_iter()
         .filter_map(|(name, view)| {
-            Some((name.strip_prefix("weight.")?.to_string(), view.shape().to_vec()))
+            Some((
+                name.strip_prefix("weight.")?.to_string(),
+                view.shape().to_vec(),
+            ))
         })
         .collect();
     want.sort();
@@ -228,7 +272,15 @@ fn list_methods_names_papers_and_recipes() {
     let out = run_ok(&["train", "--list-methods"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for name in [
-        "mae", "simclr", "moco_v2", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg", "nnclr",
+        "mae",
+        "simclr",
+        "moco_v2",
+        "moco_v3",
+        "byol",
+        "simsiam",
+        "barlow_twins",
+        "vicreg",
+        "nnclr",
     ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name}: {text}");
     }
@@ -244,23 +296,56 @@ fn bad_recipes_are_refused_up_front() {
     let cases: Vec<(String, &str)> = vec![
         (one_view.to_string(), "takes 2 views"),
         (
-            std::fs::read_to_string(recipe(tmp.path(), "a", "method = \"simclr\"", RESNET18, "optimizer = \"adamw\"\neta = 0.001", 1)).unwrap(),
+            std::fs::read_to_string(recipe(
+                tmp.path(),
+                "a",
+                "method = \"simclr\"",
+                RESNET18,
+                "optimizer = \"adamw\"\neta = 0.001",
+                1,
+            ))
+            .unwrap(),
             "eta",
         ),
         (
-            std::fs::read_to_string(recipe(tmp.path(), "b", "method = \"simclr\"\ntemprature = 0.5", RESNET18, "", 1)).unwrap(),
+            std::fs::read_to_string(recipe(
+                tmp.path(),
+                "b",
+                "method = \"simclr\"\ntemprature = 0.5",
+                RESNET18,
+                "",
+                1,
+            ))
+            .unwrap(),
             "temprature",
         ),
         (
-            std::fs::read_to_string(recipe(tmp.path(), "c", "method = \"swav2\"", RESNET18, "", 1)).unwrap(),
+            std::fs::read_to_string(recipe(
+                tmp.path(),
+                "c",
+                "method = \"swav2\"",
+                RESNET18,
+                "",
+                1,
+            ))
+            .unwrap(),
             "swav2",
         ),
         (
-            std::fs::read_to_string(recipe(tmp.path(), "d", "method = \"mae\"", RESNET18, "", 1)).unwrap(),
+            std::fs::read_to_string(recipe(tmp.path(), "d", "method = \"mae\"", RESNET18, "", 1))
+                .unwrap(),
             "ViT",
         ),
         (
-            std::fs::read_to_string(recipe(tmp.path(), "e", "method = \"byol\"", "arch = \"resnet18\"\npatch_size = 4", "", 1)).unwrap(),
+            std::fs::read_to_string(recipe(
+                tmp.path(),
+                "e",
+                "method = \"byol\"",
+                "arch = \"resnet18\"\npatch_size = 4",
+                "",
+                1,
+            ))
+            .unwrap(),
             "patch_size",
         ),
     ];
@@ -278,6 +363,9 @@ fn bad_recipes_are_refused_up_front() {
         assert!(!out.status.success(), "case {i} ran");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "case {i}: `{needle}` not in {err}");
-        assert!(!tmp.path().join(format!("bad{i}")).exists(), "case {i} started work");
+        assert!(
+            !tmp.path().join(format!("bad{i}")).exists(),
+            "case {i} started work"
+        );
     }
 }

@@ -292,7 +292,11 @@ pub fn load_model<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>
 }
 
 /// Loads the method state of the checkpoint in `dir` into `state` (built by the same method).
-pub fn load_method_state<B: Backend, S: Module<B>>(dir: &Path, state: S, device: &B::Device) -> Result<S> {
+pub fn load_method_state<B: Backend, S: Module<B>>(
+    dir: &Path,
+    state: S,
+    device: &B::Device,
+) -> Result<S> {
     let record = decode::<B, _>(&dir.join(METHOD_FILE), device)?;
     Ok(state.load_record(record))
 }
@@ -456,7 +460,13 @@ mod tests {
         let (model, _) = train(model, &mut optim, 0..2, &config);
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let _: u64 = rng.random();
-        let dir = save(run.path(), saved(&model, &optim), &state(2, &config, &rng), 3).unwrap();
+        let dir = save(
+            run.path(),
+            saved(&model, &optim),
+            &state(2, &config, &rng),
+            3,
+        )
+        .unwrap();
         assert_eq!(dir, run.path().join("checkpoints/step-00000002"));
         let saved_values = values(&model);
         let (_, uninterrupted) = train(model, &mut optim, 2..5, &config);
@@ -495,7 +505,13 @@ mod tests {
         let optim = Optim::new(config.optim, &model);
         let rng = ChaCha8Rng::seed_from_u64(1);
         for step in [10, 20, 30] {
-            save(run.path(), saved(&model, &optim), &state(step, &config, &rng), 2).unwrap();
+            save(
+                run.path(),
+                saved(&model, &optim),
+                &state(step, &config, &rng),
+                2,
+            )
+            .unwrap();
         }
         // A save killed half way: a temp dir, and a renamed dir without state.json.
         let root = run.path().join(CHECKPOINTS_DIR);
@@ -515,7 +531,13 @@ mod tests {
             "only the newest 2 kept"
         );
         // Saving the same step again replaces it whole; the next save clears the temp dir.
-        save(run.path(), saved(&model, &optim), &state(30, &config, &rng), 2).unwrap();
+        save(
+            run.path(),
+            saved(&model, &optim),
+            &state(30, &config, &rng),
+            2,
+        )
+        .unwrap();
         assert!(!root.join(".tmp-step-00000040-999").exists());
         assert_eq!(load_state(&root.join("step-00000030")).unwrap().step, 30);
     }
@@ -535,8 +557,7 @@ mod tests {
         )
         .unwrap();
         let out = run.path().join("encoder.safetensors");
-        let summary =
-            crate::export::export(run.path(), crate::eval::Which::Student, &out).unwrap();
+        let summary = crate::export::export(run.path(), crate::eval::Which::Student, &out).unwrap();
         assert_eq!(summary.step, 4);
         let depth = match &config.backbone {
             crate::backbone::BackboneConfig::Vit(v) => v.depth,

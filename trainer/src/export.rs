@@ -176,7 +176,10 @@ pub fn export(checkpoint_or_run_dir: &Path, which: Which, output: &Path) -> Resu
             "tessera.arch".to_string(),
             encoder.config.arch_name().unwrap_or("vit").to_string(),
         ),
-        ("tessera.network".to_string(), format!("{which:?}").to_lowercase()),
+        (
+            "tessera.network".to_string(),
+            format!("{which:?}").to_lowercase(),
+        ),
         ("tessera.img_size".to_string(), encoder.img_size.to_string()),
     ]);
     if let crate::backbone::BackboneConfig::Vit(enc) = &encoder.config {

@@ -157,7 +157,12 @@ impl Golden {
         device: &B::Device,
     ) -> Tensor<B, D> {
         let shape = self.shape(name);
-        assert_eq!(shape.len(), D, "{}: `{name}` has shape {shape:?}", self.case);
+        assert_eq!(
+            shape.len(),
+            D,
+            "{}: `{name}` has shape {shape:?}",
+            self.case
+        );
         Tensor::from_data(TensorData::new(self.floats(name), shape), device)
     }
 
@@ -168,12 +173,21 @@ impl Golden {
         device: &B::Device,
     ) -> Tensor<B, D, Int> {
         let shape = self.shape(name);
-        assert_eq!(shape.len(), D, "{}: `{name}` has shape {shape:?}", self.case);
+        assert_eq!(
+            shape.len(),
+            D,
+            "{}: `{name}` has shape {shape:?}",
+            self.case
+        );
         Tensor::from_data(TensorData::new(self.ints(name), shape), device)
     }
 
     /// Asserts `actual` equals the golden `name` within the case's tolerance (shape too).
-    pub(crate) fn assert_close<B: Backend, const D: usize>(&self, name: &str, actual: Tensor<B, D>) {
+    pub(crate) fn assert_close<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        actual: Tensor<B, D>,
+    ) {
         let shape = actual.dims().to_vec();
         let actual = actual
             .into_data()

@@ -31,6 +31,7 @@ pub mod heads;
 pub mod losses;
 pub mod objectives;
 pub mod optim;
+pub mod pos_embed;
 pub mod precision;
 pub mod schedule;
 pub mod teacher;

@@ -27,9 +27,9 @@ use crate::vit::VitConfig;
 
 mod resolved;
 
+pub use resolved::ResolvedTrainConfig;
 #[cfg(test)]
 pub(crate) use resolved::tiny_resolved_for_tests;
-pub use resolved::ResolvedTrainConfig;
 
 fn default_arch() -> String {
     "vit_base_patch16_224".into()
@@ -111,7 +111,6 @@ pub struct TrainSection {
     #[serde(default = "default_log_every")]
     pub log_every: u64,
 }
-
 
 /// The optimisers `[optim] optimizer` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -232,7 +231,13 @@ impl TrainerConfig {
         }
         let model: ModelSection = match &recipe.model {
             Some(table) => parse_table("model", table)?,
-            None => return Err(Error::config("model", "-", "the recipe has no [model] section")),
+            None => {
+                return Err(Error::config(
+                    "model",
+                    "-",
+                    "the recipe has no [model] section",
+                ));
+            }
         };
         let train = recipe
             .train
@@ -592,7 +597,11 @@ base_lr = 1e-3
         for m in crate::objectives::list() {
             assert!(methods.contains(m.name), "no shipped recipe for {}", m.name);
             for r in m.recipes {
-                assert!(Recipe::load(r).is_ok(), "{}: recipe {r} is not shipped", m.name);
+                assert!(
+                    Recipe::load(r).is_ok(),
+                    "{}: recipe {r} is not shipped",
+                    m.name
+                );
             }
         }
         let base = Recipe::load("mae_vit_base").unwrap();

@@ -101,7 +101,9 @@ impl TrainerConfig {
             accum_steps,
             world_size: world as u32,
             effective_batch,
-            base_lr: o.lr.map_or(base_lr, |lr| lr * 256.0 / effective_batch as f64),
+            base_lr: o
+                .lr
+                .map_or(base_lr, |lr| lr * 256.0 / effective_batch as f64),
             schedule: WarmupCosine {
                 peak_lr: lr,
                 min_lr: o.min_lr,

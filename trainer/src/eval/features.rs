@@ -118,17 +118,19 @@ impl<AB: AutodiffBackend> MethodVisitor<AB> for LoadBackbone<'_, AB> {
             }
             Which::Teacher => {
                 let state = checkpoint::load_method_state::<AB::InnerBackend, _>(
-                    self.dir, state, self.device,
+                    self.dir,
+                    state,
+                    self.device,
                 )?;
-                method.teacher_backbone(&state).ok_or_else(|| {
-                    crate::Error::CheckpointMismatch {
+                method
+                    .teacher_backbone(&state)
+                    .ok_or_else(|| crate::Error::CheckpointMismatch {
                         path: self.dir.to_path_buf(),
                         what: format!(
                             "{} has no momentum teacher; export the student",
                             self.config.method.name()
                         ),
-                    }
-                })
+                    })
             }
         }
     }

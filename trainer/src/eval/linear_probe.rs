@@ -231,7 +231,12 @@ pub fn linear_probe<AB: AutodiffBackend>(
             // Summed on the device; read once per epoch (no sync per step).
             loss_sum = loss_sum + loss.clone().inner() * batch.len() as f32;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = optim.step(schedule.lr(step), f64::from(settings.weight_decay), head, grads);
+            head = optim.step(
+                schedule.lr(step),
+                f64::from(settings.weight_decay),
+                head,
+                grads,
+            );
             step += 1;
         }
         last_loss = loss_sum.into_scalar().elem::<f64>() / n as f64;

@@ -18,10 +18,15 @@ use burn::tensor::{Bool, Tensor, backend::Backend};
 
 pub mod barlow_twins;
 pub mod cosine;
+pub mod dino;
+pub mod ibot;
 pub mod infonce;
+pub mod msn;
 pub mod nearest_neighbour;
 pub mod ntxent;
 pub mod queue;
+pub mod simmim;
+pub mod swav;
 pub mod vicreg;
 
 /// The norm floor of [`normalize`], as in PyTorch's `F.normalize`.

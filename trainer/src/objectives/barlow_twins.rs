@@ -74,7 +74,10 @@ impl<B: AutodiffBackend> Method<B> for BarlowTwinsConfig {
             hidden_bn: true,
             last_bn: LastNorm::None,
         };
-        (Siamese::new(backbone, &projector, None, device), NoState::default())
+        (
+            Siamese::new(backbone, &projector, None, device),
+            NoState::default(),
+        )
     }
 
     fn forward(

@@ -380,10 +380,18 @@ impl MethodSpec for MaeMethod {
                 ),
             ));
         };
-        check_width("decoder_embed_dim", self.decoder_embed_dim, self.decoder_num_heads)
-            .map_err(|(key, msg)| Error::config("objective", key, msg))?;
+        check_width(
+            "decoder_embed_dim",
+            self.decoder_embed_dim,
+            self.decoder_num_heads,
+        )
+        .map_err(|(key, msg)| Error::config("objective", key, msg))?;
         if self.decoder_depth == 0 {
-            return Err(Error::config("objective", "decoder_depth", "must be at least 1"));
+            return Err(Error::config(
+                "objective",
+                "decoder_depth",
+                "must be at least 1",
+            ));
         }
         let recipe = ctx.recipe;
         let mut found = None;
@@ -411,14 +419,20 @@ impl MethodSpec for MaeMethod {
             return Err(Error::config(
                 "model",
                 "img_size",
-                format!("{} differs from the masked view's size {size}", encoder.img_size),
+                format!(
+                    "{} differs from the masked view's size {size}",
+                    encoder.img_size
+                ),
             ));
         }
         if patch != encoder.patch_size {
             return Err(Error::config(
                 "model",
                 "patch_size",
-                format!("{} differs from the mask's patch_size {patch}", encoder.patch_size),
+                format!(
+                    "{} differs from the mask's patch_size {patch}",
+                    encoder.patch_size
+                ),
             ));
         }
         self.view = index;

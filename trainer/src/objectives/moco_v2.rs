@@ -15,23 +15,21 @@
 //! SGD, lr 0.03 x batch / 256, weight decay 1e-4 on every parameter. The loss is
 //! [`crate::losses::infonce::moco_v2`].
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 use super::simclr::check_temperature;
-use super::two_view::{
-    Siamese, Teacher, check_momentum, check_width, teacher_momentum, two_views,
-};
+use super::two_view::{Siamese, Teacher, check_momentum, check_width, teacher_momentum, two_views};
 use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext};
 use crate::backbone::{Backbone, BackboneConfig};
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
 use crate::losses::infonce::moco_v2;
-use crate::losses::queue::FeatureQueue;
 use crate::losses::normalize;
+use crate::losses::queue::FeatureQueue;
 
 /// `[objective]` of `method = "moco_v2"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

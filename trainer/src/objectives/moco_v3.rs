@@ -102,7 +102,13 @@ impl<B: AutodiffBackend> Method<B> for MocoV3Config {
         let k2 = Tensor::from_inner(teacher.project(x2.clone().inner()));
         let q1 = model.predict(model.project(x1)); // [n, out]
         let q2 = model.predict(model.project(x2));
-        Ok(MethodOutput::loss(moco_v3(q1, q2, k1, k2, self.temperature)))
+        Ok(MethodOutput::loss(moco_v3(
+            q1,
+            q2,
+            k1,
+            k2,
+            self.temperature,
+        )))
     }
 
     fn after_step(

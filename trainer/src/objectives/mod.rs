@@ -123,7 +123,13 @@ pub trait Method<B: AutodiffBackend>: Clone + std::fmt::Debug + Send + Sync + 's
 
     /// Changes the summed gradients before clipping and the optimiser step (DINO freezes
     /// its last layer in the first epoch). Default: nothing.
-    fn adjust_gradients(&self, _model: &Self::Model, _grads: &mut GradientsParams, _ctx: &StepContext) {}
+    fn adjust_gradients(
+        &self,
+        _model: &Self::Model,
+        _grads: &mut GradientsParams,
+        _ctx: &StepContext,
+    ) {
+    }
 
     /// After the optimiser step: teacher EMA, queue updates, prototype normalisation.
     /// Default: nothing.

@@ -57,7 +57,8 @@ impl SimClrConfig {
 
 impl MethodSpec for SimClrConfig {
     const NAME: &'static str = "simclr";
-    const PAPER: &'static str = "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations";
+    const PAPER: &'static str =
+        "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations";
     const RECIPES: &'static [&'static str] = &["simclr_resnet50", "simclr_resnet18_cifar"];
 
     fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self> {
@@ -87,7 +88,10 @@ impl<B: AutodiffBackend> Method<B> for SimClrConfig {
 
     fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
         let projector = self.projector(backbone.num_features());
-        (Siamese::new(backbone, &projector, None, device), NoState::default())
+        (
+            Siamese::new(backbone, &projector, None, device),
+            NoState::default(),
+        )
     }
 
     fn forward(

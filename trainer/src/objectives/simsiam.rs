@@ -45,7 +45,8 @@ impl Default for SimSiamConfig {
 
 impl MethodSpec for SimSiamConfig {
     const NAME: &'static str = "simsiam";
-    const PAPER: &'static str = "Chen and He 2021, Exploring Simple Siamese Representation Learning";
+    const PAPER: &'static str =
+        "Chen and He 2021, Exploring Simple Siamese Representation Learning";
     const RECIPES: &'static [&'static str] = &["simsiam_resnet18_cifar"];
 
     fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self> {

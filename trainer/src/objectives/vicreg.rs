@@ -49,7 +49,8 @@ impl Default for VicRegConfig {
 
 impl MethodSpec for VicRegConfig {
     const NAME: &'static str = "vicreg";
-    const PAPER: &'static str = "Bardes, Ponce and LeCun 2022, VICReg: Variance-Invariance-Covariance Regularization";
+    const PAPER: &'static str =
+        "Bardes, Ponce and LeCun 2022, VICReg: Variance-Invariance-Covariance Regularization";
     const RECIPES: &'static [&'static str] = &["vicreg_resnet50"];
 
     fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self> {
@@ -82,7 +83,10 @@ impl<B: AutodiffBackend> Method<B> for VicRegConfig {
             hidden_bn: true,
             last_bn: LastNorm::None,
         };
-        (Siamese::new(backbone, &projector, None, device), NoState::default())
+        (
+            Siamese::new(backbone, &projector, None, device),
+            NoState::default(),
+        )
     }
 
     fn forward(

@@ -200,14 +200,11 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         // 5. The method's say on the gradients, clipping (optional), the optimiser step.
         let ctx = self.context(false, options);
         let mut grads = accumulator.grads();
-        self.method
-            .adjust_gradients(&self.model, &mut grads, &ctx);
+        self.method.adjust_gradients(&self.model, &mut grads, &ctx);
         if let Some(max_norm) = self.config.clip_grad {
             clip_grad_norm::<B, _>(&self.model, &mut grads, max_norm, &self.device);
         }
-        let model = self
-            .optim
-            .step(lr, weight_decay, self.model.clone(), grads);
+        let model = self.optim.step(lr, weight_decay, self.model.clone(), grads);
 
         // 6. The method's own updates: teacher EMA, queues, prototypes.
         // (A module's clone shares its tensors: nothing is copied.)
