@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn latest_ignores_partial_saves_and_old_ones_are_pruned() {
-        let device = Default::default();
+        let _device: burn::tensor::Device<B> = Default::default();
         let config = crate::config::tiny_resolved_for_tests();
         let run = tempfile::tempdir().unwrap();
         assert_eq!(latest(run.path()).unwrap(), None);
@@ -544,7 +544,7 @@ mod tests {
 
     #[test]
     fn export_reads_the_newest_checkpoint_of_a_run() {
-        let device = Default::default();
+        let _device: burn::tensor::Device<B> = Default::default();
         let config = crate::config::tiny_resolved_for_tests();
         let run = tempfile::tempdir().unwrap();
         let model = init(&config);

@@ -330,11 +330,9 @@ pub struct MaeMethod {
     /// Targets are each patch's pixels normalised by the patch's mean and std. Default true
     /// (paper: +0.5% top-1 over raw pixels).
     pub norm_pix_loss: bool,
-    /// Index of the view with the random mask (derived, not a recipe key).
-    #[serde(skip_deserializing)]
+    /// Index of the view with the random mask (derived from the views: not a recipe key).
     pub view: usize,
-    /// Fraction of patches the pipeline masks (derived from the view's mask).
-    #[serde(skip_deserializing)]
+    /// Fraction of patches the pipeline masks (derived from the view's mask: not a recipe key).
     pub mask_ratio: f64,
 }
 
@@ -370,6 +368,19 @@ impl MethodSpec for MaeMethod {
     const RECIPES: &'static [&'static str] = &["mae", "mae_vit_base", "mae_vit_tiny_cifar"];
 
     fn resolve(mut self, ctx: &ResolveContext<'_>) -> Result<Self> {
+        let defaults = Self::default();
+        for (key, set) in [
+            ("view", self.view != defaults.view),
+            ("mask_ratio", self.mask_ratio != defaults.mask_ratio),
+        ] {
+            if set {
+                return Err(Error::config(
+                    "objective",
+                    key,
+                    "is derived from the masked view ([views.mask]); not a recipe key",
+                ));
+            }
+        }
         let BackboneConfig::Vit(encoder) = ctx.backbone else {
             return Err(Error::config(
                 "model",
