@@ -177,6 +177,8 @@ fn every_two_view_method_trains_and_evaluates_on_resnet18() {
         "1",
         "--workers",
         "2",
+        "--json",
+        "--quiet",
     ]));
     let acc = report["knn_top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc), "{report}");
@@ -263,6 +265,40 @@ fn resnet_export_has_timm_keys_and_shapes() {
             .collect();
         got.sort();
         assert_eq!(got, want, "{which}");
+    }
+
+    // `[model] pretrained`: a fresh run starts from those timm weights (here the exported
+    // student): exported again before any step, every tensor is the same.
+    let exported = tmp.path().join("student.safetensors");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        "arch = \"resnet18\"",
+        &format!(
+            "arch = \"resnet18\"\npretrained = {:?}",
+            exported.to_str().unwrap()
+        ),
+    );
+    let warm = tmp.path().join("warm.toml");
+    std::fs::write(&warm, text).unwrap();
+    let run2 = tmp.path().join("run2");
+    train(&warm, &shards, &run2, &["--stop-after", "0"]);
+    let again = tmp.path().join("again.safetensors");
+    run_ok(&[
+        "export",
+        "--checkpoint",
+        run2.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    let (a, b) = (
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(&again).unwrap(),
+    );
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    for (name, view) in a.tensors() {
+        assert_eq!(view.data(), b.tensor(&name).unwrap().data(), "{name}");
     }
 }
 

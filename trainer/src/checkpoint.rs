@@ -310,7 +310,7 @@ pub fn load<B: AutodiffBackend, M: Method<B>>(
     device: &B::Device,
 ) -> Result<Restored<B, M>> {
     let state = load_state(dir)?;
-    let (model, method_state) = method.init(&config.backbone, device);
+    let (model, method_state) = method.init(config.backbone.init(device), device);
     let model = load_model::<B, _>(dir, model, device)?;
     let method_state = load_method_state::<B::InnerBackend, _>(dir, method_state, device)?;
     let path = dir.join(OPTIM_FILE);
@@ -384,7 +384,8 @@ mod tests {
     }
 
     fn init(config: &ResolvedTrainConfig) -> MaeModel<B> {
-        Method::<B>::init(&method(config), &config.backbone, &Default::default()).0
+        let device = Default::default();
+        Method::<B>::init(&method(config), config.backbone.init(&device), &device).0
     }
 
     fn saved<'a>(

@@ -365,6 +365,35 @@ pub struct Vit<B: Backend> {
 }
 
 impl<B: Backend> Vit<B> {
+    /// The shape this ViT was built with (read off its parameters), for the modules built
+    /// around it (MAE's decoder).
+    pub fn shape(&self) -> VitConfig {
+        let [_, tokens, embed_dim] = self.pos_embed.dims();
+        let grid = ((tokens - 1) as f64).sqrt().round() as usize;
+        let patch_size = self.patch_embed.patch_size;
+        let [patch_dim, _] = self.patch_embed.proj.weight.dims();
+        let (depth, num_heads, mlp_ratio) = match self.blocks.first() {
+            Some(block) => {
+                let [_, hidden] = block.mlp.fc1.weight.dims();
+                (
+                    self.blocks.len(),
+                    block.attn.num_heads,
+                    hidden as f64 / embed_dim as f64,
+                )
+            }
+            None => (0, 1, 4.0),
+        };
+        VitConfig {
+            img_size: grid * patch_size,
+            patch_size,
+            in_chans: patch_dim / (patch_size * patch_size),
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+        }
+    }
+
     /// The same encoder with every matmul in `precision` (parameters stay as they are: f32).
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.patch_embed.precision = precision;

@@ -60,6 +60,10 @@ pub struct ModelSection {
     /// ResNet only: the CIFAR stem (3x3 convolution, stride 1, no max-pool) for 32-pixel
     /// images, as SimCLR's CIFAR experiments and solo-learn use. Default false.
     pub cifar_stem: Option<bool>,
+    /// Start the backbone from these timm weights (a safetensors state dict, f32, f16 or
+    /// bf16, timm's key names; a classifier head is ignored) instead of random ones. Read
+    /// before step 0 of a fresh run; a resumed run takes its weights from the checkpoint.
+    pub pretrained: Option<std::path::PathBuf>,
 }
 
 fn default_checkpoint_every() -> u64 {

@@ -92,6 +92,7 @@ impl TrainerConfig {
         Ok(ResolvedTrainConfig {
             recipe: recipe.source.clone(),
             backbone: self.backbone.clone(),
+            pretrained: self.model.pretrained.clone(),
             method: self.method.clone(),
             image_size: recipe
                 .view_instances()
@@ -160,6 +161,8 @@ pub struct ResolvedTrainConfig {
     pub recipe: String,
     /// The backbone, every variant field filled in.
     pub backbone: BackboneConfig,
+    /// timm weights the backbone starts from, if any.
+    pub pretrained: Option<std::path::PathBuf>,
     /// The method and its settings.
     pub method: MethodConfig,
     /// Side of the first (global) view in pixels: what evaluation cuts images to.

@@ -110,7 +110,7 @@ impl<AB: AutodiffBackend> MethodVisitor<AB> for LoadBackbone<'_, AB> {
     type Output = crate::Result<Backbone<AB::InnerBackend>>;
 
     fn visit<M: Method<AB>>(self, method: &M) -> Self::Output {
-        let (model, state) = method.init(&self.config.backbone, self.device);
+        let (model, state) = method.init(self.config.backbone.init(self.device), self.device);
         match self.which {
             Which::Student => {
                 let model = checkpoint::load_model::<AB, _>(self.dir, model, self.device)?;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::two_view::{Siamese, check_width, two_views};
 use super::{Method, MethodOutput, MethodSpec, NoState, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -65,7 +65,7 @@ impl<B: AutodiffBackend> Method<B> for BarlowTwinsConfig {
     type Model = Siamese<B>;
     type State = NoState<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let d = self.proj_dim;
         let projector = MlpHeadConfig {
             dims: vec![backbone.num_features(), d, d, d],

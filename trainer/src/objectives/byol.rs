@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::two_view::{Siamese, Teacher, check_momentum, check_width, teacher_momentum, two_views};
 use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -87,7 +87,7 @@ impl<B: AutodiffBackend> Method<B> for ByolConfig {
     type Model = Siamese<B>;
     type State = Teacher<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let (projector, predictor) = self.heads(backbone.num_features());
         let student = Siamese::new(backbone, &projector, Some(&predictor), device);
         let teacher = student.teacher();

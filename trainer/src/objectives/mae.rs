@@ -74,10 +74,15 @@ impl MaeConfig {
     /// Builds the model with MAE's initialisation (xavier-uniform linears, zero biases,
     /// unit LayerNorms, normal(0.02) class and mask tokens, fixed sin-cos tables).
     pub fn init<B: Backend>(&self, device: &B::Device) -> MaeModel<B> {
+        self.init_around(self.encoder.init(device), device)
+    }
+
+    /// The decoder around `encoder` (of shape `self.encoder`), MAE's initialisation.
+    pub fn init_around<B: Backend>(&self, encoder: Vit<B>, device: &B::Device) -> MaeModel<B> {
         let enc = &self.encoder;
         let dd = self.decoder_embed_dim;
         MaeModel {
-            encoder: enc.init(device),
+            encoder,
             decoder_embed: init_linear(enc.embed_dim, dd, device),
             mask_token: Initializer::Normal {
                 mean: 0.0,
@@ -456,13 +461,14 @@ impl<B: AutodiffBackend> Method<B> for MaeMethod {
     type Model = MaeModel<B>;
     type State = NoState<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let encoder = match backbone {
-            BackboneConfig::Vit(v) => v.clone(),
+            Backbone::Vit(v) => v,
             // `resolve` rejects other backbones before a model is built.
             other => unreachable!("MAE over {other:?}"),
         };
-        (self.model(&encoder).init(device), NoState::default())
+        let model = self.model(&encoder.shape()).init_around(encoder, device);
+        (model, NoState::default())
     }
 
     fn with_precision(&self, model: Self::Model, precision: Precision) -> Self::Model {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::simclr::check_temperature;
 use super::two_view::{Siamese, Teacher, check_momentum, check_width, teacher_momentum, two_views};
 use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -94,7 +94,7 @@ impl<B: AutodiffBackend> Method<B> for MocoV2Config {
     type Model = Siamese<B>;
     type State = MocoV2State<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let projector = MlpHeadConfig {
             dims: vec![
                 backbone.num_features(),

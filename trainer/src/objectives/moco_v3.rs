@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::simclr::check_temperature;
 use super::two_view::{Siamese, Teacher, check_momentum, check_width, teacher_momentum, two_views};
 use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -74,7 +74,7 @@ impl<B: AutodiffBackend> Method<B> for MocoV3Config {
     type Model = Siamese<B>;
     type State = Teacher<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let (hidden, out) = (self.proj_hidden_dim, self.proj_output_dim);
         let mlp = |dims| MlpHeadConfig {
             dims,

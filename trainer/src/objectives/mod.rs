@@ -102,8 +102,9 @@ pub trait Method<B: AutodiffBackend>: Clone + std::fmt::Debug + Send + Sync + 's
     /// queue, a centre), saved in checkpoints. `PhantomData` when there is none.
     type State: Module<B::InnerBackend> + 'static;
 
-    /// A fresh model around a `backbone` and its state (the paper's initialisation).
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State);
+    /// A fresh model around `backbone` (freshly initialised, or with imported timm weights)
+    /// and its state: heads with the paper's initialisation, a teacher equal to the student.
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State);
 
     /// The model with its matmuls in `precision` (parameters stay f32). Methods without a
     /// bf16 path return it unchanged.

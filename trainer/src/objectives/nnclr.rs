@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::simclr::check_temperature;
 use super::two_view::{Siamese, check_width, two_views};
 use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -86,7 +86,7 @@ impl<B: AutodiffBackend> Method<B> for NnclrConfig {
     type Model = Siamese<B>;
     type State = NnclrState<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let (hidden, out) = (self.proj_hidden_dim, self.proj_output_dim);
         let projector = MlpHeadConfig {
             dims: vec![backbone.num_features(), hidden, hidden, out],

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::two_view::{Siamese, check_width, two_views};
 use super::{Method, MethodOutput, MethodSpec, NoState, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -86,7 +86,7 @@ impl<B: AutodiffBackend> Method<B> for SimClrConfig {
     type Model = Siamese<B>;
     type State = NoState<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let projector = self.projector(backbone.num_features());
         (
             Siamese::new(backbone, &projector, None, device),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::two_view::{Siamese, check_width, two_views};
 use super::{Method, MethodOutput, MethodSpec, NoState, ResolveContext, StepContext};
-use crate::backbone::{Backbone, BackboneConfig};
+use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
@@ -61,7 +61,7 @@ impl<B: AutodiffBackend> Method<B> for SimSiamConfig {
     type Model = Siamese<B>;
     type State = NoState<B::InnerBackend>;
 
-    fn init(&self, backbone: &BackboneConfig, device: &B::Device) -> (Self::Model, Self::State) {
+    fn init(&self, backbone: Backbone<B>, device: &B::Device) -> (Self::Model, Self::State) {
         let d = self.proj_dim;
         let projector = MlpHeadConfig {
             dims: vec![backbone.num_features(), d, d, d],

@@ -15,7 +15,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use crate::backbone::{Backbone, BackboneConfig, NormMode};
+use crate::backbone::{Backbone, NormMode};
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
 use crate::heads::{MlpHead, MlpHeadConfig};
@@ -35,13 +35,13 @@ pub struct Siamese<B: Backend> {
 impl<B: Backend> Siamese<B> {
     /// Builds the student from its parts' configs.
     pub fn new(
-        backbone: &BackboneConfig,
+        backbone: Backbone<B>,
         projector: &MlpHeadConfig,
         predictor: Option<&MlpHeadConfig>,
         device: &B::Device,
     ) -> Self {
         Self {
-            backbone: backbone.init(device),
+            backbone,
             projector: projector.init(device),
             predictor: predictor.map(|p| p.init(device)),
         }

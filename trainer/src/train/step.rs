@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use tessera_pipeline::PipelineState;
 
 use super::{Observer, RunOptions, TrainError};
+use crate::backbone::TimmWeights;
 use crate::checkpoint::{self, RngState, Saved, TrainerState};
 use crate::config::ResolvedTrainConfig;
 use crate::error::Error;
@@ -112,7 +113,13 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             }
             None => {
                 B::seed(device, config.seed);
-                let (model, state) = method.init(&config.backbone, device);
+                let mut backbone = config.backbone.init::<B>(device);
+                if let Some(path) = &config.pretrained {
+                    let weights = TimmWeights::read(path)?;
+                    backbone = backbone.load_timm(&weights)?;
+                    observer.event(&format!("backbone weights from {}", path.display()));
+                }
+                let (model, state) = method.init(backbone, device);
                 let model = method.with_precision(model, config.precision);
                 let optim = Optim::new(config.optim, &model);
                 Run {
