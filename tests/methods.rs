@@ -405,3 +405,39 @@ fn bad_recipes_are_refused_up_front() {
         );
     }
 }
+
+/// Every shipped training recipe, 224-pixel ones included, runs a step on synthetic batches
+/// of its shape (micro-batch 2): what a user tries before spending a GPU job on it.
+#[test]
+fn every_shipped_recipe_runs_on_synthetic_batches() {
+    let tmp = tempdir();
+    let out = run_ok(&["train", "--list-methods"]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let recipes: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("recipes: "))
+        .flat_map(|r| r.split(", "))
+        .collect();
+    assert!(recipes.len() >= 12, "{recipes:?}");
+    for recipe in recipes {
+        let run = tmp.path().join(recipe);
+        let summary = stdout_json(&run_ok(&[
+            "train",
+            "--config",
+            recipe,
+            "--synthetic",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--out",
+            run.to_str().unwrap(),
+            "--quiet",
+        ]));
+        assert_eq!(summary["steps_done"], 1, "{recipe}");
+        assert!(
+            summary["last_loss"].as_f64().unwrap().is_finite(),
+            "{recipe}"
+        );
+    }
+}

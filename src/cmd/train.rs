@@ -59,7 +59,8 @@ pub struct Args {
     /// CPU workers of the input pipeline. Default: the recipe's, else all cores.
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Micro-batch size, replacing the recipe's `data.batch_size` (the lr follows it).
+    /// Micro-batch size, replacing the recipe's `data.batch_size` and its effective batch
+    /// (`train.batch_size`): one micro-batch a step (the lr follows it).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N` (`cuda` needs a build with `--features cuda`).
@@ -111,8 +112,20 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         }
         recipe.data.batch_size = b;
     }
-    let trainer = TrainerConfig::from_recipe(&recipe)
+    let mut trainer = TrainerConfig::from_recipe(&recipe)
         .with_context(|| format!("recipe `{}`", recipe.source))?;
+    if args.batch_size.is_some() && trainer.train.batch_size.take().is_some() {
+        eprintln!(
+            "note: --batch-size replaces the recipe's effective batch (train.batch_size): \
+             one micro-batch a step"
+        );
+    }
+    if let Some(steps) = args.steps {
+        if steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        override_steps(&mut trainer.train, steps);
+    }
     let shards = match &args.shards {
         Some(spec) => {
             tessera_shards::source::resolve(spec).with_context(|| format!("shards `{spec}`"))?
@@ -123,15 +136,6 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     let mut resolved = trainer
         .resolve(&recipe, samples_per_epoch, 1)
         .with_context(|| format!("recipe `{}`", recipe.source))?;
-    if let Some(steps) = args.steps {
-        if steps == 0 {
-            bail!("--steps must be at least 1");
-        }
-        let s = &mut resolved.schedule;
-        s.warmup_steps =
-            (s.warmup_steps as f64 * steps as f64 / s.total_steps.max(1) as f64).round() as u64;
-        s.total_steps = steps;
-    }
     if let Some(every) = args.checkpoint_every {
         resolved.checkpoint_every = every;
     }
@@ -158,6 +162,23 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         shards,
         options,
     })
+}
+
+/// `--steps`: the run is `steps` long (whatever the recipe's length in epochs or steps, so
+/// that epoch recipes run on synthetic data too) and the warmup keeps its share of the run.
+fn override_steps(t: &mut tessera_trainer::config::TrainSection, steps: u64) {
+    let warmup = match (t.warmup_steps, t.warmup_epochs, t.steps, t.epochs) {
+        (Some(w), _, Some(total), _) => {
+            (w as f64 * steps as f64 / total.max(1) as f64).round() as u64
+        }
+        (Some(w), _, None, _) => w.min(steps),
+        (None, Some(w), _, Some(total)) => (w * steps as f64 / total).round() as u64,
+        _ => 0,
+    };
+    t.steps = Some(steps);
+    t.epochs = None;
+    t.warmup_epochs = None;
+    t.warmup_steps = Some(warmup);
 }
 
 /// Samples per epoch from the shard indexes; `None` when a shard has no index.

@@ -370,7 +370,7 @@ impl MaeMethod {
 impl MethodSpec for MaeMethod {
     const NAME: &'static str = "mae";
     const PAPER: &'static str = "He et al. 2021, Masked Autoencoders Are Scalable Vision Learners";
-    const RECIPES: &'static [&'static str] = &["mae", "mae_vit_base", "mae_vit_tiny_cifar"];
+    const RECIPES: &'static [&'static str] = &["mae_vit_base", "mae_vit_tiny_cifar"];
 
     fn resolve(mut self, ctx: &ResolveContext<'_>) -> Result<Self> {
         let defaults = Self::default();
