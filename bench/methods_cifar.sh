@@ -8,14 +8,18 @@
 # Every method trains a ResNet-18 with the CIFAR stem on the recipe `simclr_resnet18_cifar`'s
 # views (two crops of 32 px, flip, colour jitter, greyscale); the four methods that ship a
 # CIFAR recipe use it, the others get the same views with their ImageNet recipe's
-# `[objective]` and `[optim]`. kNN: k = 20 over 10,000 training images, scored on 2,000 test
-# images (`tessera eval`, features of the frozen backbone). One line per method on stdout.
+# `[objective]` and `[optim]`. kNN: k = 20 over MAX_TRAIN training images (10,000), scored on
+# MAX_VAL test images (2,000) (`tessera eval`, features of the frozen backbone). Every method
+# starts from the same random ResNet-18 (same seed), whose kNN is measured once. One line
+# per method on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MINUTES=${MINUTES:-3}
 BATCH=${BATCH:-64}
 METHODS=${METHODS:-"simclr moco_v2 moco_v3 byol simsiam barlow_twins vicreg nnclr"}
+MAX_TRAIN=${MAX_TRAIN:-10000}
+MAX_VAL=${MAX_VAL:-2000}
 WORK=${WORK:-$(mktemp -d)}
 cargo build --release --quiet
 BIN=target/release/tessera
@@ -55,18 +59,19 @@ recipe() {
 
 knn() {
   "$BIN" eval --checkpoint "$1" --train-shards "$WORK/shards-train/*.tar" \
-    --val-shards "$WORK/shards-test/*.tar" --max-train 10000 --max-val 2000 \
+    --val-shards "$WORK/shards-test/*.tar" --max-train "$MAX_TRAIN" --max-val "$MAX_VAL" \
     --probe-epochs 1 --json --quiet | python3 -c 'import json,sys; print(json.load(sys.stdin)["knn_top1"])'
 }
 
-printf '%-13s %8s %10s %10s %12s\n' method steps images knn_top1 random_init
+first=$(recipe simclr)
+"$BIN" train --config "$first" --shards "$WORK/shards-train/*.tar" --out "$WORK/init" \
+  --batch-size "$BATCH" --stop-after 0 --quiet > /dev/null 2>&1
+printf '%-13s %8s %10s %10s\n' method steps images knn_top1
+printf '%-13s %8s %10s %10s\n' random_init 0 0 "$(knn "$WORK/init")"
 for method in $METHODS; do
   r=$(recipe "$method")
   "$BIN" train --config "$r" --shards "$WORK/shards-train/*.tar" --out "$WORK/run-$method" \
     --batch-size "$BATCH" --minutes "$MINUTES" --quiet > "$WORK/$method.json" 2>/dev/null
-  "$BIN" train --config "$r" --shards "$WORK/shards-train/*.tar" --out "$WORK/init-$method" \
-    --batch-size "$BATCH" --stop-after 0 --quiet > /dev/null 2>&1
   steps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps_done"])' "$WORK/$method.json")
-  printf '%-13s %8s %10s %10s %12s\n' "$method" "$steps" $((steps * BATCH)) \
-    "$(knn "$WORK/run-$method")" "$(knn "$WORK/init-$method")"
+  printf '%-13s %8s %10s %10s\n' "$method" "$steps" $((steps * BATCH)) "$(knn "$WORK/run-$method")"
 done
