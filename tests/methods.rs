@@ -73,30 +73,16 @@ const RESNET18: &str = "arch = \"resnet18\"\ncifar_stem = true";
 const TINY_VIT: &str = "arch = \"vit_tiny_patch16_224\"\nimg_size = 32\npatch_size = 8\nembed_dim = 32\ndepth = 2\nnum_heads = 2";
 
 fn train(recipe: &Path, shards: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "train",
-        "--config",
-        recipe.to_str().unwrap(),
-        "--shards",
-        shards,
-        "--out",
-        out.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--quiet",
-    ];
+    let mut args = crate::train::train_args(recipe, shards, out);
     args.extend(extra);
     stdout_json(&run_ok(&args))
 }
 
+/// `step loss` of every line of the run's metrics, for exact comparisons.
 fn losses(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            format!("{} {}", v["step"], v["loss"])
-        })
+    crate::train::metrics(run)
+        .iter()
+        .map(|v| format!("{} {}", v["step"], v["loss"]))
         .collect()
 }
 

@@ -66,7 +66,7 @@ fn cifar_shards(dir: &Path) -> String {
     crate::util::cifar_shards(dir, "train", "train/*/00[0-2]?.jpg", "folders", 100)
 }
 
-fn train_args<'a>(recipe: &'a Path, shards: &'a str, out: &'a Path) -> Vec<&'a str> {
+pub(crate) fn train_args<'a>(recipe: &'a Path, shards: &'a str, out: &'a Path) -> Vec<&'a str> {
     vec![
         "train",
         "--config",
@@ -81,7 +81,7 @@ fn train_args<'a>(recipe: &'a Path, shards: &'a str, out: &'a Path) -> Vec<&'a s
     ]
 }
 
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()

@@ -11,7 +11,7 @@
 //! so both can follow a schedule ([`crate::schedule`]); burn's optimisers fix the decay at
 //! construction. It applies the rules itself, with tensor ops on the inner backend, keeps
 //! one state per parameter keyed by [`ParamId`], and saves it as a burn record
-//! ([`OptimRecord`]). [`GroupedAdamW`] (burn's AdamW per group) is the older MAE optimiser.
+//! ([`OptimRecord`]).
 //!
 //! Groups: [`ParamGroups`] follows timm `param_groups_weight_decay`: no decay for
 //! parameters with at most one dimension (biases, LayerNorm weights) and for the names in
@@ -35,11 +35,9 @@ use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, backend::AutodiffBackend};
 
-mod grouped;
 mod optimizer;
 pub mod rules;
 
-pub use grouped::{AdamWSettings, GroupedAdamW, GroupedAdamWRecord};
 pub use optimizer::{Optim, OptimRecord, OptimRecordItem, ParamState, ParamStateItem};
 pub use rules::OptimSettings;
 
