@@ -220,10 +220,6 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
-    }
-
     #[test]
     fn groups_follow_timm() {
         let device = Default::default();
