@@ -11,8 +11,13 @@
 //! A checkpoint is written into `checkpoints/.tmp-step-…` (each file fsynced, then the
 //! directory), renamed to `step-{:08}` and the parent directory fsynced: the rename is what
 //! makes it complete, so a crash or kill leaves at worst a `.tmp-` directory that
-//! [`latest`] ignores and the next save removes. Only the newest `keep` complete
-//! checkpoints are kept.
+//! [`latest`] ignores and the next save removes; a save that fails (a full disk) removes
+//! its own. Only the newest `keep` complete checkpoints are kept.
+//!
+//! `state.json` also records the size and SHA-256 of the three record files ([`verify`]):
+//! [`latest`] passes over a damaged newest checkpoint (a truncated or changed file) to the
+//! newest intact one, and every load checks the bytes before burn decodes them, so errors
+//! name the damaged file instead of surfacing as burn's decode messages.
 //!
 //! What makes a resumed run reproduce the uninterrupted one bit for bit on CPU: the f32
 //! weights, the optimiser's state and the method's teacher and queues (full precision
@@ -25,7 +30,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -35,6 +40,10 @@ use crate::config::ResolvedTrainConfig;
 use crate::error::{Error, Result};
 use crate::objectives::Method;
 use crate::optim::Optim;
+
+mod verify;
+pub use verify::{Damage, Digests, FileDigest, Newest, Skipped, newest, verify};
+use verify::{read_state, read_verified};
 
 /// Subdirectory of a run directory holding its checkpoints.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
@@ -128,18 +137,44 @@ fn sync_dir(path: &Path) -> Result<()> {
         .map_err(Error::io("syncing directory", path))
 }
 
+/// burn's error as one line, without the advice about records from before burn 0.14 that
+/// burn attaches to every failed tensor decode, damaged bytes included: it does not apply
+/// to checkpoints written by this program and sends the reader the wrong way.
+fn burn_message(error: &RecorderError) -> String {
+    let text = match error {
+        RecorderError::FileNotFound(m) | RecorderError::DeserializeError(m) => m.as_str(),
+        RecorderError::Unknown(m) => m.as_str(),
+    };
+    let text = text
+        .split("The internal data format has changed")
+        .next()
+        .unwrap_or(text);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn encode<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<Vec<u8>> {
     Recorder::<B>::record(&Rec::default(), record, ()).map_err(|e| Error::Record {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: burn_message(&e),
     })
 }
 
-fn decode<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R> {
-    let bytes = fs::read(path).map_err(Error::io("reading", path))?;
+/// Decodes the checked bytes of `name` in `dir`. Since the bytes are those that were
+/// saved, a failure here means the record is not this model's (another recipe).
+fn decode<B: Backend, R: Record<B>>(
+    dir: &Path,
+    name: &str,
+    digests: Option<&Digests>,
+    device: &B::Device,
+) -> Result<R> {
+    let bytes = read_verified(dir, name, digests)?;
     Recorder::<B>::load(&Rec::default(), bytes, device).map_err(|e| Error::Record {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+        path: dir.join(name),
+        message: format!(
+            "{} (the file is not a record of this model: was the checkpoint written for \
+             another model or recipe?)",
+            burn_message(&e)
+        ),
     })
 }
 
@@ -156,6 +191,9 @@ pub struct Saved<'a, B: AutodiffBackend, M: Method<B>> {
 /// Writes a checkpoint of `saved` and `state` under `run_dir/checkpoints/`, atomically,
 /// then deletes all but the newest `keep` complete checkpoints. Returns its directory. A
 /// complete checkpoint of the same step is replaced.
+///
+/// A save that fails (a full disk) removes its partial copy and leaves every earlier
+/// checkpoint as it was: [`Error::SaveCheckpoint`], naming the checkpoint and the cause.
 pub fn save<B: AutodiffBackend, M: Method<B>>(
     run_dir: &Path,
     saved: Saved<'_, B, M>,
@@ -163,49 +201,97 @@ pub fn save<B: AutodiffBackend, M: Method<B>>(
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run_dir.join(CHECKPOINTS_DIR);
-    fs::create_dir_all(&root).map_err(Error::io("creating", &root))?;
     let name = dir_name(state.step);
+    let dest = root.join(&name);
     let tmp = root.join(format!("{TMP_PREFIX}{name}-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(Error::io("removing", &tmp))?;
+    let written = fs::create_dir_all(&root)
+        .map_err(Error::io("creating", &root))
+        .and_then(|()| write_into::<B, M>(&tmp, saved, state))
+        .and_then(|()| install(&root, &tmp, &dest, &name));
+    if let Err(source) = written {
+        if tmp.exists()
+            && let Err(e) = fs::remove_dir_all(&tmp)
+        {
+            tracing::warn!(
+                "cannot remove the partial checkpoint {}: {e}",
+                tmp.display()
+            );
+        }
+        return Err(Error::SaveCheckpoint {
+            path: dest,
+            source: Box::new(source),
+        });
     }
-    fs::create_dir(&tmp).map_err(Error::io("creating", &tmp))?;
+    prune(&root, keep.max(1))?;
+    tracing::debug!(dir = %dest.display(), "checkpoint written");
+    Ok(dest)
+}
 
+/// Writes every file of the checkpoint into the fresh directory `tmp`, each fsynced, the
+/// record files' sizes and digests into `state.json`, then fsyncs `tmp`.
+fn write_into<B: AutodiffBackend, M: Method<B>>(
+    tmp: &Path,
+    saved: Saved<'_, B, M>,
+    state: &TrainerState,
+) -> Result<()> {
+    if tmp.exists() {
+        fs::remove_dir_all(tmp).map_err(Error::io("removing", tmp))?;
+    }
+    fs::create_dir(tmp).map_err(Error::io("creating", tmp))?;
+    let mut digests = Digests::new();
+    let mut write = |name: &str, bytes: Vec<u8>| -> Result<()> {
+        write_file(&tmp.join(name), &bytes)?;
+        digests.insert(name.to_string(), FileDigest::of(&bytes));
+        Ok(())
+    };
     let path = tmp.join(MODEL_FILE);
-    write_file(
-        &path,
-        &encode::<B, _>(saved.model.clone().into_record(), &path)?,
+    write(
+        MODEL_FILE,
+        encode::<B, _>(saved.model.clone().into_record(), &path)?,
     )?;
     let path = tmp.join(OPTIM_FILE);
-    write_file(&path, &encode::<B, _>(saved.optim.record(), &path)?)?;
+    write(OPTIM_FILE, encode::<B, _>(saved.optim.record(), &path)?)?;
     let path = tmp.join(METHOD_FILE);
-    write_file(
-        &path,
-        &encode::<B::InnerBackend, _>(saved.method_state.clone().into_record(), &path)?,
+    write(
+        METHOD_FILE,
+        encode::<B::InnerBackend, _>(saved.method_state.clone().into_record(), &path)?,
     )?;
-    let path = tmp.join(STATE_FILE);
-    let json = serde_json::to_vec_pretty(state).map_err(|source| Error::State {
-        path: path.clone(),
-        source,
-    })?;
-    write_file(&path, &json)?;
-    sync_dir(&tmp)?;
 
-    let dest = root.join(&name);
+    let path = tmp.join(STATE_FILE);
+    let json = serde_json::to_value(state)
+        .and_then(|mut value| {
+            if let serde_json::Value::Object(map) = &mut value {
+                map.insert("files".into(), serde_json::to_value(&digests)?);
+            }
+            serde_json::to_vec_pretty(&value)
+        })
+        .map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?;
+    write_file(&path, &json)?;
+    sync_dir(tmp)
+}
+
+/// Renames the written `tmp` to `dest` (the step that makes it complete) and fsyncs `root`.
+fn install(root: &Path, tmp: &Path, dest: &Path, name: &str) -> Result<()> {
     if dest.exists() {
         // Same step written again (e.g. at exit right after a periodic save): move the old
         // one aside first so that `dest` is never a mix of the two.
         let old = root.join(format!("{TMP_PREFIX}old-{name}-{}", std::process::id()));
-        fs::rename(&dest, &old).map_err(Error::io("renaming", &dest))?;
-        fs::rename(&tmp, &dest).map_err(Error::io("renaming", &tmp))?;
-        fs::remove_dir_all(&old).map_err(Error::io("removing", &old))?;
+        fs::rename(dest, &old).map_err(Error::io("renaming", dest))?;
+        if let Err(e) = fs::rename(tmp, dest) {
+            // Put the previous copy back: it stays the complete checkpoint of this step.
+            let _ = fs::rename(&old, dest);
+            return Err(Error::io("renaming", tmp)(e));
+        }
+        if let Err(e) = fs::remove_dir_all(&old) {
+            tracing::warn!("cannot remove {} (the next save will): {e}", old.display());
+        }
     } else {
-        fs::rename(&tmp, &dest).map_err(Error::io("renaming", &tmp))?;
+        fs::rename(tmp, dest).map_err(Error::io("renaming", tmp))?;
     }
-    sync_dir(&root)?;
-    prune(&root, keep.max(1))?;
-    tracing::debug!(dir = %dest.display(), "checkpoint written");
-    Ok(dest)
+    sync_dir(root)
 }
 
 /// Complete checkpoints under `root` (a `checkpoints/` directory), oldest first.
@@ -248,16 +334,15 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// The newest complete checkpoint of the run in `run_dir`, if any. Partial (`.tmp-`)
-/// directories are ignored.
+/// The newest complete checkpoint of the run in `run_dir` that verifies, if any. Partial
+/// (`.tmp-`) directories are ignored; damaged ones are logged and passed over ([`newest`]
+/// also says which).
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
-    Ok(complete(&run_dir.join(CHECKPOINTS_DIR))?
-        .pop()
-        .map(|(_, dir)| dir))
+    Ok(newest(run_dir)?.dir)
 }
 
 /// `path` itself when it is a checkpoint directory, else the newest complete checkpoint of
-/// the run directory `path`.
+/// the run directory `path` that verifies.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).is_file() && path.join(MODEL_FILE).is_file() {
         return Ok(path.to_path_buf());
@@ -269,56 +354,51 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Reads `state.json` of the checkpoint in `dir`.
 pub fn load_state(dir: &Path) -> Result<TrainerState> {
-    let path = dir.join(STATE_FILE);
-    let bytes = fs::read(&path).map_err(Error::io("reading", &path))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::State { path, source })
+    Ok(read_state(dir)?.0)
 }
 
 /// Loads the model weights of the checkpoint in `dir` into `model` (any backend: the
 /// record is backend-independent, so export can load an autodiff run into a plain backend).
-pub fn load_model<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
-    dir: &Path,
-    model: M,
-    device: &B::Device,
-) -> Result<M> {
-    let path = dir.join(MODEL_FILE);
-    let bytes = fs::read(&path).map_err(Error::io("reading", &path))?;
-    let record =
-        Recorder::<B>::load(&Rec::default(), bytes, device).map_err(|e| Error::Record {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+/// The file is checked against `state.json`'s digest first.
+pub fn load_model<B: Backend, M: Module<B>>(dir: &Path, model: M, device: &B::Device) -> Result<M> {
+    let (_, digests) = read_state(dir)?;
+    let record = decode::<B, _>(dir, MODEL_FILE, digests.as_ref(), device)?;
     Ok(model.load_record(record))
 }
 
-/// Loads the method state of the checkpoint in `dir` into `state` (built by the same method).
+/// Loads the method state of the checkpoint in `dir` into `state` (built by the same
+/// method), after checking the file against `state.json`'s digest.
 pub fn load_method_state<B: Backend, S: Module<B>>(
     dir: &Path,
     state: S,
     device: &B::Device,
 ) -> Result<S> {
-    let record = decode::<B, _>(&dir.join(METHOD_FILE), device)?;
+    let (_, digests) = read_state(dir)?;
+    let record = decode::<B, _>(dir, METHOD_FILE, digests.as_ref(), device)?;
     Ok(state.load_record(record))
 }
 
 /// Loads the checkpoint in `dir` for `method`: weights and method state into a freshly
-/// built model (same config), then the optimiser over the loaded model with its saved state.
+/// built model (same config), then the optimiser over the loaded model with its saved
+/// state. Every file is checked against `state.json`'s digests before it is decoded.
 pub fn load<B: AutodiffBackend, M: Method<B>>(
     dir: &Path,
     method: &M,
     config: &ResolvedTrainConfig,
     device: &B::Device,
 ) -> Result<Restored<B, M>> {
-    let state = load_state(dir)?;
+    let (state, digests) = read_state(dir)?;
+    let digests = digests.as_ref();
     let (model, method_state) = method.init(&config.backbone, device);
-    let model = load_model::<B, _>(dir, model, device)?;
-    let method_state = load_method_state::<B::InnerBackend, _>(dir, method_state, device)?;
-    let path = dir.join(OPTIM_FILE);
-    let record = decode::<B, _>(&path, device)?;
+    let record = decode::<B, _>(dir, MODEL_FILE, digests, device)?;
+    let model = model.load_record(record);
+    let record = decode::<B::InnerBackend, _>(dir, METHOD_FILE, digests, device)?;
+    let method_state = method_state.load_record(record);
+    let record = decode::<B, _>(dir, OPTIM_FILE, digests, device)?;
     let optim = Optim::new(config.optim, &model)
         .load_record(record)
         .map_err(|e| Error::Record {
-            path,
+            path: dir.join(OPTIM_FILE),
             message: e.to_string(),
         })?;
     Ok(Restored {
@@ -331,257 +411,4 @@ pub fn load<B: AutodiffBackend, M: Method<B>>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::objectives::mae::{MaeInput, MaeMethod, MaeModel};
-    use crate::objectives::{Method, MethodConfig, NoState};
-    use burn::backend::{Autodiff, Flex};
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::optim::GradientsParams;
-    use burn::tensor::{Tensor, TensorData};
-    use rand::{Rng, SeedableRng};
-    use tessera_pipeline::MaskBatch;
-
-    type B = Autodiff<Flex>;
-
-    /// The batch of step `step`: seeded pixels and a mask keeping one patch of four.
-    fn batch(step: u64, device: &burn::tensor::Device<B>) -> MaeInput<B> {
-        let mut rng = ChaCha8Rng::seed_from_u64(step);
-        let pixels: Vec<f32> = (0..2 * 3 * 8 * 8)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect();
-        let images = Tensor::from_data(TensorData::new(pixels, [2, 3, 8, 8]), device);
-        let (mut mask, mut ids_keep, mut ids_restore) = (vec![], vec![], vec![]);
-        for s in 0..2u32 {
-            let keep = (step as u32 + s) % 4;
-            let shuffle: Vec<u32> = std::iter::once(keep)
-                .chain((0..4).filter(|&i| i != keep))
-                .collect();
-            let mut restore = [0u32; 4];
-            for (pos, &patch) in shuffle.iter().enumerate() {
-                restore[patch as usize] = pos as u32;
-            }
-            mask.extend((0..4).map(|i| u8::from(i != keep)));
-            ids_keep.push(keep);
-            ids_restore.extend(restore);
-        }
-        let masks = MaskBatch {
-            len: 2,
-            num_patches: 4,
-            mask,
-            ids_keep,
-            ids_restore,
-            num_keep: 1,
-        };
-        MaeInput::new(images, &masks, device).unwrap()
-    }
-
-    fn method(config: &ResolvedTrainConfig) -> MaeMethod {
-        match &config.method {
-            MethodConfig::Mae(m) => m.clone(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn init(config: &ResolvedTrainConfig) -> MaeModel<B> {
-        Method::<B>::init(&method(config), &config.backbone, &Default::default()).0
-    }
-
-    fn saved<'a>(
-        model: &'a MaeModel<B>,
-        optim: &'a Optim<MaeModel<B>, B>,
-    ) -> Saved<'a, B, MaeMethod> {
-        const NONE: &NoState<Flex> = &std::marker::PhantomData;
-        Saved {
-            model,
-            optim,
-            method_state: NONE,
-        }
-    }
-
-    fn train(
-        model: MaeModel<B>,
-        optim: &mut Optim<MaeModel<B>, B>,
-        steps: std::ops::Range<u64>,
-        config: &ResolvedTrainConfig,
-    ) -> (MaeModel<B>, Vec<f32>) {
-        let device = Default::default();
-        let mut model = model;
-        let mut losses = vec![];
-        for step in steps {
-            let loss = model.forward(batch(step, &device)).loss;
-            losses.push(loss.clone().into_scalar());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let wd = config.weight_decay.value(step);
-            model = optim.step(config.schedule.lr(step), wd, model, grads);
-        }
-        (model, losses)
-    }
-
-    struct Values(Vec<(ParamIdString, Vec<f32>)>);
-    type ParamIdString = String;
-    impl ModuleVisitor<B> for Values {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push((
-                param.id.to_string(),
-                param.val().into_data().to_vec::<f32>().unwrap(),
-            ));
-        }
-    }
-    fn values(model: &MaeModel<B>) -> Vec<(String, Vec<f32>)> {
-        let mut v = Values(vec![]);
-        model.visit(&mut v);
-        v.0
-    }
-
-    fn state(step: u64, config: &ResolvedTrainConfig, rng: &ChaCha8Rng) -> TrainerState {
-        TrainerState {
-            step,
-            pipeline: PipelineState {
-                seed: 0,
-                epoch: 1,
-                rank: 0,
-                world_size: 1,
-                samples_consumed: 2 * step,
-            },
-            rng: RngState::capture(rng),
-            config: config.clone(),
-        }
-    }
-
-    /// Saving after 2 steps and resuming gives the uninterrupted run's next losses exactly.
-    #[test]
-    fn resume_reproduces_the_uninterrupted_run() {
-        let device = Default::default();
-        let config = crate::config::tiny_resolved_for_tests();
-        let run = tempfile::tempdir().unwrap();
-        let model = init(&config);
-        let mut optim = Optim::new(config.optim, &model);
-        let (model, _) = train(model, &mut optim, 0..2, &config);
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let _: u64 = rng.random();
-        let dir = save(
-            run.path(),
-            saved(&model, &optim),
-            &state(2, &config, &rng),
-            3,
-        )
-        .unwrap();
-        assert_eq!(dir, run.path().join("checkpoints/step-00000002"));
-        let saved_values = values(&model);
-        let (_, uninterrupted) = train(model, &mut optim, 2..5, &config);
-
-        let restored = load::<B, MaeMethod>(
-            &latest(run.path()).unwrap().unwrap(),
-            &method(&config),
-            &config,
-            &device,
-        )
-        .unwrap();
-        assert_eq!(
-            values(&restored.model),
-            saved_values,
-            "weights and parameter ids restored"
-        );
-        assert_eq!(restored.state, state(2, &config, &rng));
-        let mut rng2 = restored.state.rng.restore().unwrap();
-        assert_eq!(rng2.random::<u64>(), rng.random::<u64>(), "rng continues");
-        let mut optim = restored.optim;
-        let (_, resumed) = train(restored.model, &mut optim, 2..5, &config);
-        assert_eq!(resumed, uninterrupted);
-    }
-
-    #[test]
-    fn latest_ignores_partial_saves_and_old_ones_are_pruned() {
-        let _device: burn::tensor::Device<B> = Default::default();
-        let config = crate::config::tiny_resolved_for_tests();
-        let run = tempfile::tempdir().unwrap();
-        assert_eq!(latest(run.path()).unwrap(), None);
-        assert!(matches!(
-            resolve(run.path()),
-            Err(Error::NoCheckpoint { .. })
-        ));
-        let model = init(&config);
-        let optim = Optim::new(config.optim, &model);
-        let rng = ChaCha8Rng::seed_from_u64(1);
-        for step in [10, 20, 30] {
-            save(
-                run.path(),
-                saved(&model, &optim),
-                &state(step, &config, &rng),
-                2,
-            )
-            .unwrap();
-        }
-        // A save killed half way: a temp dir, and a renamed dir without state.json.
-        let root = run.path().join(CHECKPOINTS_DIR);
-        fs::create_dir_all(root.join(".tmp-step-00000040-999")).unwrap();
-        fs::create_dir_all(root.join("step-00000050")).unwrap();
-        assert_eq!(
-            latest(run.path()).unwrap(),
-            Some(root.join("step-00000030"))
-        );
-        assert_eq!(resolve(run.path()).unwrap(), root.join("step-00000030"));
-        assert_eq!(
-            resolve(&root.join("step-00000020")).unwrap(),
-            root.join("step-00000020")
-        );
-        assert!(
-            !root.join("step-00000010").exists(),
-            "only the newest 2 kept"
-        );
-        // Saving the same step again replaces it whole; the next save clears the temp dir.
-        save(
-            run.path(),
-            saved(&model, &optim),
-            &state(30, &config, &rng),
-            2,
-        )
-        .unwrap();
-        assert!(!root.join(".tmp-step-00000040-999").exists());
-        assert_eq!(load_state(&root.join("step-00000030")).unwrap().step, 30);
-    }
-
-    #[test]
-    fn export_reads_the_newest_checkpoint_of_a_run() {
-        let _device: burn::tensor::Device<B> = Default::default();
-        let config = crate::config::tiny_resolved_for_tests();
-        let run = tempfile::tempdir().unwrap();
-        let model = init(&config);
-        let optim = Optim::new(config.optim, &model);
-        save(
-            run.path(),
-            saved(&model, &optim),
-            &state(4, &config, &ChaCha8Rng::seed_from_u64(0)),
-            1,
-        )
-        .unwrap();
-        let out = run.path().join("encoder.safetensors");
-        let summary = crate::export::export(run.path(), crate::eval::Which::Student, &out).unwrap();
-        assert_eq!(summary.step, 4);
-        let depth = match &config.backbone {
-            crate::backbone::BackboneConfig::Vit(v) => v.depth,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(summary.tensors, 6 + 12 * depth);
-        let bytes = fs::read(&out).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let cls: Vec<f32> = st
-            .tensor("cls_token")
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(
-            cls,
-            model
-                .encoder
-                .cls_token
-                .val()
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap()
-        );
-    }
-}
+mod tests;
