@@ -322,3 +322,51 @@ fn resume_falls_back_past_a_damaged_newest_checkpoint() {
     assert_eq!(summary["steps_done"], 20);
     assert_eq!(summary["stopped"], "finished");
 }
+
+/// Issue #14: a second SIGTERM while the first is being honoured exits at once with
+/// 128 + 15, leaving only complete checkpoints. The step is made slow (a large batch) so
+/// the second signal lands while the first one's step is still running.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    use std::io::BufRead;
+    let tmp = tempdir();
+    let run = tmp.path().join("run");
+    let mut child = start_training(
+        tmp.path(),
+        &run,
+        &["--checkpoint-every", "0", "--batch-size", "512"],
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    wait_for_steps(&run, 1);
+    kill(&child, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("SIGTERM: finishing"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => panic!("the first SIGTERM was not acknowledged: {log:?}"),
+        }
+    }
+    kill(&child, "TERM");
+    let status = child.wait().unwrap();
+    reader.join().unwrap(); // the pipe closed: every line is in the channel
+    log.extend(seen.try_iter());
+    assert_eq!(status.code(), Some(128 + 15), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("second SIGTERM")), "{log:?}");
+    for dir in checkpoints(&run) {
+        verified_step(&dir);
+    }
+}

@@ -333,9 +333,8 @@ fn damaged_newest_checkpoint_is_named_and_skipped() {
             ..
         }
     ));
-    let err = load_model::<B, _>(&newer, init(&config), &device)
-        .err()
-        .expect("changed bytes do not load");
+    let err =
+        load_model::<B, _>(&newer, init(&config), &device).expect_err("changed bytes do not load");
     let text = tessera_shards::error::Chain(&err).to_string();
     assert!(
         text.contains("model.mpk") && text.contains("SHA-256"),
