@@ -7,6 +7,7 @@
 //! - `train`: `tessera train`, `export`, `demo` (issue #4).
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
+//! - `reliability`: special input files, a full disk, signals, damaged checkpoints (issue #14).
 
 mod util;
 
@@ -16,6 +17,8 @@ mod inspect;
 #[cfg(feature = "train")]
 mod methods;
 mod pipeline;
+#[cfg(all(feature = "train", unix))]
+mod reliability;
 mod shard;
 #[cfg(feature = "train")]
 mod train;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// A tiny MAE at 32x32 (ViT 2 x 48, decoder 1 x 32), `steps` long.
-fn tiny_recipe(dir: &Path, steps: u64, extra_optim: &str) -> PathBuf {
+pub(crate) fn tiny_recipe(dir: &Path, steps: u64, extra_optim: &str) -> PathBuf {
     let text = format!(
         r#"[data]
 batch_size = 16
@@ -300,8 +300,10 @@ fn ctrl_c_finishes_the_step_and_leaves_a_complete_checkpoint() {
         .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
+    // EX_TEMPFAIL: stopped with a checkpoint, to be resumed (issue #14).
+    assert_eq!(
+        out.status.code(),
+        Some(75),
         "exit {}: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)

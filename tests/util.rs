@@ -18,6 +18,11 @@ const WATCHDOG: Duration = Duration::from_secs(600);
 
 /// Run `cmd` to completion with stdout and stderr captured, killing it after [`WATCHDOG`].
 pub fn output_with_watchdog(cmd: &mut Command) -> Output {
+    output_within(cmd, WATCHDOG)
+}
+
+/// [`output_with_watchdog`] with a shorter limit, for a test whose failure is a hang.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -41,12 +46,12 @@ pub fn output_with_watchdog(cmd: &mut Command) -> Output {
         if let Some(status) = child.try_wait().expect("poll tessera") {
             break status;
         }
-        if started.elapsed() > WATCHDOG {
+        if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = err_thread.join().unwrap_or_default();
             panic!(
-                "tessera did not finish within {WATCHDOG:?}; killed. stderr:\n{}",
+                "tessera did not finish within {limit:?}; killed. stderr:\n{}",
                 String::from_utf8_lossy(&stderr)
             );
         }

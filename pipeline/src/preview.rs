@@ -24,13 +24,13 @@ pub enum PreviewError {
     #[error("the shards gave no usable sample to preview")]
     NoSamples,
     /// The PNG could not be written.
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}", path.display())]
     Write {
         path: std::path::PathBuf,
         source: image::ImageError,
     },
     /// The finished PNG could not be renamed into place.
-    #[error("renaming {} into place: {source}", path.display())]
+    #[error("renaming {} into place", path.display())]
     Rename {
         path: std::path::PathBuf,
         source: std::io::Error,

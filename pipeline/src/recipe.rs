@@ -309,7 +309,7 @@ pub enum RecipeError {
         source: std::io::Error,
     },
     /// Not valid TOML, an unknown key, or a value of the wrong type.
-    #[error("recipe {recipe}: {source}")]
+    #[error("recipe {recipe}")]
     Parse {
         /// Builtin name or path.
         recipe: String,
@@ -513,6 +513,11 @@ pub(crate) fn check_range(lo: f64, hi: f64) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The error with its causes, as the program prints it.
+    fn chain(error: RecipeError) -> String {
+        tessera_shards::error::Chain(&error).to_string()
+    }
+
     const MINIMAL: &str = "[data]\nbatch_size = 4\n[[views]]\nname = \"v\"\nsize = 32\n";
 
     #[test]
@@ -528,7 +533,7 @@ mod tests {
     #[test]
     fn unknown_key_names_it_and_the_alternatives() {
         let text = MINIMAL.replace("size = 32", "sizee = 32");
-        let err = Recipe::parse(&text, "test").unwrap_err().to_string();
+        let err = chain(Recipe::parse(&text, "test").unwrap_err());
         assert!(err.contains("sizee"), "{err}");
         assert!(err.contains("expected one of"), "{err}");
         assert!(err.contains("`size`"), "{err}");
@@ -537,7 +542,7 @@ mod tests {
     #[test]
     fn bad_scale_names_the_view_and_bounds() {
         let text = format!("{MINIMAL}[[views]]\nname = \"w\"\nsize = 32\nscale = [1.2, 1.0]\n");
-        let err = Recipe::parse(&text, "test").unwrap_err().to_string();
+        let err = chain(Recipe::parse(&text, "test").unwrap_err());
         assert!(
             err.contains("views[1].scale: lower bound 1.2 > upper bound 1"),
             "{err}"
@@ -547,11 +552,9 @@ mod tests {
     #[test]
     fn duplicate_names_and_zero_batch_are_refused() {
         let text = format!("{MINIMAL}[[views]]\nname = \"v\"\nsize = 32\n");
-        let err = Recipe::parse(&text, "test").unwrap_err().to_string();
+        let err = chain(Recipe::parse(&text, "test").unwrap_err());
         assert!(err.contains("views[1].name"), "{err}");
-        let err = Recipe::parse(&MINIMAL.replace("4", "0"), "test")
-            .unwrap_err()
-            .to_string();
+        let err = chain(Recipe::parse(&MINIMAL.replace("4", "0"), "test").unwrap_err());
         assert!(err.contains("data.batch_size: must be at least 1"), "{err}");
     }
 
@@ -573,7 +576,7 @@ mod tests {
 
     #[test]
     fn unknown_builtin_lists_the_builtins() {
-        let err = Recipe::load("no-such-recipe").unwrap_err().to_string();
+        let err = chain(Recipe::load("no-such-recipe").unwrap_err());
         assert!(err.contains("dino") && err.contains("mae"), "{err}");
     }
 }

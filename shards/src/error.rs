@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     /// An I/O error opening, reading, writing or renaming a file.
-    #[error("{url}: {source}")]
+    #[error("{url}")]
     Io {
         /// The shard or file concerned.
         url: String,
@@ -46,7 +46,7 @@ pub enum ShardError {
     },
 
     /// The gzip or zstd layer reported corrupt data.
-    #[error("{url}: corrupt {compression} stream near byte {offset} of the tar stream: {source}")]
+    #[error("{url}: corrupt {compression} stream near byte {offset} of the tar stream")]
     Decompress {
         /// The shard.
         url: String,
@@ -171,6 +171,35 @@ impl ShardError {
     }
 }
 
+/// Shows an error and its causes, `error: cause: root cause`, as `anyhow`'s `{:#}` does.
+///
+/// The error types of this workspace keep a cause out of their own message (it is their
+/// [`source`](std::error::Error::source), so a chain printer shows it once); a log line or
+/// report that holds a single error as text uses this to show the whole story.
+///
+/// ```
+/// use tessera_shards::error::Chain;
+/// let error = tessera_shards::ShardError::Io {
+///     url: "shard-000000.tar".into(),
+///     source: std::io::Error::from_raw_os_error(28),
+/// };
+/// assert!(Chain(&error).to_string().starts_with("shard-000000.tar: No space left on device"));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
 fn display_paths(paths: &[PathBuf]) -> String {
     const SHOWN: usize = 5;
     let mut s: Vec<String> = paths
@@ -200,5 +229,50 @@ mod tests {
             paths: vec!["a.tar".into(), "b.tar".into()],
         };
         assert_eq!(e.to_string(), "2 shard(s) missing: a.tar, b.tar");
+    }
+
+    /// Issue 14: a full disk printed "No space left on device (os error 28)" twice, since
+    /// `Display` repeated the source that `source()` also returns and `{:#}` prints both.
+    #[test]
+    fn the_cause_is_printed_once_in_a_chain() {
+        let full = || std::io::Error::from_raw_os_error(28);
+        let os = full().to_string();
+        let errors: Vec<Box<dyn std::error::Error + 'static>> = vec![
+            Box::new(ShardError::io("out/shard-000000.tar", full())),
+            Box::new(ShardError::Decompress {
+                url: "a.tar.zst".into(),
+                compression: "zstd",
+                offset: 7,
+                source: full(),
+            }),
+            Box::new(crate::builder::BuildError::Shard(ShardError::io(
+                "out/shard-000000.tar",
+                full(),
+            ))),
+            Box::new(crate::builder::BuildError::Output {
+                path: "out".into(),
+                source: full(),
+            }),
+            Box::new(crate::builder::BuildError::Input {
+                path: "in".into(),
+                source: full(),
+            }),
+        ];
+        for error in &errors {
+            let chain = Chain(error.as_ref()).to_string();
+            assert_eq!(chain.matches(&os).count(), 1, "{chain}");
+            assert!(!error.to_string().contains(&os), "{error}");
+        }
+        // A real ENOSPC where the machine has /dev/full.
+        if let Ok(mut dev_full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+            use std::io::Write;
+            let source = dev_full
+                .write_all(&[0; 4096])
+                .and_then(|()| dev_full.flush())
+                .unwrap_err();
+            let error = ShardError::io("/dev/full", source);
+            let chain = Chain(&error).to_string();
+            assert_eq!(chain, format!("/dev/full: {os}"));
+        }
     }
 }

@@ -26,6 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::compression::{self, Format};
+use crate::error::Chain;
 use crate::index::{IndexKind, ShardIndex};
 use crate::tar::{MemberKind, TarReader};
 use crate::{Sample, ShardError};
@@ -119,10 +120,10 @@ impl ShardReader<Box<dyn Read + Send>> {
         match ShardIndex::load_for(path) {
             Ok(Some(index)) => match index.check_shard(path) {
                 Ok(()) => return Self::open_with_index(path, &index, sample_index),
-                Err(e) => tracing::warn!("{e}; reading the shard from the start instead"),
+                Err(e) => tracing::warn!("{}; reading the shard from the start instead", Chain(&e)),
             },
             Ok(None) => {}
-            Err(e) => tracing::warn!("{e}; reading the shard from the start instead"),
+            Err(e) => tracing::warn!("{}; reading the shard from the start instead", Chain(&e)),
         }
         let mut reader = Self::open(path)?;
         let mut scratch = Sample::default();

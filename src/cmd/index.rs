@@ -4,6 +4,7 @@
 //! is reported, the others are still indexed, and the exit status is non-zero.
 
 use serde::Serialize;
+use tessera_shards::error::Chain;
 use tessera_shards::{index, source};
 
 /// Write `<shard>.idx` for each shard.
@@ -59,11 +60,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             Err(err) => {
                 if !args.json {
-                    println!("{}: FAILED: {err}", path.display());
+                    println!("{}: FAILED: {}", path.display(), Chain(&err));
                 }
                 failed.push(Failed {
                     shard: path.display().to_string(),
-                    error: err.to_string(),
+                    error: Chain(&err).to_string(),
                 });
             }
         }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tessera_shards::builder::ordered::ordered_map;
 use tessera_shards::builder::{PrepareOptions, Preparer};
+use tessera_shards::error::Chain;
 use tessera_shards::reader::ShardReader;
 use tessera_shards::{Sample, source};
 
@@ -155,7 +156,7 @@ fn inspect_shard(
     let mut reader = match ShardReader::open(path) {
         Ok(reader) => reader,
         Err(err) => {
-            report.error = Some(err.to_string());
+            report.error = Some(Chain(&err).to_string());
             return (report, failures);
         }
     };
@@ -164,7 +165,7 @@ fn inspect_shard(
             Ok(true) => {}
             Ok(false) => break,
             Err(err) => {
-                report.error = Some(err.to_string());
+                report.error = Some(Chain(&err).to_string());
                 break;
             }
         }

@@ -3,10 +3,16 @@
 //! Parses and checks the recipe (pipeline's `[data]`/`[[views]]`, trainer's `[model]`/
 //! `[train]`/`[optim]`), resolves the derived numbers and prints them, then hands over to
 //! `tessera_trainer::train::run` with the loader (ordered, so resume is exact) as the batch
-//! source. Ctrl-C once: the step in flight finishes, a checkpoint is written, the program
-//! exits cleanly; twice: it exits at once (the last complete checkpoint stays valid).
-//! The run summary goes to stdout as one JSON object; progress to stderr.
+//! source. The run summary goes to stdout as one JSON object; progress to stderr.
+//!
+//! Signals (issue #14; docs/TRAINING.md, "Preemption and signals"): SIGINT (Ctrl-C) or
+//! SIGTERM (Slurm and Kubernetes preemption, the end of a time limit) once: the step in
+//! flight finishes, a checkpoint is written, and the program exits with [`EXIT_STOPPED`]
+//! after printing the summary; a second one exits at once with 128 + the signal (the last
+//! complete checkpoint stays valid). SIGUSR1 (Slurm's `--signal`): a checkpoint after the
+//! step in flight, and the run goes on.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +30,12 @@ use tessera_trainer::device::DeviceKind;
 use tessera_trainer::feeder::HostUpload;
 use tessera_trainer::metrics::{Smoothed, StepMetrics};
 use tessera_trainer::synthetic::SyntheticSource;
-use tessera_trainer::train::{self, Observer, RunOptions, RunSummary};
+use tessera_trainer::train::{self, Observer, RunOptions, RunSummary, StopReason};
+
+/// Exit status of a run that SIGINT or SIGTERM stopped after its step and checkpoint:
+/// sysexits' `EX_TEMPFAIL` ("try again later"); rerun with `--resume` to continue. Not 0,
+/// so that a job scheduler does not take a preempted run for a finished one.
+pub const EXIT_STOPPED: i32 = 75;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -53,7 +64,8 @@ pub struct Args {
     /// Run directory. Default `runs/<recipe name>`.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue from the newest complete checkpoint in `--out`.
+    /// Continue from the newest intact checkpoint in `--out` (damaged newer ones are named
+    /// and passed over).
     #[arg(long)]
     pub resume: bool,
     /// CPU workers of the input pipeline. Default: the recipe's, else all cores.
@@ -94,11 +106,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         list_methods();
         return Ok(());
     }
-    let prepared = prepare(&args)?;
+    let mut prepared = prepare(&args)?;
     print_resolved(&prepared);
-    let stop = install_interrupt_handler()?;
-    let summary = train(&args, prepared, &stop)?;
+    let signals = install_signal_handlers()?;
+    prepared.options.checkpoint_now = Arc::clone(&signals.checkpoint);
+    let summary = train(&args, prepared, &signals.stop)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
+    if summary.stopped == StopReason::Interrupted {
+        std::io::stdout().flush()?;
+        std::process::exit(EXIT_STOPPED);
+    }
     Ok(())
 }
 
@@ -267,21 +284,56 @@ fn list_methods() {
     }
 }
 
-/// First Ctrl-C sets the flag (the loop finishes its step and checkpoints); the second exits.
-fn install_interrupt_handler() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting now (the last complete checkpoint is intact)");
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to quit now)"
-        );
-    })
-    .context("installing the Ctrl-C handler")?;
-    Ok(stop)
+/// What the signals asked the loop for; it polls both between steps.
+#[derive(Default)]
+struct SignalFlags {
+    /// SIGINT, SIGTERM: finish the step, write a checkpoint, stop.
+    stop: Arc<AtomicBool>,
+    /// SIGUSR1: write a checkpoint after the step and go on (the loop clears it).
+    checkpoint: Arc<AtomicBool>,
+}
+
+/// Catches SIGINT, SIGTERM and SIGUSR1 on a thread of their own (signal-hook's iterator,
+/// so the handling runs outside signal context and may print). The first SIGINT or
+/// SIGTERM sets `stop`; a second exits at once with 128 + the signal; SIGUSR1 sets
+/// `checkpoint`.
+///
+/// signal-hook rather than ctrlc (used before): ctrlc's `termination` feature would catch
+/// SIGTERM too, but not SIGUSR1, and it cannot say which signal came.
+fn install_signal_handlers() -> anyhow::Result<SignalFlags> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .context("installing the signal handlers")?;
+    let flags = SignalFlags::default();
+    let stop = Arc::clone(&flags.stop);
+    let checkpoint = Arc::clone(&flags.checkpoint);
+    std::thread::Builder::new()
+        .name("tessera-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGUSR1",
+                };
+                if signal == SIGUSR1 {
+                    checkpoint.store(true, Ordering::SeqCst);
+                    eprintln!("\n{name}: writing a checkpoint after this step, then going on");
+                } else if stop.swap(true, Ordering::SeqCst) {
+                    eprintln!(
+                        "\nsecond {name}: exiting now (the last complete checkpoint is intact)"
+                    );
+                    std::process::exit(128 + signal);
+                } else {
+                    eprintln!(
+                        "\n{name}: finishing this step and writing a checkpoint \
+                         (send it again to quit now)"
+                    );
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(flags)
 }
 
 /// Train on the device `args.device` names.

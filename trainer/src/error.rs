@@ -62,6 +62,36 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A checkpoint file is not what the checkpoint's `state.json` records: missing,
+    /// truncated or changed since it was saved.
+    #[error("checkpoint file {path} is damaged: {damage}")]
+    DamagedCheckpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        damage: crate::checkpoint::Damage,
+    },
+    /// Writing a checkpoint failed (a full disk); its partial copy was removed and the
+    /// earlier checkpoints are as they were.
+    #[error("could not write checkpoint {path} (earlier checkpoints are untouched)")]
+    SaveCheckpoint {
+        /// The checkpoint directory it would have been.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Resuming found checkpoints but none that verifies.
+    #[error("no checkpoint of {path} is intact (the newest is {newest})")]
+    NoIntactCheckpoint {
+        /// The run directory.
+        path: PathBuf,
+        /// The newest checkpoint.
+        newest: PathBuf,
+        /// What is wrong with the newest.
+        #[source]
+        source: Box<Error>,
+    },
     /// A directory given as a checkpoint holds no complete checkpoint.
     #[error("no complete checkpoint in {path}")]
     NoCheckpoint {

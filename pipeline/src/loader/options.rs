@@ -22,13 +22,13 @@ pub enum LoaderError {
     #[error("no shards to read")]
     NoShards,
     /// A shard is missing or unreadable before the run starts.
-    #[error("shard {}: {source}", path.display())]
+    #[error("shard {}", path.display())]
     ShardUnreadable {
         path: PathBuf,
         source: std::io::Error,
     },
     /// Reading shard lengths to resume failed.
-    #[error("cannot resume: {0}")]
+    #[error("cannot resume")]
     Resume(#[source] ShardError),
     /// The saved state belongs to another run layout.
     #[error(
@@ -58,7 +58,7 @@ pub enum LoaderError {
         problem: String,
     },
     /// A thread could not be started.
-    #[error("cannot start a loader thread: {0}")]
+    #[error("cannot start a loader thread")]
     Spawn(#[source] std::io::Error),
 }
 

@@ -242,7 +242,10 @@ impl Parser {
         self.stats
             .shard_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!("shard error (its complete samples were used): {e}");
+        tracing::warn!(
+            "shard error (its complete samples were used): {}",
+            tessera_shards::error::Chain(e)
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use crate::ShardError;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// An input named on the command line (directory, list, labels file) cannot be read.
-    #[error("input {}: {source}", path.display())]
+    #[error("input {}", path.display())]
     Input {
         /// The input.
         path: PathBuf,
@@ -32,7 +32,7 @@ pub enum BuildError {
     },
 
     /// Creating, writing or cleaning the output directory failed.
-    #[error("output {}: {source}", path.display())]
+    #[error("output {}", path.display())]
     Output {
         /// The file or directory.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum BuildError {
     Shard(#[from] ShardError),
 
     /// A progress journal that does not parse.
-    #[error("journal {}: {source}", path.display())]
+    #[error("journal {}", path.display())]
     Journal {
         /// The journal file.
         path: PathBuf,

@@ -1,10 +1,15 @@
 //! The worker side of a build: one input → a sample ready to write, a duplicate seen
 //! early (its bytes were already written; decoding is skipped), or a reject.
 //! Input buffers come from a small pool and go back after writing.
+//!
+//! An input's type is checked before it is opened: named pipes, sockets and device nodes
+//! (or symlinks to them) are rejected as `special_file` unread, since opening a FIFO blocks
+//! until some writer comes and reading `/dev/zero` never ends.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
+use std::path::Path;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
@@ -79,6 +84,10 @@ pub(super) fn process(
         .pop()
         .unwrap_or_default();
     data.clear();
+    if let Some(special) = special_file(&file.path) {
+        give_back(pool, data, options.workers);
+        return reject(special, 0);
+    }
     if let Err(err) = fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut data)) {
         give_back(pool, data, options.workers);
         return reject(Reject::new(RejectReason::Unreadable, err.to_string()), 0);
@@ -138,10 +147,86 @@ pub(super) fn process(
     }
 }
 
+/// A reject when `path` (followed through symlinks) is a FIFO, socket or device node.
+/// Regular files and directories pass (a directory fails to read, as `unreadable`), and
+/// so does a path that cannot be examined: opening it says what is wrong.
+fn special_file(path: &Path) -> Option<Reject> {
+    let meta = fs::metadata(path).ok()?;
+    if meta.is_file() || meta.is_dir() {
+        return None;
+    }
+    let kind = special_kind(meta.file_type());
+    let link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let detail = if link {
+        format!("symlink to a {kind}: not a regular file, not opened")
+    } else {
+        format!("{kind}: not a regular file, not opened")
+    };
+    Some(Reject::new(RejectReason::SpecialFile, detail))
+}
+
+/// What kind of special file `file_type` is, in words.
+fn special_kind(file_type: fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "named pipe (FIFO)";
+        }
+        if file_type.is_socket() {
+            return "socket";
+        }
+        if file_type.is_block_device() {
+            return "block device";
+        }
+        if file_type.is_char_device() {
+            return "character device";
+        }
+    }
+    let _ = file_type;
+    "special file"
+}
+
 /// Return a buffer to the pool for the next input (a few per worker are kept).
 pub(super) fn give_back(pool: &Mutex<Vec<Vec<u8>>>, buffer: Vec<u8>, workers: usize) {
     let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
     if pool.len() < workers * (WINDOW_PER_WORKER + 2) {
         pool.push(buffer);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// Issue 14: special files are recognised without being opened (a FIFO would block).
+    #[test]
+    fn fifos_sockets_and_devices_are_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.jpg");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let reject = special_file(&fifo).expect("a FIFO is special");
+            assert_eq!(reject.reason, RejectReason::SpecialFile);
+            assert!(reject.detail.starts_with("named pipe (FIFO)"), "{reject:?}");
+            let link = dir.path().join("link.jpg");
+            std::os::unix::fs::symlink(&fifo, &link).unwrap();
+            let reject = special_file(&link).expect("a symlink to a FIFO is special");
+            assert!(
+                reject.detail.starts_with("symlink to a named pipe"),
+                "{reject:?}"
+            );
+        }
+        let socket = dir.path().join("socket.jpg");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        assert!(special_file(&socket).unwrap().detail.starts_with("socket"));
+        let null = special_file(Path::new("/dev/null")).expect("a device is special");
+        assert!(null.detail.starts_with("character device"), "{null:?}");
+
+        let plain = dir.path().join("plain.jpg");
+        fs::write(&plain, b"x").unwrap();
+        assert!(special_file(&plain).is_none());
+        assert!(special_file(dir.path()).is_none());
+        assert!(special_file(&dir.path().join("missing.jpg")).is_none());
     }
 }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub enum RejectReason {
     /// The file could not be read (permissions, vanished, I/O error).
     Unreadable,
+    /// Not a regular file: a named pipe (FIFO), socket or device node, or a symlink to one.
+    /// Never opened: opening a FIFO waits for a writer, and a device may never end.
+    SpecialFile,
     /// The file has zero bytes.
     Empty,
     /// No known image signature (HTML error pages, text, archives...).
@@ -31,6 +34,7 @@ impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unreadable => "unreadable",
+            Self::SpecialFile => "special_file",
             Self::Empty => "empty",
             Self::NotAnImage => "not_an_image",
             Self::UnsupportedFormat => "unsupported_format",

@@ -6,7 +6,8 @@
 //!        train_step: schedule lookup ─► forward ─► non-finite check ─► backward (accumulate)
 //!                    ─► clip ─► optimiser step ─► metrics
 //!        metrics.jsonl ◄─ every step;  pictures/ ◄─ every `picture_every`;
-//!        checkpoint ◄─ every `checkpoint_every`, at the end, on interrupt, on a non-finite loss
+//!        checkpoint ◄─ every `checkpoint_every`, when asked (`checkpoint_now`), at the end,
+//!                      on interrupt, on a non-finite loss
 //!      } ─► loss.png
 //! ```
 //!
@@ -47,7 +48,8 @@ pub use outcome::{RunSummary, StopReason, TrainError};
 use step::{Run, StepError};
 
 /// Train `config`'s method on batches from `start_source` (called with the state to resume
-/// from, `None` for a fresh run). `stop` is polled between steps (Ctrl-C sets it).
+/// from, `None` for a fresh run). `stop` is polled between steps (the CLI sets it on SIGINT
+/// and SIGTERM), and so is [`RunOptions::checkpoint_now`] (set on SIGUSR1).
 pub fn run<B, S, E>(
     config: &ResolvedTrainConfig,
     device: &B::Device,
@@ -243,8 +245,9 @@ where
             observer.event(&format!("picture {}", path.display()));
             pictures.push(path);
         }
-        if config.checkpoint_every > 0 && run.step % config.checkpoint_every == 0 && run.step < last
-        {
+        let due = config.checkpoint_every > 0 && run.step % config.checkpoint_every == 0;
+        let asked = options.checkpoint_now.swap(false, Ordering::Relaxed);
+        if (due || asked) && run.step < last {
             let path = run.save(dir)?;
             observer.event(&format!("checkpoint {}", path.display()));
             checkpoint_path = Some(path);

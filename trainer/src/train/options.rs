@@ -2,6 +2,8 @@
 //! where its files go.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::feeder::Normalize;
@@ -27,6 +29,10 @@ pub struct RunOptions {
     pub feeder_depth: usize,
     /// Channel normalisation applied on the device.
     pub normalize: Normalize,
+    /// Set from outside (the CLI's SIGUSR1 handler) to ask for a checkpoint: polled between
+    /// steps like `stop`; the loop clears it, writes a checkpoint after the step in
+    /// flight and carries on.
+    pub checkpoint_now: Arc<AtomicBool>,
 }
 
 impl RunOptions {
@@ -41,6 +47,7 @@ impl RunOptions {
             picture_samples: 6,
             feeder_depth: crate::feeder::DEFAULT_DEPTH,
             normalize: Normalize::default(),
+            checkpoint_now: Arc::default(),
         }
     }
 }

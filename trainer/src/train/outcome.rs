@@ -17,7 +17,8 @@ pub enum StopReason {
     StepLimit,
     /// `time_limit` passed.
     TimeLimit,
-    /// Interrupted (Ctrl-C): the step in flight was finished and checkpointed.
+    /// Interrupted (`stop` set: SIGINT or SIGTERM in the CLI): the step in flight was
+    /// finished and checkpointed.
     Interrupted,
     /// The source ran out of batches.
     EndOfData,

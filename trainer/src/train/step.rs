@@ -62,6 +62,28 @@ impl From<Error> for StepError {
     }
 }
 
+/// The newest checkpoint of `run_dir` that verifies; each newer, damaged one is reported to
+/// `observer` (and logged). An error when there are checkpoints but none is intact:
+/// starting afresh beside them would be pruned in their favour.
+fn resume_point(run_dir: &Path, observer: &mut dyn Observer) -> Result<Option<PathBuf>, Error> {
+    let newest = checkpoint::newest(run_dir)?;
+    for skipped in &newest.skipped {
+        observer.event(&format!(
+            "checkpoint {} is damaged, falling back to an older one: {}",
+            skipped.dir.display(),
+            tessera_shards::error::Chain(&skipped.error)
+        ));
+    }
+    match (newest.dir, newest.skipped.into_iter().next()) {
+        (None, Some(first)) => Err(Error::NoIntactCheckpoint {
+            path: run_dir.to_path_buf(),
+            newest: first.dir,
+            source: Box::new(first.error),
+        }),
+        (dir, _) => Ok(dir),
+    }
+}
+
 impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
     /// The model, optimiser and position from the newest checkpoint in the run directory
     /// when resuming (and there is one), else fresh from the recipe.
@@ -73,11 +95,11 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         observer: &mut dyn Observer,
     ) -> Result<Self, TrainError> {
         let dir = &options.run_dir;
-        let resume_from = options
-            .resume
-            .then(|| checkpoint::latest(dir))
-            .transpose()?
-            .flatten();
+        let resume_from = if options.resume {
+            resume_point(dir, observer)?
+        } else {
+            None
+        };
         let run = match resume_from {
             Some(path) => {
                 let restored = checkpoint::load::<B, M>(&path, &method, config, device)?;

@@ -1,0 +1,420 @@
+//! Checkpoint round trips, pruning, verification and failed saves on a tiny MAE.
+
+use super::*;
+use crate::objectives::mae::{MaeInput, MaeMethod, MaeModel};
+use crate::objectives::{Method, MethodConfig, NoState};
+use burn::backend::{Autodiff, Flex};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use tessera_pipeline::MaskBatch;
+
+type B = Autodiff<Flex>;
+
+/// The batch of step `step`: seeded pixels and a mask keeping one patch of four.
+fn batch(step: u64, device: &burn::tensor::Device<B>) -> MaeInput<B> {
+    let mut rng = ChaCha8Rng::seed_from_u64(step);
+    let pixels: Vec<f32> = (0..2 * 3 * 8 * 8)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let images = Tensor::from_data(TensorData::new(pixels, [2, 3, 8, 8]), device);
+    let (mut mask, mut ids_keep, mut ids_restore) = (vec![], vec![], vec![]);
+    for s in 0..2u32 {
+        let keep = (step as u32 + s) % 4;
+        let shuffle: Vec<u32> = std::iter::once(keep)
+            .chain((0..4).filter(|&i| i != keep))
+            .collect();
+        let mut restore = [0u32; 4];
+        for (pos, &patch) in shuffle.iter().enumerate() {
+            restore[patch as usize] = pos as u32;
+        }
+        mask.extend((0..4).map(|i| u8::from(i != keep)));
+        ids_keep.push(keep);
+        ids_restore.extend(restore);
+    }
+    let masks = MaskBatch {
+        len: 2,
+        num_patches: 4,
+        mask,
+        ids_keep,
+        ids_restore,
+        num_keep: 1,
+    };
+    MaeInput::new(images, &masks, device).unwrap()
+}
+
+fn method(config: &ResolvedTrainConfig) -> MaeMethod {
+    match &config.method {
+        MethodConfig::Mae(m) => m.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn init(config: &ResolvedTrainConfig) -> MaeModel<B> {
+    Method::<B>::init(&method(config), &config.backbone, &Default::default()).0
+}
+
+fn saved<'a>(model: &'a MaeModel<B>, optim: &'a Optim<MaeModel<B>, B>) -> Saved<'a, B, MaeMethod> {
+    const NONE: &NoState<Flex> = &std::marker::PhantomData;
+    Saved {
+        model,
+        optim,
+        method_state: NONE,
+    }
+}
+
+fn train(
+    model: MaeModel<B>,
+    optim: &mut Optim<MaeModel<B>, B>,
+    steps: std::ops::Range<u64>,
+    config: &ResolvedTrainConfig,
+) -> (MaeModel<B>, Vec<f32>) {
+    let device = Default::default();
+    let mut model = model;
+    let mut losses = vec![];
+    for step in steps {
+        let loss = model.forward(batch(step, &device)).loss;
+        losses.push(loss.clone().into_scalar());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let wd = config.weight_decay.value(step);
+        model = optim.step(config.schedule.lr(step), wd, model, grads);
+    }
+    (model, losses)
+}
+
+struct Values(Vec<(ParamIdString, Vec<f32>)>);
+type ParamIdString = String;
+impl ModuleVisitor<B> for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push((
+            param.id.to_string(),
+            param.val().into_data().to_vec::<f32>().unwrap(),
+        ));
+    }
+}
+fn values(model: &MaeModel<B>) -> Vec<(String, Vec<f32>)> {
+    let mut v = Values(vec![]);
+    model.visit(&mut v);
+    v.0
+}
+
+fn state(step: u64, config: &ResolvedTrainConfig, rng: &ChaCha8Rng) -> TrainerState {
+    TrainerState {
+        step,
+        pipeline: PipelineState {
+            seed: 0,
+            epoch: 1,
+            rank: 0,
+            world_size: 1,
+            samples_consumed: 2 * step,
+        },
+        rng: RngState::capture(rng),
+        config: config.clone(),
+    }
+}
+
+/// Saving after 2 steps and resuming gives the uninterrupted run's next losses exactly.
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let device = Default::default();
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = tempfile::tempdir().unwrap();
+    let model = init(&config);
+    let mut optim = Optim::new(config.optim, &model);
+    let (model, _) = train(model, &mut optim, 0..2, &config);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let _: u64 = rng.random();
+    let dir = save(
+        run.path(),
+        saved(&model, &optim),
+        &state(2, &config, &rng),
+        3,
+    )
+    .unwrap();
+    assert_eq!(dir, run.path().join("checkpoints/step-00000002"));
+    let saved_values = values(&model);
+    let (_, uninterrupted) = train(model, &mut optim, 2..5, &config);
+
+    let restored = load::<B, MaeMethod>(
+        &latest(run.path()).unwrap().unwrap(),
+        &method(&config),
+        &config,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        values(&restored.model),
+        saved_values,
+        "weights and parameter ids restored"
+    );
+    assert_eq!(restored.state, state(2, &config, &rng));
+    let mut rng2 = restored.state.rng.restore().unwrap();
+    assert_eq!(rng2.random::<u64>(), rng.random::<u64>(), "rng continues");
+    let mut optim = restored.optim;
+    let (_, resumed) = train(restored.model, &mut optim, 2..5, &config);
+    assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn latest_ignores_partial_saves_and_old_ones_are_pruned() {
+    let _device: burn::tensor::Device<B> = Default::default();
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = tempfile::tempdir().unwrap();
+    assert_eq!(latest(run.path()).unwrap(), None);
+    assert!(matches!(
+        resolve(run.path()),
+        Err(Error::NoCheckpoint { .. })
+    ));
+    let model = init(&config);
+    let optim = Optim::new(config.optim, &model);
+    let rng = ChaCha8Rng::seed_from_u64(1);
+    for step in [10, 20, 30] {
+        save(
+            run.path(),
+            saved(&model, &optim),
+            &state(step, &config, &rng),
+            2,
+        )
+        .unwrap();
+    }
+    // A save killed half way: a temp dir, and a renamed dir without state.json.
+    let root = run.path().join(CHECKPOINTS_DIR);
+    fs::create_dir_all(root.join(".tmp-step-00000040-999")).unwrap();
+    fs::create_dir_all(root.join("step-00000050")).unwrap();
+    assert_eq!(
+        latest(run.path()).unwrap(),
+        Some(root.join("step-00000030"))
+    );
+    assert_eq!(resolve(run.path()).unwrap(), root.join("step-00000030"));
+    assert_eq!(
+        resolve(&root.join("step-00000020")).unwrap(),
+        root.join("step-00000020")
+    );
+    assert!(
+        !root.join("step-00000010").exists(),
+        "only the newest 2 kept"
+    );
+    // Saving the same step again replaces it whole; the next save clears the temp dir.
+    save(
+        run.path(),
+        saved(&model, &optim),
+        &state(30, &config, &rng),
+        2,
+    )
+    .unwrap();
+    assert!(!root.join(".tmp-step-00000040-999").exists());
+    assert_eq!(load_state(&root.join("step-00000030")).unwrap().step, 30);
+}
+
+#[test]
+fn export_reads_the_newest_checkpoint_of_a_run() {
+    let _device: burn::tensor::Device<B> = Default::default();
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = tempfile::tempdir().unwrap();
+    let model = init(&config);
+    let optim = Optim::new(config.optim, &model);
+    save(
+        run.path(),
+        saved(&model, &optim),
+        &state(4, &config, &ChaCha8Rng::seed_from_u64(0)),
+        1,
+    )
+    .unwrap();
+    let out = run.path().join("encoder.safetensors");
+    let summary = crate::export::export(run.path(), crate::eval::Which::Student, &out).unwrap();
+    assert_eq!(summary.step, 4);
+    let depth = match &config.backbone {
+        crate::backbone::BackboneConfig::Vit(v) => v.depth,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(summary.tensors, 6 + 12 * depth);
+    let bytes = fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let cls: Vec<f32> = st
+        .tensor("cls_token")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(
+        cls,
+        model
+            .encoder
+            .cls_token
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    );
+}
+
+/// Saves checkpoints of the same tiny model at `steps` and returns the run directory.
+fn saved_run(steps: &[u64], keep: usize) -> tempfile::TempDir {
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = tempfile::tempdir().unwrap();
+    let model = init(&config);
+    let optim = Optim::new(config.optim, &model);
+    let rng = ChaCha8Rng::seed_from_u64(3);
+    for &step in steps {
+        save(
+            run.path(),
+            saved(&model, &optim),
+            &state(step, &config, &rng),
+            keep,
+        )
+        .unwrap();
+    }
+    run
+}
+
+/// Issue 14: state.json records every record file's size and SHA-256, a damaged newest
+/// checkpoint is passed over (naming the file and what is wrong), loading it fails with
+/// that and not with burn's message, and an older intact one is used.
+#[test]
+fn damaged_newest_checkpoint_is_named_and_skipped() {
+    let device = Default::default();
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = saved_run(&[10, 20], 2);
+    let root = run.path().join(CHECKPOINTS_DIR);
+    let (older, newer) = (root.join("step-00000010"), root.join("step-00000020"));
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(newer.join(STATE_FILE)).unwrap()).unwrap();
+    for name in [MODEL_FILE, OPTIM_FILE, METHOD_FILE] {
+        let bytes = fs::read(newer.join(name)).unwrap();
+        assert_eq!(
+            json["files"][name]["bytes"],
+            bytes.len() as u64,
+            "{name} size recorded"
+        );
+        assert_eq!(
+            json["files"][name]["sha256"],
+            FileDigest::of(&bytes).sha256,
+            "{name} digest recorded"
+        );
+    }
+    assert_eq!(verify(&newer).unwrap().step, 20);
+
+    // Truncated: the size says so.
+    let model = newer.join(MODEL_FILE);
+    let bytes = fs::read(&model).unwrap();
+    fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let found = newest(run.path()).unwrap();
+    assert_eq!(found.dir, Some(older.clone()));
+    assert_eq!(found.skipped.len(), 1);
+    assert_eq!(found.skipped[0].dir, newer);
+    let message = found.skipped[0].error.to_string();
+    assert!(
+        message.contains("model.mpk") && message.contains("truncated"),
+        "{message}"
+    );
+    assert_eq!(latest(run.path()).unwrap(), Some(older.clone()));
+    let err = load::<B, MaeMethod>(&newer, &method(&config), &config, &device)
+        .err()
+        .expect("a damaged checkpoint does not load");
+    assert!(
+        matches!(&err, Error::DamagedCheckpoint { path, damage: Damage::Size { .. } } if *path == model),
+        "{err}"
+    );
+
+    // Same size, other bytes: the digest says so, for the loaders too.
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    fs::write(&model, &flipped).unwrap();
+    let found = newest(run.path()).unwrap();
+    assert_eq!(found.dir, Some(older.clone()));
+    assert!(matches!(
+        found.skipped[0].error,
+        Error::DamagedCheckpoint {
+            damage: Damage::Checksum,
+            ..
+        }
+    ));
+    let err =
+        load_model::<B, _>(&newer, init(&config), &device).expect_err("changed bytes do not load");
+    let text = tessera_shards::error::Chain(&err).to_string();
+    assert!(
+        text.contains("model.mpk") && text.contains("SHA-256"),
+        "{text}"
+    );
+    assert!(!text.contains("data format"), "{text}");
+
+    // A truncated state.json does not parse; a missing file is named.
+    fs::write(&model, &bytes).unwrap();
+    assert_eq!(latest(run.path()).unwrap(), Some(newer.clone()));
+    fs::remove_file(newer.join(OPTIM_FILE)).unwrap();
+    let err = verify(&newer).unwrap_err();
+    assert!(
+        matches!(&err, Error::DamagedCheckpoint { damage: Damage::Missing, path } if path.ends_with(OPTIM_FILE)),
+        "{err}"
+    );
+    let state = fs::read(older.join(STATE_FILE)).unwrap();
+    fs::write(older.join(STATE_FILE), &state[..state.len() / 2]).unwrap();
+    let found = newest(run.path()).unwrap();
+    assert_eq!(found.dir, None);
+    assert_eq!(found.skipped.len(), 2);
+    assert!(matches!(found.skipped[1].error, Error::State { .. }));
+}
+
+/// Checkpoints written before digests were recorded still load (files present).
+#[test]
+fn checkpoints_without_digests_still_load() {
+    let device = Default::default();
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = saved_run(&[5], 1);
+    let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000005");
+    let path = dir.join(STATE_FILE);
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("files");
+    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!(latest(run.path()).unwrap(), Some(dir.clone()));
+    let restored = load::<B, MaeMethod>(&dir, &method(&config), &config, &device).unwrap();
+    assert_eq!(restored.state.step, 5);
+}
+
+/// Issue 14: a save that fails leaves the previous checkpoint as it was, removes its own
+/// partial copy and says which checkpoint could not be written.
+#[test]
+fn a_failed_save_leaves_the_previous_checkpoint_and_no_partial_one() {
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = saved_run(&[7], 2);
+    let root = run.path().join(CHECKPOINTS_DIR);
+    let dest = root.join("step-00000007");
+    let before = fs::read(dest.join(MODEL_FILE)).unwrap();
+    // Saving step 7 again moves the old copy aside first; a non-empty directory where it
+    // goes makes that rename fail after the new copy is written.
+    let aside = root.join(format!(".tmp-old-step-00000007-{}", std::process::id()));
+    fs::create_dir_all(aside.join("blocker")).unwrap();
+    let model = init(&config);
+    let mut optim = Optim::new(config.optim, &model);
+    let (model, _) = train(model, &mut optim, 0..1, &config);
+    let err = save(
+        run.path(),
+        saved(&model, &optim),
+        &state(7, &config, &ChaCha8Rng::seed_from_u64(3)),
+        2,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::SaveCheckpoint { path, .. } if *path == dest),
+        "{err}"
+    );
+    assert!(err.to_string().contains("untouched"), "{err}");
+    assert_eq!(fs::read(dest.join(MODEL_FILE)).unwrap(), before);
+    assert_eq!(verify(&dest).unwrap().step, 7);
+    let partial = root.join(format!(".tmp-step-00000007-{}", std::process::id()));
+    assert!(!partial.exists(), "the partial copy is removed");
+}
+
+#[test]
+fn burn_messages_lose_the_advice_about_old_records() {
+    let message = burn_message(&RecorderError::DeserializeError(
+        "Syntax(\"unexpected end\")\nThe internal data format has changed since version \
+         0.14.0. If you are trying to load a record saved in a previous version, use ..."
+            .into(),
+    ));
+    assert_eq!(message, "Syntax(\"unexpected end\")");
+}
