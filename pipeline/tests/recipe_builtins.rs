@@ -83,8 +83,10 @@ fn mask_recipes_bind_to_their_grids() {
 
 const BASE: &str = "[data]\nbatch_size = 8\n[[views]]\nname = \"v\"\nsize = 224\n";
 
+/// The whole error chain (the top error names the recipe; the cause says what is wrong).
 fn error_of(text: &str) -> String {
-    Recipe::parse(text, "test.toml").unwrap_err().to_string()
+    let err = Recipe::parse(text, "test.toml").unwrap_err();
+    tessera_shards::error::Chain(&err).to_string()
 }
 
 #[test]

@@ -389,7 +389,7 @@ pub fn load<B: AutodiffBackend, M: Method<B>>(
 ) -> Result<Restored<B, M>> {
     let (state, digests) = read_state(dir)?;
     let digests = digests.as_ref();
-    let (model, method_state) = method.init(&config.backbone, device);
+    let (model, method_state) = method.init(config.backbone.init(device), device);
     let record = decode::<B, _>(dir, MODEL_FILE, digests, device)?;
     let model = model.load_record(record);
     let record = decode::<B::InnerBackend, _>(dir, METHOD_FILE, digests, device)?;

@@ -52,7 +52,8 @@ fn method(config: &ResolvedTrainConfig) -> MaeMethod {
 }
 
 fn init(config: &ResolvedTrainConfig) -> MaeModel<B> {
-    Method::<B>::init(&method(config), &config.backbone, &Default::default()).0
+    let device = Default::default();
+    Method::<B>::init(&method(config), config.backbone.init(&device), &device).0
 }
 
 fn saved<'a>(model: &'a MaeModel<B>, optim: &'a Optim<MaeModel<B>, B>) -> Saved<'a, B, MaeMethod> {
