@@ -233,15 +233,7 @@ fn resnet_export_has_timm_keys_and_shapes() {
     want.sort();
     for which in ["student", "teacher"] {
         let out = tmp.path().join(format!("{which}.safetensors"));
-        run_ok(&[
-            "export",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--which",
-            which,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        export(&run, &out, &["--which", which]);
         let bytes = std::fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut got: Vec<(String, Vec<usize>)> = st
@@ -268,13 +260,7 @@ fn resnet_export_has_timm_keys_and_shapes() {
     let run2 = tmp.path().join("run2");
     train(&warm, &shards, &run2, &["--stop-after", "0"]);
     let again = tmp.path().join("again.safetensors");
-    run_ok(&[
-        "export",
-        "--checkpoint",
-        run2.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-    ]);
+    export(&run2, &again, &[]);
     let (a, b) = (
         std::fs::read(&exported).unwrap(),
         std::fs::read(&again).unwrap(),

@@ -221,13 +221,7 @@ fn export_writes_timm_named_safetensors() {
     let run = tmp.path().join("run");
     run_ok(&train_args(&recipe, &shards, &run));
     let out = tmp.path().join("encoder.safetensors");
-    run_ok(&[
-        "export",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    export(&run, &out, &[]);
 
     // safetensors: 8-byte little-endian header length, then a JSON header of name -> {dtype, shape, data_offsets}.
     let bytes = std::fs::read(&out).unwrap();
