@@ -33,6 +33,7 @@ mod backend;
 mod layout;
 mod qtensor;
 mod strided_index;
+mod strided_rows;
 mod tensor;
 
 #[doc(hidden)]

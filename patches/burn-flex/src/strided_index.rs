@@ -42,11 +42,12 @@ impl Iterator for StridedIter<'_> {
         let idx = self.storage_index as usize;
         self.remaining -= 1;
 
-        // Advance multi-index (last dimension first, like odometer)
-        let shape = self.layout.shape();
+        // Advance multi-index (last dimension first, like odometer). Plain slices: going
+        // through `Shape`'s indexing per element costs more than the walk itself.
+        let shape = self.layout.shape().as_slice();
         let strides = self.layout.strides();
 
-        for d in (0..shape.num_dims()).rev() {
+        for d in (0..shape.len()).rev() {
             self.multi_index[d] += 1;
             if self.multi_index[d] < shape[d] {
                 self.storage_index += strides[d];

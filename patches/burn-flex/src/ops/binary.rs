@@ -7,6 +7,7 @@ use burn_std::{Bytes, Shape, bf16, f16};
 use crate::FlexTensor;
 use crate::layout::Layout;
 use crate::strided_index::StridedIter;
+use crate::strided_rows::{binary_rows, binary_rows_inplace};
 
 #[cfg(feature = "simd")]
 use crate::simd;
@@ -365,6 +366,22 @@ where
         return lhs;
     }
 
+    // In-place row walk: lhs unique and contiguous at offset 0, rhs strided (a broadcast
+    // view, a transpose, a slice). Rows run as plain loops instead of per-element indexing.
+    if lhs.is_unique() && lhs.layout().is_contiguous() && lhs.layout().start_offset() == 0 {
+        let layout = lhs.layout().clone();
+        let n = layout.num_elements();
+        let lhs_storage: &mut [E] = lhs.storage_mut();
+        binary_rows_inplace(
+            &mut lhs_storage[..n],
+            &layout,
+            rhs_storage,
+            rhs.layout(),
+            op,
+        );
+        return lhs;
+    }
+
     // Allocating path
     let shape = lhs.layout().shape().clone();
     let dtype = lhs.dtype();
@@ -384,55 +401,11 @@ where
                 .map(|(&a, &b)| op(a, b))
                 .collect()
         }
-        // Fast path for 2D non-contiguous (common for transpose)
-        _ if lhs.layout().num_dims() == 2 => {
-            apply_2d_strided(lhs_storage, rhs_storage, lhs.layout(), rhs.layout(), op)
-        }
-        // General fallback
-        _ => {
-            let lhs_iter = StridedIter::new(lhs.layout());
-            let rhs_iter = StridedIter::new(rhs.layout());
-            lhs_iter
-                .zip(rhs_iter)
-                .map(|(li, ri)| op(lhs_storage[li], rhs_storage[ri]))
-                .collect()
-        }
+        // Any strided pair (broadcast, transposed, sliced, flipped): row by row.
+        _ => binary_rows(lhs_storage, lhs.layout(), rhs_storage, rhs.layout(), op),
     };
 
     make_tensor(result, shape, dtype)
-}
-
-/// Fast 2D strided binary operation using row-based iteration.
-#[inline]
-pub(crate) fn apply_2d_strided<E, R, Op>(
-    lhs: &[E],
-    rhs: &[E],
-    lhs_layout: &Layout,
-    rhs_layout: &Layout,
-    op: Op,
-) -> Vec<R>
-where
-    E: Copy,
-    Op: Fn(E, E) -> R,
-{
-    let (rows, cols, l_row_stride, l_col_stride) = lhs_layout.as_2d_strides().unwrap();
-    let (_, _, r_row_stride, r_col_stride) = rhs_layout.as_2d_strides().unwrap();
-    let l_offset = lhs_layout.start_offset() as isize;
-    let r_offset = rhs_layout.start_offset() as isize;
-
-    let mut result = Vec::with_capacity(rows * cols);
-
-    for row in 0..rows {
-        let l_row_start = l_offset + row as isize * l_row_stride;
-        let r_row_start = r_offset + row as isize * r_row_stride;
-        for col in 0..cols {
-            let l_idx = (l_row_start + col as isize * l_col_stride) as usize;
-            let r_idx = (r_row_start + col as isize * r_col_stride) as usize;
-            result.push(op(lhs[l_idx], rhs[r_idx]));
-        }
-    }
-
-    result
 }
 
 /// Apply a scalar operation to each element of a tensor.

@@ -335,22 +335,14 @@ where
                 .map(|(&a, &b)| cmp(a, b) as u8)
                 .collect()
         }
-        // Fast path for 2D non-contiguous (common for transpose)
-        _ if lhs.layout().num_dims() == 2 => crate::ops::binary::apply_2d_strided(
+        // Any strided pair (broadcast, transposed, sliced, flipped): row by row.
+        _ => crate::strided_rows::binary_rows(
             lhs_storage,
-            rhs_storage,
             lhs.layout(),
+            rhs_storage,
             rhs.layout(),
             |a, b| cmp(a, b) as u8,
         ),
-        _ => {
-            let lhs_iter = StridedIter::new(lhs.layout());
-            let rhs_iter = StridedIter::new(rhs.layout());
-            lhs_iter
-                .zip(rhs_iter)
-                .map(|(li, ri)| cmp(lhs_storage[li], rhs_storage[ri]) as u8)
-                .collect()
-        }
     };
 
     make_bool_tensor(result, shape, out_dtype)
