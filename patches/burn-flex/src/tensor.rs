@@ -252,7 +252,7 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        let bytes = zeroed_bytes(num_elements, elem_size);
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),
@@ -631,10 +631,45 @@ pub(crate) fn dtype_size(dtype: DType) -> usize {
     size
 }
 
+/// Zeroed storage for `n` elements of `elem_size` bytes, allocated with the element's
+/// alignment. `Bytes::from_bytes_vec` on a `Vec<u8>` (alignment 1) copies the whole buffer
+/// into a realigned allocation: for every matmul and convolution output that was a second
+/// allocation and a full copy. A typed `vec![0; n]` needs neither, and comes from `calloc`,
+/// so pages the kernel overwrites are not written twice.
+fn zeroed_bytes(n: usize, elem_size: usize) -> Bytes {
+    match elem_size {
+        8 => Bytes::from_elems(alloc::vec![0u64; n]),
+        4 => Bytes::from_elems(alloc::vec![0u32; n]),
+        2 => Bytes::from_elems(alloc::vec![0u16; n]),
+        _ => Bytes::from_elems(alloc::vec![0u8; n * elem_size]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use alloc::vec;
+
+    #[test]
+    fn empty_is_zeroed_and_aligned_for_every_dtype() {
+        for (dtype, size) in [
+            (DType::F64, 8),
+            (DType::F32, 4),
+            (DType::F16, 2),
+            (DType::BF16, 2),
+            (DType::I64, 8),
+            (DType::U8, 1),
+        ] {
+            let t = FlexTensor::empty(Shape::from(alloc::vec![3, 5, 7]), dtype);
+            let bytes = t.bytes();
+            assert_eq!(bytes.len(), 3 * 5 * 7 * size, "{dtype:?}");
+            assert!(bytes.iter().all(|&b| b == 0), "{dtype:?}");
+            assert_eq!(bytes.as_ptr() as usize % size, 0, "{dtype:?} alignment");
+        }
+        let t = FlexTensor::empty(Shape::from(alloc::vec![0, 4]), DType::F32);
+        assert_eq!(t.bytes().len(), 0);
+    }
 
     #[test]
     fn test_from_data_roundtrip() {
