@@ -317,6 +317,9 @@ pub fn train(
         Requested::from_env(args.threads, args.workers.or(prepared.recipe.data.workers));
     let mut split = threads::choose(threads::available_cores(), kind, !args.synthetic, requested);
     threads::apply(&mut split);
+    if kind == DeviceKind::Cpu {
+        super::malloc::keep_freed_buffers();
+    }
     eprintln!(
         "threads:          {} cores: {} compute threads, {} pipeline workers ({})",
         split.cores, split.compute_threads, split.pipeline_workers, split.chosen_by
