@@ -16,6 +16,7 @@
 # Images/s of a run: median over its steps after WARMUP. CPU ms/image: user+sys time of the
 # whole process (start-up and warm-up included) over all images it trained on; less noisy on
 # a shared machine than images/s. Output: one markdown row per preset (stdout), runs on stderr.
+# (Whole-process CPU includes PyTorch's import, ~3 s: keep STEPS at the defaults or above.)
 # REAL=1 adds tessera on real CIFAR-10 shards (1 worker) for the 32 px MAE presets: data wait.
 set -euo pipefail
 cd "$(dirname "$0")/.."
