@@ -93,7 +93,8 @@ pub struct Args {
     /// Tiny everything (240 images, 8 steps): checks that every stage works.
     #[arg(long)]
     pub quick: bool,
-    /// CPU workers of the input pipeline. Default: all cores.
+    /// CPU workers of the input pipeline. Default: all cores for sharding and profiling;
+    /// training splits the cores itself (`tessera train --workers`).
     #[arg(long)]
     pub workers: Option<usize>,
     /// No progress bars.
@@ -118,6 +119,7 @@ struct Report {
     first_loss: Option<f64>,
     last_loss: Option<f64>,
     training_images_per_second: f64,
+    training_threads: super::threads::ThreadSplit,
     data_wait_fraction: f64,
     pictures: Vec<PathBuf>,
     loss_curve: PathBuf,
@@ -225,7 +227,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         minutes: Some(args.minutes),
         out: Some(run_dir.clone()),
         resume: false,
-        workers: Some(workers),
+        // The training split (compute threads vs workers) is chosen by `train`.
+        workers: args.workers,
+        threads: None,
         batch_size: None,
         device: "cpu".into(),
         pageable_buffers: false,
@@ -235,7 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let prepared = super::train::prepare(&train_args)?;
     let stop = AtomicBool::new(false);
-    let summary = super::train::train(&train_args, prepared, &stop)?;
+    let (summary, threads) = super::train::train(&train_args, prepared, &stop)?;
     let losses = tessera_trainer::metrics::read_metrics(&summary.metrics)?;
 
     // 7. Report.
@@ -254,6 +258,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         first_loss: losses.first().map(|m| m.loss),
         last_loss: summary.last_loss,
         training_images_per_second: summary.images_per_second,
+        training_threads: threads,
         data_wait_fraction: summary.data_wait_fraction,
         pictures: summary.pictures.clone(),
         loss_curve: summary.loss_curve.clone(),

@@ -13,4 +13,8 @@ pub mod eval;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
+pub mod malloc;
+#[cfg(feature = "train")]
+pub mod threads;
+#[cfg(feature = "train")]
 pub mod train;

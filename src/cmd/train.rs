@@ -37,6 +37,8 @@ use tessera_trainer::train::{self, Observer, RunOptions, RunSummary, StopReason}
 /// so that a job scheduler does not take a preempted run for a finished one.
 pub const EXIT_STOPPED: i32 = 75;
 
+use super::threads::{self, Requested, ThreadSplit};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Recipe: a builtin name (`mae_vit_tiny_cifar`, `simclr_resnet18_cifar`, ...) or a TOML file.
@@ -68,9 +70,14 @@ pub struct Args {
     /// and passed over).
     #[arg(long)]
     pub resume: bool,
-    /// CPU workers of the input pipeline. Default: the recipe's, else all cores.
+    /// CPU workers of the input pipeline. Default: the recipe's, else chosen with the
+    /// compute threads from the cores (on CPU a quarter of them, at least one).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Compute threads of burn's CPU kernels (rayon's pool). Default: `RAYON_NUM_THREADS`,
+    /// else every core on CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Micro-batch size, replacing the recipe's `data.batch_size` and its effective batch
     /// (`train.batch_size`): one micro-batch a step (the lr follows it).
     #[arg(long)]
@@ -110,13 +117,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     print_resolved(&prepared);
     let signals = install_signal_handlers()?;
     prepared.options.checkpoint_now = Arc::clone(&signals.checkpoint);
-    let summary = train(&args, prepared, &signals.stop)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    let (summary, threads) = train(&args, prepared, &signals.stop)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&Report {
+            summary: &summary,
+            threads
+        })?
+    );
     if summary.stopped == StopReason::Interrupted {
         std::io::stdout().flush()?;
         std::process::exit(EXIT_STOPPED);
     }
     Ok(())
+}
+
+/// The printed summary: the run's, and how the cores were shared.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    summary: &'a RunSummary,
+    threads: ThreadSplit,
 }
 
 /// Parse and check everything up front, before any work starts.
@@ -336,12 +357,29 @@ fn install_signal_handlers() -> anyhow::Result<SignalFlags> {
     Ok(flags)
 }
 
-/// Train on the device `args.device` names.
-pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
+/// Train on the device `args.device` names, with the cores split between compute threads
+/// and pipeline workers (returned with the summary).
+pub fn train(
+    args: &Args,
+    prepared: Prepared,
+    stop: &AtomicBool,
+) -> anyhow::Result<(RunSummary, ThreadSplit)> {
     let kind: DeviceKind = args.device.parse()?;
-    match kind {
+    let requested =
+        Requested::from_env(args.threads, args.workers.or(prepared.recipe.data.workers));
+    let mut split = threads::choose(threads::available_cores(), kind, !args.synthetic, requested);
+    threads::apply(&mut split);
+    if kind == DeviceKind::Cpu {
+        super::malloc::keep_freed_buffers();
+    }
+    eprintln!(
+        "threads:          {} cores: {} compute threads, {} pipeline workers ({})",
+        split.cores, split.compute_threads, split.pipeline_workers, split.chosen_by
+    );
+    let workers = split.pipeline_workers;
+    let summary = match kind {
         DeviceKind::Cpu => {
-            train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), None, stop)
+            train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), None, workers, stop)
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda(index) => {
@@ -351,11 +389,14 @@ pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Resu
             } else {
                 Some(Arc::new(tessera_trainer::pinned::PageLock::new(index)?))
             };
-            train_on::<Autodiff<burn::backend::Cuda>>(args, prepared, &device, page_lock, stop)
+            train_on::<Autodiff<burn::backend::Cuda>>(
+                args, prepared, &device, page_lock, workers, stop,
+            )
         }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda(_) => Err(tessera_trainer::device::DeviceError::NotCompiled.into()),
-    }
+    }?;
+    Ok((summary, split))
 }
 
 /// `buffer_hook` prepares the batch buffers for the device (page-locks them on CUDA).
@@ -364,6 +405,7 @@ fn train_on<B>(
     prepared: Prepared,
     device: &B::Device,
     buffer_hook: Option<Arc<dyn BufferHook>>,
+    workers: usize,
     stop: &AtomicBool,
 ) -> anyhow::Result<RunSummary>
 where
@@ -388,15 +430,12 @@ where
             &mut bar,
         )
     } else {
-        let workers = args.workers;
         train::run::<B, _, _>(
             &resolved,
             device,
             |state| {
                 let mut opts = LoaderOptions::new(shards, recipe);
-                if let Some(w) = workers {
-                    opts.graph.workers = w.max(1);
-                }
+                opts.graph.workers = workers.max(1);
                 opts.graph.epochs = None; // the schedule decides when to stop
                 opts.graph.ordered = true;
                 opts.graph.resume = state;
