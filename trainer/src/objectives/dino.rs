@@ -123,9 +123,11 @@ impl<B: AutodiffBackend> Method<B> for DinoConfig {
 
         // Student: every crop, one backbone pass per resolution, one head pass.
         let student_views = views.into_iter().map(Tensor::from_inner).collect();
-        let pass = CropPass {
+        let pass = CropPass::<B> {
+            masks: &[],
+            mask_token: None,
+            want_patches: &[],
             drop_path: Some((ctx.seed, ctx.step, ctx.micro_batch)),
-            ..no_mask
         };
         let student = encode_views(&model.backbone, student_views, &pass)?;
         let s_logits = head_per_view(&model.head, student.cls); // V x [n, K]
