@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let patch = vit.patch_embed.patch_size as u32;
     let side = args.size.unwrap_or(encoder.img_size as u32);
-    if side < patch || side % patch != 0 {
+    if side < patch || !side.is_multiple_of(patch) {
         bail!("--size {side} is not a positive multiple of the patch size {patch}");
     }
     if args.zoom == 0 {

@@ -56,7 +56,7 @@ impl<B: Backend> Vit<B> {
         let [n, _, height, width] = images.dims();
         let p = self.patch_embed.patch_size;
         assert!(
-            height >= p && width >= p && height % p == 0 && width % p == 0,
+            height >= p && width >= p && height.is_multiple_of(p) && width.is_multiple_of(p),
             "a {height}x{width} image is not a positive multiple of the patch size {p}"
         );
         let mut x = self.patch_embed.forward(images); // [n, l, d]
