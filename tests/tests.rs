@@ -8,9 +8,12 @@
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
 //! - `reliability`: special input files, a full disk, signals, damaged checkpoints (issue #14).
+//! - `dino`: DINO and iBOT through `train`, `eval`, `attention` (issue #10).
 
 mod util;
 
+#[cfg(feature = "train")]
+mod dino;
 #[cfg(feature = "train")]
 mod eval;
 mod inspect;

@@ -90,7 +90,7 @@ pub(crate) fn metrics(run: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Width and height from a PNG's IHDR, after checking the signature.
-fn png_size(path: &Path) -> (u32, u32) {
+pub(crate) fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(
         &bytes[..8],

@@ -54,6 +54,22 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
     ("dino", include_str!("../../configs/dino.toml")),
     ("ibot", include_str!("../../configs/ibot.toml")),
     (
+        "dino_vit_small",
+        include_str!("../../configs/dino_vit_small.toml"),
+    ),
+    (
+        "dino_vit_tiny_cifar",
+        include_str!("../../configs/dino_vit_tiny_cifar.toml"),
+    ),
+    (
+        "dino_resnet18_cifar",
+        include_str!("../../configs/dino_resnet18_cifar.toml"),
+    ),
+    (
+        "ibot_vit_small",
+        include_str!("../../configs/ibot_vit_small.toml"),
+    ),
+    (
         "simclr_resnet18_cifar",
         include_str!("../../configs/simclr_resnet18_cifar.toml"),
     ),

@@ -7,6 +7,8 @@ pub mod profile;
 pub mod shard;
 
 #[cfg(feature = "train")]
+pub mod attention;
+#[cfg(feature = "train")]
 pub mod demo;
 #[cfg(feature = "train")]
 pub mod eval;

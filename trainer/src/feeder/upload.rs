@@ -120,7 +120,8 @@ pub struct DeviceMask<B: Backend> {
     pub mask: Tensor<B, 2>,
     /// Indices of the visible patches, ascending within a sample.
     pub ids_keep: Tensor<B, 2, Int>,
-    /// Position of each patch in the (keep ++ masked) order.
+    /// Position of each patch in the (keep ++ masked) order (MAE masks; zeros for the
+    /// kinds without indices, block and SimMIM).
     pub ids_restore: Tensor<B, 2, Int>,
 }
 
@@ -217,7 +218,12 @@ impl<B: HostUpload> Uploader<B> {
     /// The mask vectors become the tensors' host data (moved, not copied).
     fn upload_mask(&self, index: usize, m: MaskBatch) -> Result<DeviceMask<B>, FeedError> {
         let (n, l, k) = (m.len, m.num_patches, m.num_keep);
-        if m.mask.len() != n * l || m.ids_keep.len() != n * k || m.ids_restore.len() != n * l {
+        // Block and SimMIM masks carry no keep/restore indices (empty vectors).
+        let indexed = !m.ids_restore.is_empty();
+        if m.mask.len() != n * l
+            || m.ids_keep.len() != n * k
+            || (indexed && m.ids_restore.len() != n * l)
+        {
             return Err(FeedError::MaskShape {
                 view: index,
                 len: n,
@@ -235,8 +241,11 @@ impl<B: HostUpload> Uploader<B> {
         .float();
         let ids_keep =
             Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_keep, [n, k]), &self.device);
-        let ids_restore =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_restore, [n, l]), &self.device);
+        let ids_restore = if indexed {
+            Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_restore, [n, l]), &self.device)
+        } else {
+            Tensor::<B, 2, Int>::zeros([n, l], &self.device)
+        };
         Ok(DeviceMask {
             mask,
             ids_keep,

@@ -32,9 +32,13 @@ use crate::precision::Precision;
 
 pub mod barlow_twins;
 pub mod byol;
+pub mod dino;
+pub mod dino_head;
+pub mod ibot;
 pub mod mae;
 pub mod moco_v2;
 pub mod moco_v3;
+pub mod multicrop;
 pub mod nnclr;
 pub mod simclr;
 pub mod simsiam;
@@ -56,6 +60,11 @@ pub struct StepContext {
     pub picture_samples: usize,
     /// The normalisation the feeder applied (to draw pictures in true colours).
     pub normalize: Normalize,
+    /// The run's seed: with `step` and `micro_batch` it keys the host-side draws a method
+    /// makes (drop path, [`crate::vit::DropPath::draw`]), so a resumed run repeats them.
+    pub seed: u64,
+    /// Index of the micro-batch within the optimiser step (0 when not accumulating).
+    pub micro_batch: usize,
 }
 
 impl StepContext {
@@ -160,6 +169,10 @@ pub trait MethodSpec: Sized {
     const PAPER: &'static str;
     /// The shipped recipes that use it.
     const RECIPES: &'static [&'static str];
+    /// Whether the method feeds the backbone views of several sizes (multi-crop), so that a
+    /// ViT resamples its position table for views other than `[model] img_size` (see
+    /// [`crate::vit::Vit::forward_all_tokens`]). Default false: every view must be `img_size`.
+    const MULTI_RESOLUTION: bool = false;
 
     /// Checks the keys against the views and the backbone and fills in what they imply.
     fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self>;
@@ -245,6 +258,11 @@ macro_rules! methods {
                 match self { $(Self::$variant(_) => <$config as MethodSpec>::NAME,)* }
             }
 
+            /// [`MethodSpec::MULTI_RESOLUTION`] of the method.
+            pub fn multi_resolution(&self) -> bool {
+                match self { $(Self::$variant(_) => <$config as MethodSpec>::MULTI_RESOLUTION,)* }
+            }
+
             /// Parses `[objective]` (`method = "..."` plus that method's keys) and checks it.
             pub fn parse(table: &toml::Table, ctx: &ResolveContext<'_>) -> Result<Self> {
                 let name = match table.get("method") {
@@ -284,6 +302,8 @@ methods! {
     BarlowTwins(barlow_twins::BarlowTwinsConfig),
     Vicreg(vicreg::VicRegConfig),
     Nnclr(nnclr::NnclrConfig),
+    Dino(dino::DinoConfig),
+    Ibot(ibot::IbotConfig),
 }
 
 /// The names `[objective] method` accepts.

@@ -4,7 +4,7 @@
 //! checkpoint::latest(run_dir)? ─► model + optimiser + step + PipelineState
 //!   ─► start the source at that state ─► Feeder (uploader thread) ─► loop {
 //!        train_step: schedule lookup ─► forward ─► non-finite check ─► backward (accumulate)
-//!                    ─► clip ─► optimiser step ─► metrics
+//!                    ─► clip (global or per parameter) ─► optimiser step ─► metrics
 //!        metrics.jsonl ◄─ every step;  pictures/ ◄─ every `picture_every`;
 //!        checkpoint ◄─ every `checkpoint_every`, when asked (`checkpoint_now`), at the end,
 //!                      on interrupt, on a non-finite loss
@@ -39,6 +39,7 @@ use crate::metrics::{MetricsLog, RunTotals, StepMetrics, read_metrics};
 use crate::objectives::{Method, MethodConfig, MethodVisitor};
 use crate::pictures::{loss_curve, save_png};
 
+mod clip;
 mod options;
 mod outcome;
 mod step;
