@@ -7,6 +7,7 @@
 //! - `train`: `tessera train`, `export`, `demo` (issue #4).
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
+//! - `swav`: SwAV's multi-crop training, evaluation and exact resume (issue #10).
 
 mod util;
 
@@ -17,5 +18,7 @@ mod inspect;
 mod methods;
 mod pipeline;
 mod shard;
+#[cfg(feature = "train")]
+mod swav;
 #[cfg(feature = "train")]
 mod train;

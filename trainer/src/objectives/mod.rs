@@ -35,9 +35,11 @@ pub mod byol;
 pub mod mae;
 pub mod moco_v2;
 pub mod moco_v3;
+pub mod multicrop_cnn;
 pub mod nnclr;
 pub mod simclr;
 pub mod simsiam;
+pub mod swav;
 pub mod two_view;
 pub mod vicreg;
 
@@ -284,6 +286,7 @@ methods! {
     BarlowTwins(barlow_twins::BarlowTwinsConfig),
     Vicreg(vicreg::VicRegConfig),
     Nnclr(nnclr::NnclrConfig),
+    Swav(swav::SwavConfig),
 }
 
 /// The names `[objective] method` accepts.
