@@ -339,8 +339,8 @@ impl<B: Backend> SwavModel<B> {
     pub fn normalize_prototypes(mut self) -> Self {
         self.prototypes.weight = self.prototypes.weight.map(|c| {
             let tracked = c.is_require_grad();
-            let c = normalize(c.detach(), 0); // [d, K]
-            if tracked { c.require_grad() } else { c }
+            // Untracked (a plain `detach` keeps a leaf's requirement), then a fresh leaf.
+            normalize(c.set_require_grad(false), 0).set_require_grad(tracked) // [d, K]
         });
         self
     }

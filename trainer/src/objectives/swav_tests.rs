@@ -42,8 +42,8 @@ fn small(queue_length: usize) -> SwavConfig {
 
 fn model(cfg: &SwavConfig) -> (SwavModel<B>, SwavState<I>) {
     let device = Default::default();
-    let backbone = BackboneConfig::ResNet(ResNetConfig::resnet18().with_cifar_stem())
-        .init::<B>(&device);
+    let backbone =
+        BackboneConfig::ResNet(ResNetConfig::resnet18().with_cifar_stem()).init::<B>(&device);
     Method::<B>::init(cfg, backbone, &device)
 }
 
@@ -59,7 +59,12 @@ fn views() -> Vec<Tensor<B, 4>> {
 /// Column norms of the prototypes `[d, K]`.
 fn prototype_norms(model: &SwavModel<B>) -> Vec<f32> {
     let c = model.prototypes.weight.val().inner();
-    c.square().sum_dim(0).sqrt().into_data().to_vec().expect("f32")
+    c.square()
+        .sum_dim(0)
+        .sqrt()
+        .into_data()
+        .to_vec()
+        .expect("f32")
 }
 
 fn assert_unit(norms: &[f32]) {
@@ -90,7 +95,10 @@ fn sinkhorn_codes_with_a_queue_have_the_marginals() {
         let rows: Vec<f32> = codes.clone().sum_dim(1).into_data().to_vec().expect("f32");
         let cols: Vec<f32> = codes.sum_dim(0).into_data().to_vec().expect("f32");
         for r in rows {
-            assert!((r * n as f32 - 1.0).abs() < 1e-4, "row sums to {r}, not 1/{n}");
+            assert!(
+                (r * n as f32 - 1.0).abs() < 1e-4,
+                "row sums to {r}, not 1/{n}"
+            );
         }
         for col in cols {
             let relative = (col * k as f32 - 1.0).abs();
@@ -165,7 +173,10 @@ fn queue_switches_on_at_its_epoch_and_joins_the_codes_when_full() {
         ..cfg.clone()
     };
     assert!(at_zero.queue_filling(&ctx(0, None)));
-    assert!(!SwavConfig::default().queue_filling(&ctx(10_000, Some(1))), "no queue");
+    assert!(
+        !SwavConfig::default().queue_filling(&ctx(10_000, Some(1))),
+        "no queue"
+    );
 
     let (model, mut state) = model(&cfg);
     assert_eq!(state.queues.len(), 2);
@@ -196,8 +207,13 @@ fn queue_switches_on_at_its_epoch_and_joins_the_codes_when_full() {
         .into_iter()
         .map(|q| Tensor::from_inner(q.matmul(c.clone())))
         .collect();
-    let want = swav(&cfg.loss(), &per_view[..2], &per_view[2..], Some(&queue_scores[..]))
-        .expect("shapes");
+    let want = swav(
+        &cfg.loss(),
+        &per_view[..2],
+        &per_view[2..],
+        Some(&queue_scores[..]),
+    )
+    .expect("shapes");
     let without = swav(&cfg.loss(), &per_view[..2], &per_view[2..], None).expect("shapes");
     let (got, want, without): (f32, f32, f32) = (
         out.loss.into_scalar(),
@@ -208,7 +224,10 @@ fn queue_switches_on_at_its_epoch_and_joins_the_codes_when_full() {
     assert!((got - without).abs() > 1e-6, "the queue changed nothing");
     // View 1's embeddings are now queue 1's rows 0..4.
     let written = state.queues[1].rows().slice([0..4, 0..8]);
-    let diff = (written - z.inner().slice([4..8, 0..8])).abs().max().into_scalar();
+    let diff = (written - z.inner().slice([4..8, 0..8]))
+        .abs()
+        .max()
+        .into_scalar();
     assert!(diff < 1e-6, "{diff}");
 }
 
@@ -233,9 +252,24 @@ fn recipes_are_checked_against_the_views() {
     let one = "[[views]]\nname = \"v\"\nsize = 32\n";
     let cases = [
         (one, "", resnet, "at least 2"),
-        (MULTI_CROP, "crops_for_assign = 3", resnet, "crops_for_assign"),
-        (MULTI_CROP, "crops_for_assign = 0", resnet, "crops_for_assign"),
-        (MULTI_CROP, "sinkhorn_epsilon = 0.0", resnet, "sinkhorn_epsilon"),
+        (
+            MULTI_CROP,
+            "crops_for_assign = 3",
+            resnet,
+            "crops_for_assign",
+        ),
+        (
+            MULTI_CROP,
+            "crops_for_assign = 0",
+            resnet,
+            "crops_for_assign",
+        ),
+        (
+            MULTI_CROP,
+            "sinkhorn_epsilon = 0.0",
+            resnet,
+            "sinkhorn_epsilon",
+        ),
         (MULTI_CROP, "num_prototypes = 0", resnet, "num_prototypes"),
         (MULTI_CROP, "prototypes = 10", resnet, "prototypes"),
         (
@@ -246,7 +280,15 @@ fn recipes_are_checked_against_the_views() {
         ),
     ];
     for (views, objective, model, needle) in cases {
-        let err = resolve(views, objective, model).expect_err(needle).to_string();
+        let err = resolve(views, objective, model).expect_err(needle);
+        // The message and its causes (the parser's names the unknown key).
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        let err = text;
         assert!(err.contains(needle), "`{needle}` not in {err}");
     }
 }
