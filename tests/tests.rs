@@ -9,6 +9,7 @@
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
 //! - `reliability`: special input files, a full disk, signals, damaged checkpoints (issue #14).
 //! - `dino`: DINO and iBOT through `train`, `eval`, `attention` (issue #10).
+//! - `swav`: SwAV's multi-crop training, evaluation and exact resume (issue #10).
 
 mod util;
 
@@ -23,5 +24,7 @@ mod pipeline;
 #[cfg(all(feature = "train", unix))]
 mod reliability;
 mod shard;
+#[cfg(feature = "train")]
+mod swav;
 #[cfg(feature = "train")]
 mod train;

@@ -109,6 +109,18 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
         "nnclr_resnet18_cifar",
         include_str!("../../configs/nnclr_resnet18_cifar.toml"),
     ),
+    (
+        "swav_resnet50",
+        include_str!("../../configs/swav_resnet50.toml"),
+    ),
+    (
+        "seer_regnety",
+        include_str!("../../configs/seer_regnety.toml"),
+    ),
+    (
+        "swav_resnet18_cifar",
+        include_str!("../../configs/swav_resnet18_cifar.toml"),
+    ),
 ];
 
 /// A parsed, checked recipe.

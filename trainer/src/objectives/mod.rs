@@ -39,9 +39,11 @@ pub mod mae;
 pub mod moco_v2;
 pub mod moco_v3;
 pub mod multicrop;
+pub mod multicrop_cnn;
 pub mod nnclr;
 pub mod simclr;
 pub mod simsiam;
+pub mod swav;
 pub mod two_view;
 pub mod vicreg;
 
@@ -304,6 +306,7 @@ methods! {
     Nnclr(nnclr::NnclrConfig),
     Dino(dino::DinoConfig),
     Ibot(ibot::IbotConfig),
+    Swav(swav::SwavConfig),
 }
 
 /// The names `[objective] method` accepts.
