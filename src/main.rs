@@ -33,6 +33,9 @@ enum Command {
     /// Score a checkpoint's encoder: kNN and linear-probe accuracy on labelled shards.
     #[cfg(feature = "train")]
     Eval(cmd::eval::Args),
+    /// One HTML page about one or more runs: curves, pictures, recipe, command, timing.
+    #[cfg(feature = "train")]
+    Report(cmd::report::Args),
     /// Everything on built-in defaults: make images, shard, preview, profile, train a tiny MAE.
     #[cfg(feature = "train")]
     Demo(cmd::demo::Args),
@@ -59,6 +62,8 @@ fn main() -> std::process::ExitCode {
         Command::Export(args) => cmd::export::run(args),
         #[cfg(feature = "train")]
         Command::Eval(args) => cmd::eval::run(args),
+        #[cfg(feature = "train")]
+        Command::Report(args) => cmd::report::run(args),
         #[cfg(feature = "train")]
         Command::Demo(args) => cmd::demo::run(args),
     };

@@ -419,6 +419,7 @@ fn every_shipped_recipe_runs_on_synthetic_batches() {
             "--out",
             run.to_str().unwrap(),
             "--quiet",
+            "--json",
         ]));
         assert_eq!(summary["steps_done"], 1, "{recipe}");
         assert!(

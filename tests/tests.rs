@@ -7,6 +7,7 @@
 //! - `train`: `tessera train`, `export`, `demo` (issue #4).
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
+//! - `report`: TensorBoard event files, `tessera report`, `--json` (issue #15).
 
 mod util;
 
@@ -16,6 +17,8 @@ mod inspect;
 #[cfg(feature = "train")]
 mod methods;
 mod pipeline;
+#[cfg(feature = "train")]
+mod report;
 mod shard;
 #[cfg(feature = "train")]
 mod train;

@@ -13,4 +13,6 @@ pub mod eval;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
+pub mod report;
+#[cfg(feature = "train")]
 pub mod train;

@@ -5,7 +5,9 @@
 //! `tessera_trainer::train::run` with the loader (ordered, so resume is exact) as the batch
 //! source. Ctrl-C once: the step in flight finishes, a checkpoint is written, the program
 //! exits cleanly; twice: it exits at once (the last complete checkpoint stays valid).
-//! The run summary goes to stdout as one JSON object; progress to stderr.
+//! Progress and the run summary go to stderr; with `--json`, the summary also goes to stdout
+//! as one JSON object. Each start is recorded in the run directory's `invocations.jsonl`
+//! (command line, machine) for `tessera report`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +81,9 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print the run summary as one JSON object to stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A prepared run: the recipe, its resolved numbers and where the batches come from.
@@ -98,7 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     print_resolved(&prepared);
     let stop = install_interrupt_handler()?;
     let summary = train(&args, prepared, &stop)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
     Ok(())
 }
 
@@ -324,6 +331,7 @@ where
         shards,
         options,
     } = prepared;
+    super::report::Invocation::record(&options.run_dir, &args.device)?;
     let mut bar = Bar::new(args.quiet);
     let summary = if args.synthetic {
         let seed = resolved.seed;
