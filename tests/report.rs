@@ -44,7 +44,12 @@ fn records(path: &Path) -> Vec<Vec<u8>> {
     while at < bytes.len() {
         let len_bytes = &bytes[at..at + 8];
         let len_crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
-        assert_eq!(masked(len_bytes), len_crc, "{}@{at}: length CRC", path.display());
+        assert_eq!(
+            masked(len_bytes),
+            len_crc,
+            "{}@{at}: length CRC",
+            path.display()
+        );
         let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
         let data = &bytes[at + 12..at + 12 + len];
         let crc = u32::from_le_bytes(bytes[at + 12 + len..at + 16 + len].try_into().unwrap());
@@ -135,7 +140,12 @@ fn read_events(tb: &Path) -> Events {
     let mut files: Vec<PathBuf> = std::fs::read_dir(tb)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("tfevents"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains("tfevents")
+        })
         .collect();
     files.sort();
     let mut ev = Events {
@@ -160,7 +170,8 @@ fn read_events(tb: &Path) -> Events {
                 })
                 .unwrap_or(0);
             assert!(
-                top.iter().any(|(k, v)| *k == 1 && matches!(v, F::F64(t) if *t > 1.6e9)),
+                top.iter()
+                    .any(|(k, v)| *k == 1 && matches!(v, F::F64(t) if *t > 1.6e9)),
                 "wall time"
             );
             if !bytes_of(&top, 7).is_empty() {
@@ -235,7 +246,11 @@ fn tensorboard_events_hold_every_step_once_across_a_resume() {
     let tmp = tempdir();
     let recipe = tiny_recipe(tmp.path(), 10, "");
     let run = tmp.path().join("run");
-    run_dir_train(&recipe, &run, &["--stop-after", "7", "--picture-every", "3"]);
+    run_dir_train(
+        &recipe,
+        &run,
+        &["--stop-after", "7", "--picture-every", "3"],
+    );
     let checkpoints = run.join("checkpoints");
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
         .unwrap()
@@ -251,7 +266,11 @@ fn tensorboard_events_hold_every_step_once_across_a_resume() {
 
     let ev = read_events(&run.join("tb"));
     assert_eq!(ev.files, 2, "one event file per process");
-    assert_eq!(ev.restarts, vec![5], "the resumed process marks its restart");
+    assert_eq!(
+        ev.restarts,
+        vec![5],
+        "the resumed process marks its restart"
+    );
     let all: Vec<u64> = (0..10).collect();
     for tag in [
         "train/loss",
@@ -260,7 +279,10 @@ fn tensorboard_events_hold_every_step_once_across_a_resume() {
         "perf/images_per_second",
         "perf/data_wait_fraction",
     ] {
-        let got = ev.scalars.get(tag).unwrap_or_else(|| panic!("no {tag}: {ev:?}"));
+        let got = ev
+            .scalars
+            .get(tag)
+            .unwrap_or_else(|| panic!("no {tag}: {ev:?}"));
         assert_eq!(steps_of(got), all, "{tag}: every step once");
     }
     // The values are metrics.jsonl's, as f32.
@@ -274,7 +296,10 @@ fn tensorboard_events_hold_every_step_once_across_a_resume() {
     let pictures = &ev.images["pictures/mae"];
     let picture_steps: Vec<u64> = pictures.iter().map(|p| p.0).collect();
     assert_eq!(picture_steps, vec![2, 5, 8, 9]);
-    assert!(pictures.iter().all(|p| p.3 && p.1 > 100 && p.2 > 100), "{pictures:?}");
+    assert!(
+        pictures.iter().all(|p| p.3 && p.1 > 100 && p.2 > 100),
+        "{pictures:?}"
+    );
     assert!(ev.texts.contains("recipe"), "{:?}", ev.texts);
 
     // TensorBoard itself reads the same.
@@ -313,11 +338,13 @@ fn tensorboard_events_hold_every_step_once_across_a_resume() {
 #[test]
 fn report_is_one_page_with_inline_plots_recipe_and_timing() {
     let tmp = tempdir();
-    let shards = crate::util::cifar_shards(tmp.path(), "train", "train/*/00[0-1]?.jpg", "folders", 100);
+    let shards =
+        crate::util::cifar_shards(tmp.path(), "train", "train/*/00[0-1]?.jpg", "folders", 100);
     let recipe = tiny_recipe(tmp.path(), 6, "");
-    let text = std::fs::read_to_string(&recipe)
-        .unwrap()
-        .replace("checkpoint_every = 5", "checkpoint_every = 5\nlog_every = 2");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        "checkpoint_every = 5",
+        "checkpoint_every = 5\nlog_every = 2",
+    );
     std::fs::write(&recipe, text).unwrap();
     let a = tmp.path().join("cifar-run");
     let args = [
@@ -345,7 +372,8 @@ fn report_is_one_page_with_inline_plots_recipe_and_timing() {
         .filter(|t| t.starts_with("pipeline/busy/"))
         .collect();
     assert!(
-        busy.iter().any(|t| t.as_str() == "pipeline/busy/decode_views"),
+        busy.iter()
+            .any(|t| t.as_str() == "pipeline/busy/decode_views"),
         "{busy:?}"
     );
 
@@ -357,7 +385,12 @@ fn report_is_one_page_with_inline_plots_recipe_and_timing() {
     assert!(page.starts_with("<!doctype html>"));
     let svgs = decoded(&page, "data:image/svg+xml;base64,");
     assert!(svgs.len() >= 4, "loss, throughput, data wait, lr");
-    let titles = ["Training loss", "Throughput", "Waiting for data", "Learning rate"];
+    let titles = [
+        "Training loss",
+        "Throughput",
+        "Waiting for data",
+        "Learning rate",
+    ];
     for title in titles {
         assert!(
             svgs.iter().any(|s| s.contains(title)),
@@ -402,10 +435,12 @@ fn report_is_one_page_with_inline_plots_recipe_and_timing() {
 /// The page in headless Chromium (Debian's `chromium`), when installed: it renders, with no
 /// console errors, to a screenshot with the plots in it.
 fn chromium_check(page: &Path) {
-    let Some(chromium) = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-    else {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
         eprintln!("note: no chromium; the report page is not rendered");
         return;
     };
@@ -423,11 +458,17 @@ fn chromium_check(page: &Path) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        !stderr.lines().any(|l| l.contains("CONSOLE") && l.contains("rror")),
+        !stderr
+            .lines()
+            .any(|l| l.contains("CONSOLE") && l.contains("rror")),
         "console errors: {stderr}"
     );
     let img = std::fs::read(&shot).unwrap();
-    assert!(img.len() > 20_000, "a rendered screenshot, {} bytes", img.len());
+    assert!(
+        img.len() > 20_000,
+        "a rendered screenshot, {} bytes",
+        img.len()
+    );
 }
 
 /// The decoded `data:` payloads with this prefix, as (lossy) text.
@@ -436,7 +477,9 @@ fn decoded(page: &str, prefix: &str) -> Vec<String> {
         .skip(1)
         .map(|rest| {
             let b64 = &rest[..rest.find('"').unwrap()];
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
             String::from_utf8_lossy(&bytes).into_owned()
         })
         .collect()

@@ -311,7 +311,10 @@ fn print_human(r: &Report, out: &Path) {
         );
     }
     eprintln!("  loss curve:      {}", r.loss_curve.display());
-    eprintln!("  report:          {} (open in a browser)", r.report.display());
+    eprintln!(
+        "  report:          {} (open in a browser)",
+        r.report.display()
+    );
     eprintln!(
         "  tensorboard:     tensorboard --logdir {}",
         r.tensorboard.display()

@@ -210,7 +210,9 @@ fn newest_png(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "png")
-            && newest.as_ref().is_none_or(|n| path.file_name() > n.file_name())
+            && newest
+                .as_ref()
+                .is_none_or(|n| path.file_name() > n.file_name())
         {
             newest = Some(path);
         }
@@ -219,10 +221,13 @@ fn newest_png(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| match args.runs.as_slice() {
-        [one] => one.join("report.html"),
-        _ => PathBuf::from("report.html"),
-    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| match args.runs.as_slice() {
+            [one] => one.join("report.html"),
+            _ => PathBuf::from("report.html"),
+        });
     let written = write_report(&args.runs, &out, args.smoothing, args.log_loss)?;
     eprintln!("report of {} run(s): {}", args.runs.len(), out.display());
     if args.json {
@@ -318,7 +323,11 @@ fn render(runs: &[RunData], smoothing: f64, log_loss: bool) -> anyhow::Result<St
 
 fn run_section(h: &mut String, run: &RunData) -> anyhow::Result<()> {
     writeln!(h, "<h2>Run <code>{}</code></h2>", esc(&run.name))?;
-    writeln!(h, "<p>Directory: <code>{}</code></p>", esc(&run.dir.display().to_string()))?;
+    writeln!(
+        h,
+        "<p>Directory: <code>{}</code></p>",
+        esc(&run.dir.display().to_string())
+    )?;
 
     // Summary.
     let last = run.metrics.last();
@@ -380,7 +389,11 @@ fn run_section(h: &mut String, run: &RunData) -> anyhow::Result<()> {
         h.push_str("<h3>Where the time went (last process)</h3><table>\n");
         row(h, "steps", &t.steps.to_string())?;
         row(h, "wall time of the steps", &format!("{:.1} s", t.seconds))?;
-        row(h, "images per second", &format!("{:.1}", t.images_per_second))?;
+        row(
+            h,
+            "images per second",
+            &format!("{:.1}", t.images_per_second),
+        )?;
         row(
             h,
             "waiting for data",
@@ -493,7 +506,11 @@ fn utc(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", secs / 3600, secs % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 /// Text as HTML.

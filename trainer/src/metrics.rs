@@ -462,9 +462,16 @@ mod tests {
             assert!((a - b).abs() < 1e-12, "{s:?}");
         }
         // A constant series stays constant from the first point (no lag, no pull to 0).
-        assert!(debiased_ema(&[2.0; 5], 0.9).iter().all(|v| (v - 2.0).abs() < 1e-12));
+        assert!(
+            debiased_ema(&[2.0; 5], 0.9)
+                .iter()
+                .all(|v| (v - 2.0).abs() < 1e-12)
+        );
         // Non-finite values are skipped.
-        assert_eq!(debiased_ema(&[1.0, f64::NAN, 1.0], 0.6), vec![1.0, 1.0, 1.0]);
+        assert_eq!(
+            debiased_ema(&[1.0, f64::NAN, 1.0], 0.6),
+            vec![1.0, 1.0, 1.0]
+        );
         // Weight 0 is the raw series.
         assert_eq!(debiased_ema(&[3.0, 1.0], 0.0), vec![3.0, 1.0]);
     }

@@ -148,7 +148,11 @@ impl<B: AutodiffBackend> Method<B> for MocoV2Config {
     }
 
     fn teacher_momentum(&self, ctx: &StepContext) -> Option<f64> {
-        Some(teacher_momentum(self.momentum, self.momentum_end.unwrap_or(self.momentum), ctx))
+        Some(teacher_momentum(
+            self.momentum,
+            self.momentum_end.unwrap_or(self.momentum),
+            ctx,
+        ))
     }
 
     fn backbone(&self, model: &Self::Model) -> Backbone<B> {

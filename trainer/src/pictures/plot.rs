@@ -230,9 +230,11 @@ impl Plot {
 fn ranges(series: &[(String, Vec<(f64, f64)>)]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     let pts = || series.iter().flat_map(|(_, p)| p.iter());
     let fold = |f: fn(&(f64, f64)) -> f64| {
-        pts().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        })
+        pts()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
     };
     let (x0, x1) = fold(|p| p.0);
     let (y0, y1) = fold(|p| p.1);
@@ -377,14 +379,19 @@ mod tests {
 
     #[test]
     fn log_scale_labels_ticks_with_values() {
-        let pts: Vec<(f64, f64)> = (0..50).map(|s| (s as f64, 10f64.powf(-(s as f64) / 10.0))).collect();
+        let pts: Vec<(f64, f64)> = (0..50)
+            .map(|s| (s as f64, 10f64.powf(-(s as f64) / 10.0)))
+            .collect();
         let mut plot = Plot::new("Training loss", "step", "loss").with("run", pts);
         plot.log_y = true;
         let svg = plot.svg(500, 300).unwrap();
         assert!(svg.contains("loss (log scale)"));
         // log10 ticks like -2 are labelled by their value 0.01.
         let texts: Vec<&str> = svg.lines().map(str::trim).collect();
-        assert!(texts.contains(&"0.01") && texts.contains(&"0.1"), "value ticks");
+        assert!(
+            texts.contains(&"0.01") && texts.contains(&"0.1"),
+            "value ticks"
+        );
         assert!((plot.drawn()[0].1[10].1 + 1.0).abs() < 1e-12);
     }
 

@@ -137,7 +137,10 @@ fn summary_value(tag: &str, value: &Value<'_>) -> Msg {
                 .bytes(4, png),
         ),
         Value::Text(text) => v
-            .message(9, Msg::default().message(1, Msg::default().bytes(1, b"text")))
+            .message(
+                9,
+                Msg::default().message(1, Msg::default().bytes(1, b"text")),
+            )
             .message(
                 8,
                 Msg::default()
@@ -232,7 +235,11 @@ mod tests {
 
     #[test]
     fn a_scalar_event_decodes_to_its_parts() {
-        let data = event(12.5, 300, Body::Summary(&[("train/loss", Value::Scalar(0.25))]));
+        let data = event(
+            12.5,
+            300,
+            Body::Summary(&[("train/loss", Value::Scalar(0.25))]),
+        );
         let top = fields(&data).unwrap();
         assert_eq!(top[0], (1, Field::Fixed64(12.5f64.to_bits())));
         assert_eq!(top[1], (2, Field::Varint(300)));

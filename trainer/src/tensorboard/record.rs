@@ -48,12 +48,8 @@ pub fn read_records(bytes: &[u8]) -> (Vec<&[u8]>, Option<(usize, RecordFault)>) 
     let mut at = 0;
     while bytes.len() - at >= 12 {
         let len_bytes = &bytes[at..at + 8];
-        let len_crc = u32::from_le_bytes([
-            bytes[at + 8],
-            bytes[at + 9],
-            bytes[at + 10],
-            bytes[at + 11],
-        ]);
+        let len_crc =
+            u32::from_le_bytes([bytes[at + 8], bytes[at + 9], bytes[at + 10], bytes[at + 11]]);
         if masked_crc32c(len_bytes) != len_crc {
             return (records, Some((at, RecordFault::LengthCrc)));
         }
@@ -65,12 +61,7 @@ pub fn read_records(bytes: &[u8]) -> (Vec<&[u8]>, Option<(usize, RecordFault)>) 
             break;
         };
         let data = &bytes[start..end];
-        let crc = u32::from_le_bytes([
-            bytes[end],
-            bytes[end + 1],
-            bytes[end + 2],
-            bytes[end + 3],
-        ]);
+        let crc = u32::from_le_bytes([bytes[end], bytes[end + 1], bytes[end + 2], bytes[end + 3]]);
         if masked_crc32c(data) != crc {
             return (records, Some((at, RecordFault::DataCrc)));
         }

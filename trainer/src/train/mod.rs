@@ -282,7 +282,10 @@ where
     let loss_path = dir.join(layout::LOSS_CURVE);
     let records = read_metrics(&metrics_path)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-    let plot = plot::loss_plot(&[(name.as_deref().unwrap_or("run"), records.as_slice())], false);
+    let plot = plot::loss_plot(
+        &[(name.as_deref().unwrap_or("run"), records.as_slice())],
+        false,
+    );
     save_png(&plot.png(960, 540)?, &loss_path)?;
 
     Ok(RunSummary {
