@@ -316,7 +316,7 @@ mod tests {
         let raw = r.render_raw(Normalize::default()).unwrap();
         let big = r.render(Normalize::default()).unwrap();
         let scale = grid::scale_for(8);
-        assert!(scale * 8 >= grid::MIN_CELL);
+        assert_eq!(scale, 8, "8-pixel cells get the largest factor");
         assert_eq!(big.width(), raw.width() * scale);
         assert_eq!(big.height(), raw.height() * scale + grid::HEADING);
         // Nearest neighbour: every raw pixel becomes a scale x scale block of its colour.
