@@ -36,6 +36,9 @@ enum Command {
     /// Draw a ViT checkpoint's last-layer class-token attention, one heat-map per head.
     #[cfg(feature = "train")]
     Attention(cmd::attention::Args),
+    /// One HTML page about one or more runs: curves, pictures, recipe, command, timing.
+    #[cfg(feature = "train")]
+    Report(cmd::report::Args),
     /// Everything on built-in defaults: make images, shard, preview, profile, train a tiny MAE.
     #[cfg(feature = "train")]
     Demo(cmd::demo::Args),
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         #[cfg(feature = "train")]
         Command::Attention(args) => cmd::attention::run(args),
+        Command::Report(args) => cmd::report::run(args),
         #[cfg(feature = "train")]
         Command::Demo(args) => cmd::demo::run(args),
     };

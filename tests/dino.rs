@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::train::train_json as train;
 use crate::util::*;
 
 /// 96 CIFAR-10 training images in shards of 48: 12 steps an epoch at batch 8.
@@ -96,12 +97,6 @@ clip_grad_mode = "per_parameter"
 /// Two blocks of 32 at patch 8 (4x4 tokens on 32 px, 2x2 on 16 px), with drop path.
 const TINY_VIT: &str = "arch = \"vit_tiny_patch16_224\"\nimg_size = 32\npatch_size = 8\nembed_dim = 32\ndepth = 2\nnum_heads = 2\ndrop_path_rate = 0.2";
 const RESNET18: &str = "arch = \"resnet18\"\ncifar_stem = true";
-
-fn train(recipe: &Path, shards: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = crate::train::train_args(recipe, shards, out);
-    args.extend(extra);
-    stdout_json(&run_ok(&args))
-}
 
 /// Every metric line as text (`step`, `loss` and the logged parts), for exact comparisons.
 fn lines(run: &Path) -> Vec<String> {

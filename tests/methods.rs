@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::train::train_json as train;
 use crate::util::*;
 
 /// 96 CIFAR-10 training images (a few a class) in shards of 48.
@@ -71,12 +72,6 @@ keep_checkpoints = 2
 const RESNET18: &str = "arch = \"resnet18\"\ncifar_stem = true";
 /// A ViT small enough for many steps in a test (2 blocks of 32 at 32 px, patch 8).
 const TINY_VIT: &str = "arch = \"vit_tiny_patch16_224\"\nimg_size = 32\npatch_size = 8\nembed_dim = 32\ndepth = 2\nnum_heads = 2";
-
-fn train(recipe: &Path, shards: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = crate::train::train_args(recipe, shards, out);
-    args.extend(extra);
-    stdout_json(&run_ok(&args))
-}
 
 /// `step loss` of every line of the run's metrics, for exact comparisons.
 fn losses(run: &Path) -> Vec<String> {
@@ -405,6 +400,7 @@ fn every_shipped_recipe_runs_on_synthetic_batches() {
             "--out",
             run.to_str().unwrap(),
             "--quiet",
+            "--json",
         ]));
         assert_eq!(summary["steps_done"], 1, "{recipe}");
         assert!(

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::train::train_json as train;
 use crate::util::*;
 
 /// 96 CIFAR-10 training images (a few a class) in shards of 48.
@@ -35,12 +36,6 @@ fn recipe(dir: &Path, name: &str, objective: &str, steps: u64) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn train(recipe: &Path, shards: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = crate::train::train_args(recipe, shards, out);
-    args.extend(extra);
-    stdout_json(&run_ok(&args))
 }
 
 /// SwAV trains a few multi-crop steps: finite losses, the high-resolution views' best

@@ -10,6 +10,7 @@
 //! - `reliability`: special input files, a full disk, signals, damaged checkpoints (issue #14).
 //! - `dino`: DINO and iBOT through `train`, `eval`, `attention` (issue #10).
 //! - `swav`: SwAV's multi-crop training, evaluation and exact resume (issue #10).
+//! - `report`: TensorBoard event files, `tessera report`, `--json` (issue #15).
 
 mod util;
 
@@ -23,6 +24,8 @@ mod methods;
 mod pipeline;
 #[cfg(all(feature = "train", unix))]
 mod reliability;
+#[cfg(feature = "train")]
+mod report;
 mod shard;
 #[cfg(feature = "train")]
 mod swav;

@@ -17,6 +17,8 @@ pub mod export;
 #[cfg(feature = "train")]
 pub mod malloc;
 #[cfg(feature = "train")]
+pub mod report;
+#[cfg(feature = "train")]
 pub mod threads;
 #[cfg(feature = "train")]
 pub mod train;

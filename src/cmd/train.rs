@@ -3,7 +3,9 @@
 //! Parses and checks the recipe (pipeline's `[data]`/`[[views]]`, trainer's `[model]`/
 //! `[train]`/`[optim]`), resolves the derived numbers and prints them, then hands over to
 //! `tessera_trainer::train::run` with the loader (ordered, so resume is exact) as the batch
-//! source. The run summary goes to stdout as one JSON object; progress to stderr.
+//! source. Progress and the run summary go to stderr; with `--json`, the summary (and the
+//! split of the cores) also goes to stdout as one JSON object. Each start is recorded in the
+//! run directory's `invocations.jsonl` (command line, machine) for `tessera report`.
 //!
 //! Signals (issue #14; docs/TRAINING.md, "Preemption and signals"): SIGINT (Ctrl-C) or
 //! SIGTERM (Slurm and Kubernetes preemption, the end of a time limit) once: the step in
@@ -98,6 +100,9 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print the run summary as one JSON object to stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A prepared run: the recipe, its resolved numbers and where the batches come from.
@@ -118,13 +123,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let signals = install_signal_handlers()?;
     prepared.options.checkpoint_now = Arc::clone(&signals.checkpoint);
     let (summary, threads) = train(&args, prepared, &signals.stop)?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&Report {
-            summary: &summary,
-            threads
-        })?
-    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Report {
+                summary: &summary,
+                threads
+            })?
+        );
+    }
     if summary.stopped == StopReason::Interrupted {
         std::io::stdout().flush()?;
         std::process::exit(EXIT_STOPPED);
@@ -418,6 +425,7 @@ where
         shards,
         options,
     } = prepared;
+    super::report::Invocation::record(&options.run_dir, &args.device)?;
     let mut bar = Bar::new(args.quiet);
     let summary = if args.synthetic {
         let seed = resolved.seed;

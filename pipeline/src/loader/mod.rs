@@ -341,6 +341,11 @@ impl Loader {
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
     }
+
+    /// The live counters, to snapshot from another thread while the loader is in use.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
 }
 
 impl Drop for Loader {

@@ -43,6 +43,11 @@ pub trait BatchSource: Send + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
     /// The next batch, `None` at the end of the stream.
     fn next_batch(&mut self) -> Option<Result<Batch, Self::Error>>;
+
+    /// The pipeline's live stage counters, for sources that keep them (the loader).
+    fn stats(&self) -> Option<Arc<tessera_pipeline::stats::Stats>> {
+        None
+    }
 }
 
 impl BatchSource for Loader {
@@ -50,6 +55,10 @@ impl BatchSource for Loader {
 
     fn next_batch(&mut self) -> Option<Result<Batch, LoaderError>> {
         Loader::next_batch(self)
+    }
+
+    fn stats(&self) -> Option<Arc<tessera_pipeline::stats::Stats>> {
+        Some(self.stats_handle())
     }
 }
 

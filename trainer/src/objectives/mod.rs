@@ -154,6 +154,12 @@ pub trait Method<B: AutodiffBackend>: Clone + std::fmt::Debug + Send + Sync + 's
         (model, state)
     }
 
+    /// The momentum of the teacher EMA after the step `ctx` describes, for methods with a
+    /// momentum teacher (logged as `train/momentum`). Default: `None`.
+    fn teacher_momentum(&self, _ctx: &StepContext) -> Option<f64> {
+        None
+    }
+
     /// The backbone being pretrained (what `tessera eval` scores and `tessera export` writes).
     fn backbone(&self, model: &Self::Model) -> Backbone<B>;
 

@@ -5,10 +5,11 @@
 //!   ─► start the source at that state ─► Feeder (uploader thread) ─► loop {
 //!        train_step: schedule lookup ─► forward ─► non-finite check ─► backward (accumulate)
 //!                    ─► clip (global or per parameter) ─► optimiser step ─► metrics
-//!        metrics.jsonl ◄─ every step;  pictures/ ◄─ every `picture_every`;
+//!        metrics.jsonl, tb/ ◄─ every step;  pictures/ (and tb/) ◄─ every `picture_every`;
+//!        tb/ pipeline stage shares ◄─ every `log_every`;
 //!        checkpoint ◄─ every `checkpoint_every`, when asked (`checkpoint_now`), at the end,
 //!                      on interrupt, on a non-finite loss
-//!      } ─► loss.png
+//!      } ─► loss.png, timing.json
 //! ```
 //!
 //! Resume is exact: the checkpoint stores the pipeline's state after the last batch a finished
@@ -35,9 +36,10 @@ use tessera_pipeline::PipelineState;
 use crate::checkpoint;
 use crate::config::ResolvedTrainConfig;
 use crate::feeder::{BatchSource, Feeder, HostUpload};
-use crate::metrics::{MetricsLog, RunTotals, StepMetrics, read_metrics};
+use crate::metrics::{MetricsLog, RunTiming, RunTotals, StepMetrics, read_metrics};
 use crate::objectives::{Method, MethodConfig, MethodVisitor};
-use crate::pictures::{loss_curve, save_png};
+use crate::pictures::{encode_png, plot, save_png, write_atomically};
+use crate::tensorboard::RunBoard;
 
 mod clip;
 mod options;
@@ -142,8 +144,12 @@ where
     } else {
         MetricsLog::create(&metrics_path)?
     };
+    let recipe = serde_json::to_string_pretty(config).unwrap_or_default();
+    let mut board = RunBoard::open(dir, first_step, &recipe)?;
+    let picture_tag = format!("pictures/{}", config.method.name());
 
     let source = start_source(run.pipeline).map_err(|e| TrainError::Source(Box::new(e)))?;
+    let pipeline_stats = source.stats();
     let mut feeder = Feeder::<B::InnerBackend>::start(
         source,
         device.clone(),
@@ -219,16 +225,21 @@ where
             data_wait,
         );
         m.weight_decay = Some(out.weight_decay);
+        m.momentum = out.momentum;
         m.parts = out
             .parts
             .iter()
             .map(|(name, value)| (name.to_string(), *value))
             .collect();
         log.append(&m)?;
+        board.step(&m)?;
         totals.add(&m);
         last_loss = Some(out.loss);
         observer.step(&m);
         if run.step % config.log_every == 0 {
+            if let Some(stats) = &pipeline_stats {
+                board.pipeline(m.step, &stats.snapshot())?;
+            }
             tracing::debug!(
                 step = m.step,
                 loss = m.loss,
@@ -242,7 +253,9 @@ where
             let path = dir
                 .join(layout::PICTURES)
                 .join(format!("step_{:07}.png", run.step));
-            save_png(&picture, &path)?;
+            let png = encode_png(&picture)?;
+            write_atomically(&png, &path)?;
+            board.picture(&picture_tag, m.step, &png, picture.dimensions())?;
             observer.event(&format!("picture {}", path.display()));
             pictures.push(path);
         }
@@ -268,12 +281,16 @@ where
     let uploader = feeder.timing();
     drop(feeder);
 
+    let timing = RunTiming::new(&totals, &uploader, pipeline_stats.map(|s| s.snapshot()));
+    timing.write(&dir.join(layout::TIMING))?;
     let loss_path = dir.join(layout::LOSS_CURVE);
-    let points: Vec<(u64, f64)> = read_metrics(&metrics_path)?
-        .iter()
-        .map(|m| (m.step, m.loss))
-        .collect();
-    save_png(&loss_curve(&points, 960, 540), &loss_path)?;
+    let records = read_metrics(&metrics_path)?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let plot = plot::loss_plot(
+        &[(name.as_deref().unwrap_or("run"), records.as_slice())],
+        false,
+    );
+    save_png(&plot.png(960, 540)?, &loss_path)?;
 
     Ok(RunSummary {
         first_step,

@@ -45,6 +45,8 @@ pub(super) struct StepOutput {
     pub(super) parts: Vec<(&'static str, f64)>,
     pub(super) lr: f64,
     pub(super) weight_decay: f64,
+    /// The teacher's EMA momentum of this step (teacher methods).
+    pub(super) momentum: Option<f64>,
     pub(super) images: u64,
     pub(super) epoch: u64,
     /// The picture the method drew of the first micro-batch, when one was due.
@@ -231,6 +233,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
 
         // 5. The method's say on the gradients, clipping (optional), the optimiser step.
         let ctx = self.context(false, 0, options);
+        let momentum = self.method.teacher_momentum(&ctx);
         let mut grads = accumulator.grads();
         self.method.adjust_gradients(&self.model, &mut grads, &ctx);
         match (self.config.clip_grad, self.config.clip_grad_mode) {
@@ -257,6 +260,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             parts,
             lr,
             weight_decay,
+            momentum,
             images,
             epoch: last_state.map_or(0, |s| s.epoch),
             picture,
