@@ -8,6 +8,8 @@
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
 //! - `reliability`: special input files, a full disk, signals, damaged checkpoints (issue #14).
+//! - `remote`, `remote_net`: shards over HTTP and in an S3-compatible store, through a
+//!   fault-injecting proxy; the servers (issue #12).
 
 mod util;
 
@@ -19,6 +21,8 @@ mod methods;
 mod pipeline;
 #[cfg(all(feature = "train", unix))]
 mod reliability;
+mod remote;
+mod remote_net;
 mod shard;
 #[cfg(feature = "train")]
 mod train;

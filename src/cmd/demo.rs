@@ -159,6 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prepare: PrepareOptions::default(),
             dedup: false,
             workers,
+            publish_to: None,
         },
         &NoProgress,
     )

@@ -23,9 +23,19 @@ pub struct Args {
     /// More list files (one path a line), whatever their extension.
     #[arg(long = "list", value_name = "FILE")]
     pub lists: Vec<PathBuf>,
-    /// Output directory (created if missing).
+    /// Output directory (created if missing), or an object-store prefix
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`): shards are built in a local staging
+    /// directory and each is uploaded when finished, then its index, then its journal
+    /// record; the manifest last.
+    #[arg(long, value_name = "DIR|URL")]
+    pub out: String,
+    /// Local staging directory for `--out s3://...` (default: a directory under the
+    /// system's temporary directory named after the URL). Holds the journal and the shard
+    /// being written; finished shards are removed from it once uploaded.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub staging: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
     /// Shard name prefix: `{prefix}-000000.tar` (`{prefix}-part001-000000.tar` with --part).
     #[arg(long, default_value = "shard")]
     pub prefix: String,
@@ -71,18 +81,23 @@ pub struct Args {
 
 /// Build the shards and report.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.remote.apply()?;
     let options = resolve(&args)?;
     let bar = BarProgress::new();
     let manifest = builder::build(&options, &bar).context("tessera shard")?;
     bar.0.finish_and_clear();
-    let manifest_path = options.out.join(if options.part.count > 1 {
+    let manifest_name = if options.part.count > 1 {
         format!("manifest-part{}.json", options.part.index)
     } else {
         "manifest.json".to_string()
-    });
+    };
+    let manifest_path = match &options.publish_to {
+        Some(url) => format!("{}/{manifest_name}", url.trim_end_matches('/')),
+        None => options.out.join(&manifest_name).display().to_string(),
+    };
     if args.json {
         let summary = serde_json::json!({
-            "out": options.out,
+            "out": args.out,
             "manifest": manifest_path,
             "inputs": manifest.inputs,
             "samples": manifest.samples,
@@ -100,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{} samples in {} shards in {} ({} rejected, {} duplicates, {} shards resumed); {:.0} images/s, {:.1} MB/s",
             manifest.samples,
             manifest.shards.len(),
-            options.out.display(),
+            args.out,
             manifest.rejected.len(),
             manifest.duplicates.len(),
             manifest.resumed_shards,
@@ -110,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for (reason, count) in &manifest.rejected_by_reason {
             println!("  rejected {reason}: {count}");
         }
-        println!("manifest: {}", manifest_path.display());
+        println!("manifest: {manifest_path}");
     }
     Ok(())
 }
@@ -130,10 +145,24 @@ fn resolve(args: &Args) -> anyhow::Result<BuildOptions> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (out, publish_to) = if tessera_shards::remote::is_url(&args.out) {
+        let staging = match &args.staging {
+            Some(dir) => dir.clone(),
+            None => default_staging(&args.out),
+        };
+        (staging, Some(args.out.clone()))
+    } else {
+        anyhow::ensure!(
+            args.staging.is_none(),
+            "--staging is only for an object-store --out (s3://, gs://, az://)"
+        );
+        (PathBuf::from(&args.out), None)
+    };
     Ok(BuildOptions {
         inputs,
         labels,
-        out: args.out.clone(),
+        out,
+        publish_to,
         prefix: args.prefix.clone(),
         part: args.part.unwrap_or(Part::WHOLE),
         max_samples: args.max_samples,
@@ -149,8 +178,17 @@ fn resolve(args: &Args) -> anyhow::Result<BuildOptions> {
     })
 }
 
+/// `$TMPDIR/tessera-staging-<12 hex digits of the URL's hash>`: the same URL finds the
+/// same staging directory again on a rerun.
+fn default_staging(url: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut hasher);
+    std::env::temp_dir().join(format!("tessera-staging-{:012x}", hasher.finish() >> 16))
+}
+
 /// `64MB` (10^6), `1GiB` (2^30), `500k`, `123` (bytes).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

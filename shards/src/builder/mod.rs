@@ -8,6 +8,8 @@
 //! - [`build`]: resume, de-duplicate, write shards ([`crate::writer`]) and the
 //!   [`manifest`]; the workers' side is in `process`, file naming and clean-up in `names`.
 //! - [`journal`]: per-shard records that make a killed build resumable.
+//! - [`publish`]: building into an object store (`--out s3://...`): shard, index, record,
+//!   in that order, with the journal in the store.
 //! - [`sample_meta`]: each sample's `.json` (source path, size, format, transform).
 //!
 //! Not done here: fetching URLs (img2dataset's job), near-duplicate detection (only exact
@@ -23,6 +25,7 @@ mod names;
 pub mod ordered;
 pub mod prepare;
 mod process;
+pub mod publish;
 pub mod reject;
 pub mod sample_meta;
 
