@@ -294,3 +294,111 @@ fn training_from_s3_reproduces_training_from_disk() {
         assert_eq!((&x["step"], &x["loss"]), (&y["step"], &y["loss"]));
     }
 }
+
+/// `tessera shard --urls` (a CSV with captions) through the fault proxy: every URL ends
+/// in exactly one outcome, the designed failures each with their reason, the good images
+/// once each with their captions, and the faults show as retries.
+#[test]
+fn url_list_gives_one_outcome_per_url_through_faults() {
+    let tmp = tempdir();
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(crate::util::shared().join("datasets/cifar10-jpg.tar.gz"))
+        .arg("-C")
+        .arg(&served)
+        .args(["--wildcards", "train/*/000[0-3].jpg"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut images: Vec<String> = walk_files(&served.join("train"))
+        .into_iter()
+        .map(|p| format!("/{}", p.strip_prefix(&served).unwrap().display()))
+        .collect();
+    images.sort();
+    assert_eq!(images.len(), 40);
+    std::fs::write(served.join("notes.txt"), "not an image at all").unwrap();
+    let server = HttpServer::start(&served);
+    // The last five images are reached only through a designed behaviour.
+    let special: Vec<String> = images.split_off(35);
+    server.route("/moved.jpg", Behaviour::Redirect(special[0].clone()));
+    server.route(
+        &special[1],
+        Behaviour::Headers(vec![("X-Robots-Tag".into(), "noai, noimageai".into())]),
+    );
+    server.route(&special[2], Behaviour::Slow(Duration::from_secs(3)));
+    server.route(&special[3], Behaviour::Truncate(200));
+    server.route(&special[4], Behaviour::Status(500));
+    // Three faults in all: no URL can meet one on each of its four attempts.
+    let proxy = FaultProxy::start(server.port, |n| match n {
+        3 => Fault::ResetAfter(500),
+        7 => Fault::Unavailable,
+        11 => Fault::Unavailable,
+        _ => Fault::None,
+    });
+    let base = proxy.url();
+    let mut csv = String::from("url,caption,id\n");
+    for (i, path) in images.iter().enumerate() {
+        csv.push_str(&format!("{base}{path},\"image {i}, a photo\",{i}\n"));
+    }
+    for path in ["/moved.jpg", &special[1], &special[2], &special[3], &special[4]] {
+        csv.push_str(&format!("{base}{path},special,x\n"));
+    }
+    csv.push_str(&format!("{base}/gone.jpg,missing,x\n"));
+    csv.push_str(&format!("{base}/notes.txt,text,x\n"));
+    csv.push_str(&format!("{base}{},again,x\n", images[0]));
+    let list = tmp.path().join("urls.csv");
+    std::fs::write(&list, csv).unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = run_ok(&[
+        "shard", "--urls", list.to_str().unwrap(), "--out", out_dir.to_str().unwrap(),
+        "--timeout", "1", "--download-retries", "3", "--workers", "16", "--json",
+        "--max-samples", "16",
+    ]);
+    let report = stdout_json(&out);
+    let outcomes = report["outcomes"].as_object().unwrap();
+    let count = |k: &str| outcomes.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert_eq!(count("ok"), 36, "{report}");
+    assert_eq!(count("duplicate"), 1, "{report}");
+    assert_eq!(count("opted_out"), 1, "{report}");
+    assert_eq!(count("timeout"), 1, "{report}");
+    assert_eq!(count("http_status"), 2, "{report}");
+    assert_eq!(count("network"), 1, "{report}");
+    assert_eq!(count("not_an_image"), 1, "{report}");
+    assert_eq!(outcomes.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 43);
+    let retries = report["network"]["retries"].as_u64().unwrap();
+    assert!(retries >= proxy.unavailable.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(proxy.faults() >= 2, "faults injected: {}", proxy.faults());
+    // Each good image once, with its caption as `.txt` and its columns in `.json`.
+    let shards = local_shards(&out_dir);
+    let mut sample = Sample::default();
+    let mut captions = Vec::new();
+    for shard in &shards {
+        let mut reader = ShardReader::open(shard).unwrap();
+        while reader.read_into(&mut sample).unwrap() {
+            let caption = String::from_utf8(sample.field("txt").unwrap().to_vec()).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(sample.field("json").unwrap()).unwrap();
+            assert_eq!(json["caption"], caption.as_str());
+            captions.push(caption);
+        }
+    }
+    assert_eq!(captions.len(), 36);
+    captions.sort();
+    captions.dedup();
+    assert_eq!(captions.len(), 36, "a caption appears twice: a sample was written twice");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -32,7 +32,7 @@ pub enum Behaviour {
     Headers(Vec<(String, String)>),
     /// Serve the file, sleeping this long before the body.
     Slow(Duration),
-    /// Announce the full length but send only this many body bytes, then close.
+    /// Announce the full length but end the body at this byte of the file, then close.
     Truncate(usize),
 }
 
@@ -183,8 +183,7 @@ fn serve(
         }
         None => ("200 OK", 0, total),
     };
-    if let Some(range) = range.filter(|_| status.starts_with("206")) {
-        let _ = range;
+    if status.starts_with("206") {
         headers.push_str(&format!(
             "Content-Range: bytes {start}-{}/{total}\r\n",
             end.saturating_sub(1)
@@ -201,11 +200,12 @@ fn serve(
     if let Some(d) = slow {
         std::thread::sleep(d);
     }
-    let slice = &body[start as usize..end as usize];
-    let slice = match truncate {
-        Some(n) => &slice[..n.min(slice.len())],
-        None => slice,
+    // A truncated file ends at byte `n` whatever the range asked (and the length said).
+    let (from, to) = match truncate {
+        Some(n) => ((start as usize).min(n), (end as usize).min(n)),
+        None => (start as usize, end as usize),
     };
+    let slice = &body[from..to.max(from)];
     out.write_all(slice)?;
     out.flush()?;
     out.shutdown(Shutdown::Both)

@@ -202,11 +202,10 @@ fn open_from(path: &Path, offset: u64) -> Result<Box<dyn Read + Send>, ShardErro
     if let Some(url) = crate::remote::url_of(path) {
         return crate::remote::stream::open_read(url, offset);
     }
-    let url = path.display();
-    let mut file = File::open(path).map_err(|e| ShardError::io(url, e))?;
+    let mut file = File::open(path).map_err(|e| ShardError::io(path.display(), e))?;
     if offset > 0 {
         file.seek(SeekFrom::Start(offset))
-            .map_err(|e| ShardError::io(url, e))?;
+            .map_err(|e| ShardError::io(path.display(), e))?;
     }
     Ok(Box::new(file))
 }

@@ -160,6 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dedup: false,
             workers,
             publish_to: None,
+            fetch: Default::default(),
         },
         &NoProgress,
     )

@@ -150,7 +150,10 @@ fn inspect_shard(
     let mut report = ShardReport {
         path: path.to_path_buf(),
         samples: 0,
-        bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+        bytes: match tessera_shards::remote::url_of(path) {
+            Some(url) => tessera_shards::remote::stream::size_of(url).unwrap_or(0),
+            None => std::fs::metadata(path).map_or(0, |m| m.len()),
+        },
         fields: BTreeMap::new(),
         field_bytes: BTreeMap::new(),
         error: None,

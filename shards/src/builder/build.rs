@@ -65,6 +65,8 @@ pub struct BuildOptions {
     /// Publish into an object store (`s3://bucket/prefix`, `gs://...`, `az://...`): `out`
     /// is then only the local staging directory (see [`super::publish`]).
     pub publish_to: Option<String>,
+    /// How URL-list inputs ([`InputSpec::Urls`]) are downloaded.
+    pub fetch: super::fetch::FetchOptions,
 }
 
 /// Told how far the build is (the CLI draws a progress bar from it).
@@ -212,6 +214,10 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
                             vec![(extension, &data), ("json", &json)];
                         if let Some(label) = &label_text {
                             fields.push(("cls", label.as_bytes()));
+                        }
+                        let caption = files[position].row.as_ref().and_then(|r| r.caption.as_ref());
+                        if let Some(caption) = caption {
+                            fields.push(("txt", caption.as_bytes()));
                         }
                         let tar_len = sample_tar_len(&key, &fields);
                         if shard.is_full(options, tar_len) {
@@ -445,7 +451,7 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
 
 fn spec_root(spec: &InputSpec) -> &Path {
     match spec {
-        InputSpec::Dir(p) | InputSpec::List(p) | InputSpec::File(p) => p,
+        InputSpec::Dir(p) | InputSpec::List(p) | InputSpec::File(p) | InputSpec::Urls(p) => p,
     }
 }
 

@@ -62,8 +62,8 @@ fn head_all(urls: &[(usize, String)]) -> Result<Vec<bool>, ShardError> {
         .collect::<Result<Vec<_>, _>>()?;
     let concurrency = super::options().concurrency.max(1);
     store::block_on(async {
-        futures::stream::iter(objects.iter().map(|object| async move {
-            match store::retrying(object, "looking up", || object.store.head(&object.key)).await
+        futures::stream::iter(objects.into_iter().map(|object| async move {
+            match store::retrying(&object, "looking up", || object.store.head(&object.key)).await
             {
                 Ok(_) => Ok(true),
                 Err(ShardError::Remote {

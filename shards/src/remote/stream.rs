@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use object_store::{GetOptions, GetRange};
+use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use tokio::sync::mpsc;
 
 use super::cache::{self, CacheFill};
