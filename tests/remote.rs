@@ -98,8 +98,18 @@ fn profile_over_http_matches_disk_and_reports_the_network() {
     let proxy = FaultProxy::start(server.port, faults);
     let profile = |shards: &str| {
         let out = run_ok(&[
-            "profile", "--recipe", "mae", "--shards", shards, "--batch-size", "10",
-            "--workers", "2", "--json", "--stall-timeout", "1",
+            "profile",
+            "--recipe",
+            "mae",
+            "--shards",
+            shards,
+            "--batch-size",
+            "10",
+            "--workers",
+            "2",
+            "--json",
+            "--stall-timeout",
+            "1",
         ]);
         stdout_json(&out)
     };
@@ -128,13 +138,19 @@ fn http_errors_name_the_object() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = format!("{stdout}{stderr}");
     assert!(text.contains("shard-000001.tar"), "{text}");
-    assert!(text.contains("ended early") && text.contains("byte 40000"), "{text}");
+    assert!(
+        text.contains("ended early") && text.contains("byte 40000"),
+        "{text}"
+    );
 
     let missing = format!("{}/shard-000009.tar", server.url());
     let out = output_with_watchdog(tessera().args(["inspect", &missing]));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("missing") && stderr.contains("shard-000009.tar"), "{stderr}");
+    assert!(
+        stderr.contains("missing") && stderr.contains("shard-000009.tar"),
+        "{stderr}"
+    );
 
     let glob = format!("{}/*.tar", server.url());
     let out = output_with_watchdog(tessera().args(["inspect", &glob]));
@@ -186,8 +202,19 @@ fn shard_to_s3_reads_back_and_resumes() {
     let shard = |staging: &Path| {
         let mut cmd = tessera();
         cmd.args(["shard", images.join("train").to_str().unwrap()])
-            .args(["--out", "s3://bucket/cifar", "--max-samples", "60", "--json"])
-            .args(["--labels", "folders", "--staging", staging.to_str().unwrap()]);
+            .args([
+                "--out",
+                "s3://bucket/cifar",
+                "--max-samples",
+                "60",
+                "--json",
+            ])
+            .args([
+                "--labels",
+                "folders",
+                "--staging",
+                staging.to_str().unwrap(),
+            ]);
         with_env(&mut cmd, &env);
         let out = output_with_watchdog(&mut cmd);
         assert!(
@@ -204,7 +231,11 @@ fn shard_to_s3_reads_back_and_resumes() {
     for name in ["shard-000003.tar", "shard-000003.tar.idx", "manifest.json"] {
         assert!(bucket.join(name).is_file(), "{name} not in the store");
     }
-    assert!(bucket.join(".tessera-shard/shard-000003.tar.json").is_file());
+    assert!(
+        bucket
+            .join(".tessera-shard/shard-000003.tar.json")
+            .is_file()
+    );
     let read = inspect_samples("s3://bucket/cifar/shard-*.tar", &env);
     assert_eq!(read["samples"], 200);
 
@@ -279,7 +310,11 @@ fn training_from_s3_reproduces_training_from_disk() {
     run_ok(&crate::train::train_args(&recipe, &local_glob, &local_run));
     let s3_run = tmp.path().join("s3");
     let mut cmd = tessera();
-    cmd.args(crate::train::train_args(&recipe, "s3://bucket/cifar/*.tar", &s3_run));
+    cmd.args(crate::train::train_args(
+        &recipe,
+        "s3://bucket/cifar/*.tar",
+        &s3_run,
+    ));
     with_env(&mut cmd, &env);
     let out = output_with_watchdog(&mut cmd);
     assert!(
@@ -342,7 +377,13 @@ fn url_list_gives_one_outcome_per_url_through_faults() {
     for (i, path) in images.iter().enumerate() {
         csv.push_str(&format!("{base}{path},\"image {i}, a photo\",{i}\n"));
     }
-    for path in ["/moved.jpg", &special[1], &special[2], &special[3], &special[4]] {
+    for path in [
+        "/moved.jpg",
+        &special[1],
+        &special[2],
+        &special[3],
+        &special[4],
+    ] {
         csv.push_str(&format!("{base}{path},special,x\n"));
     }
     csv.push_str(&format!("{base}/gone.jpg,missing,x\n"));
@@ -352,9 +393,20 @@ fn url_list_gives_one_outcome_per_url_through_faults() {
     std::fs::write(&list, csv).unwrap();
     let out_dir = tmp.path().join("out");
     let out = run_ok(&[
-        "shard", "--urls", list.to_str().unwrap(), "--out", out_dir.to_str().unwrap(),
-        "--timeout", "1", "--download-retries", "3", "--workers", "16", "--json",
-        "--max-samples", "16",
+        "shard",
+        "--urls",
+        list.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--download-retries",
+        "3",
+        "--workers",
+        "16",
+        "--json",
+        "--max-samples",
+        "16",
     ]);
     let report = stdout_json(&out);
     let outcomes = report["outcomes"].as_object().unwrap();
@@ -366,7 +418,10 @@ fn url_list_gives_one_outcome_per_url_through_faults() {
     assert_eq!(count("http_status"), 2, "{report}");
     assert_eq!(count("network"), 1, "{report}");
     assert_eq!(count("not_an_image"), 1, "{report}");
-    assert_eq!(outcomes.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 43);
+    assert_eq!(
+        outcomes.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        43
+    );
     let retries = report["network"]["retries"].as_u64().unwrap();
     assert!(retries >= proxy.unavailable.load(std::sync::atomic::Ordering::Relaxed));
     assert!(proxy.faults() >= 2, "faults injected: {}", proxy.faults());
@@ -387,7 +442,11 @@ fn url_list_gives_one_outcome_per_url_through_faults() {
     assert_eq!(captions.len(), 36);
     captions.sort();
     captions.dedup();
-    assert_eq!(captions.len(), 36, "a caption appears twice: a sample was written twice");
+    assert_eq!(
+        captions.len(),
+        36,
+        "a caption appears twice: a sample was written twice"
+    );
 }
 
 fn walk_files(dir: &Path) -> Vec<PathBuf> {

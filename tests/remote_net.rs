@@ -175,11 +175,7 @@ fn serve(
         }
         Some((start, end)) => {
             let end = end.map_or(total, |e| (e + 1).min(total));
-            (
-                "206 Partial Content",
-                start,
-                end,
-            )
+            ("206 Partial Content", start, end)
         }
         None => ("200 OK", 0, total),
     };
@@ -393,9 +389,11 @@ pub const S3_SECRET: &str = "tessera-test-secret";
 
 /// Where `scripts/test.sh` installs `s3s-fs` (`TESSERA_S3S_FS` overrides).
 pub fn s3s_fs() -> Option<PathBuf> {
-    let candidate = std::env::var_os("TESSERA_S3S_FS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/s3s-fs/bin/s3s-fs")
-    });
+    let candidate = std::env::var_os("TESSERA_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/s3s-fs/bin/s3s-fs")
+        });
     if candidate.is_file() {
         return Some(candidate);
     }
@@ -405,7 +403,10 @@ pub fn s3s_fs() -> Option<PathBuf> {
             candidate.display()
         );
     }
-    eprintln!("skipping: no s3s-fs at {} (scripts/test.sh installs it)", candidate.display());
+    eprintln!(
+        "skipping: no s3s-fs at {} (scripts/test.sh installs it)",
+        candidate.display()
+    );
     None
 }
 
@@ -449,7 +450,10 @@ impl S3Server {
             ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
             ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
             ("AWS_REGION", "us-east-1".to_string()),
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
             ("AWS_ALLOW_HTTP", "true".to_string()),
         ]
     }

@@ -155,7 +155,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn outcomes(manifest: &builder::Manifest) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     out.insert("ok".into(), manifest.samples.into());
-    out.insert("duplicate".into(), (manifest.duplicates.len() as u64).into());
+    out.insert(
+        "duplicate".into(),
+        (manifest.duplicates.len() as u64).into(),
+    );
     for (reason, count) in &manifest.rejected_by_reason {
         out.insert(reason.to_string(), (*count).into());
     }

@@ -24,12 +24,12 @@ use std::time::Instant;
 use super::error::BuildError;
 use super::inputs::{self, InputFile, InputSpec, LabelSource, Part};
 use super::journal::{self, DuplicateRecord, JOURNAL_DIR, RejectRecord, ShardRecord};
-use super::publish::Publisher;
 use super::manifest::{Manifest, ShardSummary, Throughput};
 use super::names::ShardNames;
 use super::ordered::ordered_map;
 use super::prepare::{PrepareOptions, Preparer};
 use super::process::{Context, Outcome, give_back, process};
+use super::publish::Publisher;
 use crate::atomic::AtomicFile;
 use crate::compression::Compression;
 use crate::writer::{ShardFileWriter, sample_tar_len};
@@ -108,7 +108,11 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
     }
     let names = ShardNames::new(options);
     let plan = plan_fingerprint(options, files);
-    let publisher = options.publish_to.as_deref().map(Publisher::new).transpose()?;
+    let publisher = options
+        .publish_to
+        .as_deref()
+        .map(Publisher::new)
+        .transpose()?;
     if let Some(publisher) = &publisher {
         publisher.pull_journal(out)?;
         if set.classes.is_some() {
@@ -215,21 +219,22 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
                         if let Some(label) = &label_text {
                             fields.push(("cls", label.as_bytes()));
                         }
-                        let caption = files[position].row.as_ref().and_then(|r| r.caption.as_ref());
+                        let caption = files[position]
+                            .row
+                            .as_ref()
+                            .and_then(|r| r.caption.as_ref());
                         if let Some(caption) = caption {
                             fields.push(("txt", caption.as_bytes()));
                         }
                         let tar_len = sample_tar_len(&key, &fields);
                         if shard.is_full(options, tar_len) {
                             let next = OpenShard::new(shard.number + 1, position);
-                            records.extend(
-                                std::mem::replace(&mut shard, next).finish(
-                                    out,
-                                    &plan,
-                                    position,
-                                    publisher.as_ref(),
-                                )?,
-                            );
+                            records.extend(std::mem::replace(&mut shard, next).finish(
+                                out,
+                                &plan,
+                                position,
+                                publisher.as_ref(),
+                            )?);
                         }
                         shard.write(out, &names, options.compression, &key, &fields)?;
                         shard.kept.push((position, hex::encode(hash)));

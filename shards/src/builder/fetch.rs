@@ -180,7 +180,10 @@ async fn fetch_once(url: &str, options: &FetchOptions) -> Attempt {
                 format!("X-Robots-Tag: {directive}"),
             ));
         }
-        if response.content_length().is_some_and(|n| n > options.max_bytes) {
+        if response
+            .content_length()
+            .is_some_and(|n| n > options.max_bytes)
+        {
             return Attempt::Final(too_large(options));
         }
         let mut response = response;
@@ -270,10 +273,19 @@ mod tests {
     #[test]
     fn opt_outs_follow_img2dataset() {
         assert_eq!(opted_out(&tags(&["noai"])), Some("noai".into()));
-        assert_eq!(opted_out(&tags(&["nofollow, NoImageAI"])), Some("noimageai".into()));
+        assert_eq!(
+            opted_out(&tags(&["nofollow, NoImageAI"])),
+            Some("noimageai".into())
+        );
         assert_eq!(opted_out(&tags(&["otherbot: noai"])), None);
-        assert_eq!(opted_out(&tags(&["img2dataset: noindex"])), Some("noindex".into()));
-        assert_eq!(opted_out(&tags(&["nofollow", "*: noimageindex"])), Some("noimageindex".into()));
+        assert_eq!(
+            opted_out(&tags(&["img2dataset: noindex"])),
+            Some("noindex".into())
+        );
+        assert_eq!(
+            opted_out(&tags(&["nofollow", "*: noimageindex"])),
+            Some("noimageindex".into())
+        );
         assert_eq!(opted_out(&tags(&["nofollow"])), None);
         assert_eq!(opted_out(&HeaderMap::new()), None);
     }

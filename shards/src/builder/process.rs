@@ -93,9 +93,7 @@ pub(super) fn process(
     } else if let Some(special) = special_file(&file.path) {
         give_back(pool, data, options.workers);
         return reject(special, 0);
-    } else if let Err(err) =
-        fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut data))
-    {
+    } else if let Err(err) = fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut data)) {
         give_back(pool, data, options.workers);
         return reject(Reject::new(RejectReason::Unreadable, err.to_string()), 0);
     }

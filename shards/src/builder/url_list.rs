@@ -71,7 +71,11 @@ pub fn read(list: &Path, root: usize, files: &mut Vec<InputFile>) -> Result<(), 
                 .map(str::to_string)
                 .collect();
             let (url_col, caption_col) = columns(&header).ok_or_else(|| {
-                bad(list, 1, format!("no URL column among {header:?} (name one `url`)"))
+                bad(
+                    list,
+                    1,
+                    format!("no URL column among {header:?} (name one `url`)"),
+                )
             })?;
             for (i, record) in reader.records().enumerate() {
                 let record = record.map_err(|e| bad(list, i + 2, e.to_string()))?;
@@ -104,8 +108,8 @@ pub fn read(list: &Path, root: usize, files: &mut Vec<InputFile>) -> Result<(), 
                     return Err(bad(list, i + 1, "not a JSON object"));
                 };
                 let keys: Vec<String> = object.keys().cloned().collect();
-                let (url_col, caption_col) = columns(&keys)
-                    .ok_or_else(|| bad(list, i + 1, "no `url` field"))?;
+                let (url_col, caption_col) =
+                    columns(&keys).ok_or_else(|| bad(list, i + 1, "no `url` field"))?;
                 let url = match object.remove(&keys[url_col]) {
                     Some(Value::String(url)) => url,
                     _ => return Err(bad(list, i + 1, "the URL is not a string")),
@@ -115,7 +119,13 @@ pub fn read(list: &Path, root: usize, files: &mut Vec<InputFile>) -> Result<(), 
                     Some(other) => Some(other.to_string()),
                     None => None,
                 });
-                push(url, UrlRow { caption, columns: object });
+                push(
+                    url,
+                    UrlRow {
+                        caption,
+                        columns: object,
+                    },
+                );
             }
         }
         _ => {

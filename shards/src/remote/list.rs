@@ -38,6 +38,17 @@ pub fn resolve_part(
         }
     }
     let checked = head_all(&explicit)?;
+    // A `HEAD` has no body to say *why* nothing is there: one listing tells a missing
+    // bucket from missing objects.
+    if let Some((_, url)) = explicit
+        .iter()
+        .zip(&checked)
+        .find(|(_, ok)| !**ok)
+        .map(|(e, _)| e)
+        && !url.starts_with("http")
+    {
+        check_bucket(url)?;
+    }
     let mut checked = checked.into_iter();
     for (item, listed) in items.iter().zip(found) {
         match listed {
@@ -49,6 +60,40 @@ pub fn resolve_part(
         }
     }
     Ok(())
+}
+
+/// Does the bucket of `url` exist? A listing answers: it fails only for a missing bucket
+/// (or missing rights), where a missing object lists fine.
+fn check_bucket(url: &str) -> Result<(), ShardError> {
+    let object = ObjectUrl::parse(url)?;
+    let listed = store::block_on(async {
+        store::retrying(&object, "listing the bucket", || {
+            object.store.list_with_delimiter(None)
+        })
+        .await
+    });
+    match listed {
+        Ok(_) => Ok(()),
+        Err(ShardError::Remote {
+            url,
+            action,
+            attempts,
+            source: source @ object_store::Error::NotFound { .. },
+            ..
+        }) => {
+            let bucket = url
+                .split_once("://")
+                .map_or("", |(_, rest)| rest.split('/').next().unwrap_or_default());
+            Err(ShardError::Remote {
+                hint: format!("bucket `{bucket}` does not exist"),
+                url,
+                action,
+                attempts,
+                source,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `HEAD` every URL (concurrently, in order): `true` where it exists.
@@ -63,8 +108,7 @@ fn head_all(urls: &[(usize, String)]) -> Result<Vec<bool>, ShardError> {
     let concurrency = super::options().concurrency.max(1);
     store::block_on(async {
         futures::stream::iter(objects.into_iter().map(|object| async move {
-            match store::retrying(&object, "looking up", || object.store.head(&object.key)).await
-            {
+            match store::retrying(&object, "looking up", || object.store.head(&object.key)).await {
                 Ok(_) => Ok(true),
                 Err(ShardError::Remote {
                     source: object_store::Error::NotFound { .. },

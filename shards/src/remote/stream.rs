@@ -255,7 +255,12 @@ pub fn fetch_small(url: &str) -> Result<Option<Bytes>, ShardError> {
     let object = ObjectUrl::parse(url)?;
     let fetched = store::block_on(async {
         store::retrying(&object, "reading", || async {
-            object.store.get_opts(&object.key, GetOptions::default()).await?.bytes().await
+            object
+                .store
+                .get_opts(&object.key, GetOptions::default())
+                .await?
+                .bytes()
+                .await
         })
         .await
     });

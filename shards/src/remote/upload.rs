@@ -97,7 +97,11 @@ async fn multipart_once(
         super::count_request();
         writer.write(&buf[..n]);
     }
-    writer.finish().await.map(|_| ()).map_err(UploadFailure::Store)
+    writer
+        .finish()
+        .await
+        .map(|_| ())
+        .map_err(UploadFailure::Store)
 }
 
 /// Put `bytes` as the object `url` in one request (with retries).
@@ -109,7 +113,9 @@ fn put_object(object: &ObjectUrl, bytes: Bytes) -> Result<(), ShardError> {
     let len = bytes.len() as u64;
     store::block_on(async {
         store::retrying(object, "uploading", || {
-            object.store.put(&object.key, PutPayload::from(bytes.clone()))
+            object
+                .store
+                .put(&object.key, PutPayload::from(bytes.clone()))
         })
         .await
     })?;
