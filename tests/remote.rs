@@ -86,6 +86,42 @@ fn http_shards_read_through_faults_exactly_once() {
     let mut sample = Sample::default();
     assert!(reader.read_into(&mut sample).unwrap());
     assert_eq!(sample.key, expected[250].0);
+
+    // With a shard cache, the first pass fills it and the second reads only local copies;
+    // a cap below two shards keeps at most one.
+    let cache = tmp.path().join("cache");
+    let shard_bytes = std::fs::metadata(&local[0]).unwrap().len();
+    remote::configure(RemoteOptions {
+        backoff: Duration::from_millis(10),
+        stall_timeout: Duration::from_secs(1),
+        cache: Some(remote::cache::CacheOptions {
+            dir: cache.clone(),
+            max_bytes: shard_bytes * 3 + 1,
+        }),
+        ..RemoteOptions::default()
+    });
+    assert_eq!(digest_samples(&shards), expected);
+    let before = remote::stats();
+    let requests_before = server.requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(digest_samples(&shards), expected);
+    let second = remote::stats().since(&before);
+    assert_eq!(second.cache_hits, 3, "{second:?}");
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::Relaxed),
+        requests_before,
+        "a cached pass must not touch the server"
+    );
+    remote::configure(RemoteOptions {
+        cache: Some(remote::cache::CacheOptions {
+            dir: cache.clone(),
+            max_bytes: shard_bytes + shard_bytes / 2,
+        }),
+        ..RemoteOptions::default()
+    });
+    remote::cache::evict(&cache, shard_bytes + shard_bytes / 2);
+    let left = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(left, 1, "LRU eviction keeps what fits under the cap");
+    remote::configure(RemoteOptions::default());
 }
 
 /// `tessera profile` over HTTP through the fault proxy sees exactly the images it sees

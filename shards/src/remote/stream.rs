@@ -39,11 +39,16 @@ pub struct RemoteStream {
     url: String,
     chunks: mpsc::Receiver<Result<Bytes, ShardError>>,
     pump: tokio::task::JoinHandle<()>,
+    /// The pump also fills the cache: let it finish the object when the reader stops early
+    /// (a tar reader stops at the end-of-archive blocks, before the file's padding).
+    caching: bool,
 }
 
 impl Drop for RemoteStream {
     fn drop(&mut self) {
-        self.pump.abort();
+        if !self.caching {
+            self.pump.abort();
+        }
     }
 }
 
@@ -61,11 +66,13 @@ impl RemoteStream {
         } else {
             None
         };
+        let caching = fill.is_some();
         let pump = store::runtime().spawn(pump(object, offset, tx, fill));
         Ok(RemoteStream {
             url: url.to_string(),
             chunks,
             pump,
+            caching,
         })
     }
 
@@ -145,8 +152,9 @@ async fn pump(
                         if let Some(f) = fill.as_mut() {
                             f.write(&chunk);
                         }
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // The reader went away.
+                        // The reader went away: stop, unless the cache wants the rest.
+                        if tx.send(Ok(chunk)).await.is_err() && fill.is_none() {
+                            return;
                         }
                     }
                 }
@@ -184,9 +192,7 @@ async fn pump(
         if let Some(f) = fill.as_mut() {
             f.write(&chunk);
         }
-        if tx.send(Ok(chunk)).await.is_err() {
-            return;
-        }
+        let _ = tx.send(Ok(chunk)).await;
     }
     if let Some(f) = fill {
         f.finish(offset);
