@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README, CI): sets up what the tests need, then runs them.
 #
+# - `.tools/s3s-fs`: the S3-compatible server of the remote tests (built once).
 # - `.venv/`: a local Python with the reference WebDataset reader, used as a test oracle
 #   (made once; re-made when scripts/test-requirements.txt changes).
 # - `cargo test --release`: every crate and the end-to-end tests through `tessera`, in the
@@ -43,6 +44,18 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 export TESSERA_PYTHON="$PWD/$venv/bin/python"
 export TESSERA_REQUIRE_PYTHON=1
+
+# Tools for the remote-shard tests (issue 12): `s3s-fs`, an S3-compatible server the tests
+# start on 127.0.0.1, built once from crates.io into .tools/ (0.14.1: the last release that
+# builds with our toolchain; its own lock file pins its dependencies) and reused after.
+s3s="$PWD/.tools/s3s-fs/bin/s3s-fs"
+if [ ! -x "$s3s" ]; then
+  echo "==> installing s3s-fs 0.14.1 into .tools/ (S3-compatible test server)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet \
+    --root "$PWD/.tools/s3s-fs" --target-dir "$PWD/target/tools"
+fi
+export TESSERA_S3S_FS="$s3s"
+export TESSERA_REQUIRE_S3=1
 
 echo "==> cargo test --release --workspace"
 cargo test --release --workspace

@@ -11,6 +11,8 @@
 //! - `dino`: DINO and iBOT through `train`, `eval`, `attention` (issue #10).
 //! - `swav`: SwAV's multi-crop training, evaluation and exact resume (issue #10).
 //! - `report`: TensorBoard event files, `tessera report`, `--json` (issue #15).
+//! - `remote`, `remote_net`: shards over HTTP and in an S3-compatible store, through a
+//!   fault-injecting proxy; the servers (issue #12).
 
 mod util;
 
@@ -26,6 +28,8 @@ mod pipeline;
 mod reliability;
 #[cfg(feature = "train")]
 mod report;
+mod remote;
+mod remote_net;
 mod shard;
 #[cfg(feature = "train")]
 mod swav;

@@ -13,8 +13,13 @@
 //!
 //! The order is deterministic: spec order, expansion order, sorted glob matches. Paths
 //! named explicitly (plain or from a range or list) that do not exist are collected into
-//! one [`ShardError::Missing`] naming them all. URLs (`http://`, `s3://`, ...) are
-//! [`ShardError::UnsupportedUrl`] for now; this is where other stores will plug in.
+//! one [`ShardError::Missing`] naming them all.
+//!
+//! A part starting with `s3://`, `gs://`, `az://` or `http(s)://` names remote shards: the
+//! same braces apply, globs are matched against a listing of the store, and explicit
+//! names are checked to exist (see [`crate::remote::list`]). A remote shard is carried as
+//! a path whose text is its URL ([`crate::remote::url_of`]). Other schemes are
+//! [`ShardError::UnsupportedUrl`].
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +32,8 @@ const MAX_EXPANSIONS: usize = 10_000_000;
 /// How deep `@list` files may include other `@list` files.
 const MAX_LIST_DEPTH: usize = 8;
 
-/// Resolve a shard spec (see the module docs) to an ordered list of existing paths.
+/// Resolve a shard spec (see the module docs) to an ordered list of existing paths (and
+/// URLs of existing remote shards).
 pub fn resolve(spec: &str) -> Result<Vec<PathBuf>, ShardError> {
     let mut out = Vec::new();
     let mut missing = Vec::new();
@@ -66,12 +72,9 @@ fn resolve_into(
             }
             continue;
         }
-        if let Some((scheme, _)) = part.split_once("://")
-            && !scheme.contains('/')
-        {
-            return Err(ShardError::UnsupportedUrl {
-                url: part.to_string(),
-            });
+        if crate::remote::is_url(part) {
+            crate::remote::list::resolve_part(part, out, missing)?;
+            continue;
         }
         for item in expand_braces(part)? {
             let path = relative_to(base, &item);
@@ -245,9 +248,9 @@ mod tests {
     }
 
     #[test]
-    fn rejects_urls() {
+    fn rejects_unknown_url_schemes() {
         assert!(matches!(
-            resolve("http://x/a.tar"),
+            resolve("ftp://x/a.tar"),
             Err(ShardError::UnsupportedUrl { .. })
         ));
     }

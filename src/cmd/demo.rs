@@ -167,6 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prepare: PrepareOptions::default(),
             dedup: false,
             workers,
+            publish_to: None,
+            fetch: Default::default(),
         },
         &NoProgress,
     )

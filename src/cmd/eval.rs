@@ -84,9 +84,12 @@ pub struct Args {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.remote.apply()?;
     let options = options(&args)?;
     let kind: DeviceKind = args.device.parse()?;
     let mut bars = Bars::new(args.quiet);

@@ -4,6 +4,7 @@ pub mod index;
 pub mod inspect;
 pub mod preview;
 pub mod profile;
+pub mod remote;
 pub mod shard;
 
 #[cfg(feature = "train")]

@@ -103,6 +103,9 @@ pub struct Args {
     /// Print the run summary as one JSON object to stdout.
     #[arg(long)]
     pub json: bool,
+    /// Remote shards (`s3://`, ...): cache, retries, read-ahead.
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
 }
 
 /// A prepared run: the recipe, its resolved numbers and where the batches come from.
@@ -118,6 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         list_methods();
         return Ok(());
     }
+    args.remote.apply()?;
     let mut prepared = prepare(&args)?;
     print_resolved(&prepared);
     let signals = install_signal_handlers()?;

@@ -84,11 +84,16 @@ pub(super) fn process(
         .pop()
         .unwrap_or_default();
     data.clear();
-    if let Some(special) = special_file(&file.path) {
+    if file.row.is_some() {
+        // A URL-list entry: download instead of reading a file.
+        if let Err(rejected) = super::fetch::download(&file.source, &options.fetch, &mut data) {
+            give_back(pool, data, options.workers);
+            return reject(rejected, 0);
+        }
+    } else if let Some(special) = special_file(&file.path) {
         give_back(pool, data, options.workers);
         return reject(special, 0);
-    }
-    if let Err(err) = fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut data)) {
+    } else if let Err(err) = fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut data)) {
         give_back(pool, data, options.workers);
         return reject(Reject::new(RejectReason::Unreadable, err.to_string()), 0);
     }
@@ -129,6 +134,12 @@ pub(super) fn process(
             .and_then(|l| context.classes?.get(l as usize))
             .map(String::as_str),
         transform: TransformMeta::of(&prepared),
+        caption: file.row.as_ref().and_then(|r| r.caption.as_deref()),
+        columns: file
+            .row
+            .as_ref()
+            .map(|r| &r.columns)
+            .filter(|c| !c.is_empty()),
     };
     let json = serde_json::to_vec(&meta).unwrap_or_default();
     if prepared.resized.is_some() {
