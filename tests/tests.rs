@@ -7,12 +7,15 @@
 //! - `train`: `tessera train`, `export`, `demo` (issue #4).
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
+//! - `masked`: SimMIM, data2vec, MSN through `train` and `eval` (issue #10).
 
 mod util;
 
 #[cfg(feature = "train")]
 mod eval;
 mod inspect;
+#[cfg(feature = "train")]
+mod masked;
 #[cfg(feature = "train")]
 mod methods;
 mod pipeline;

@@ -36,6 +36,7 @@ pub mod precision;
 pub mod schedule;
 pub mod teacher;
 pub mod vit;
+pub mod vit_masked;
 
 pub use error::{Error, Result};
 

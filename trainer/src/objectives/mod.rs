@@ -32,11 +32,15 @@ use crate::precision::Precision;
 
 pub mod barlow_twins;
 pub mod byol;
+pub mod data2vec;
 pub mod mae;
+pub mod masked_view;
 pub mod moco_v2;
 pub mod moco_v3;
+pub mod msn;
 pub mod nnclr;
 pub mod simclr;
+pub mod simmim;
 pub mod simsiam;
 pub mod two_view;
 pub mod vicreg;
@@ -284,6 +288,9 @@ methods! {
     BarlowTwins(barlow_twins::BarlowTwinsConfig),
     Vicreg(vicreg::VicRegConfig),
     Nnclr(nnclr::NnclrConfig),
+    Simmim(simmim::SimMimConfig),
+    Data2vec(data2vec::Data2VecConfig),
+    Msn(msn::MsnConfig),
 }
 
 /// The names `[objective] method` accepts.
