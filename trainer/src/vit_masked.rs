@@ -48,7 +48,7 @@ impl<B: Backend> Vit<B> {
         let pos = if tokens == 1 + gh * gw && gh == gw {
             pos
         } else {
-            crate::pos_embed::resample_abs_pos_embed(pos.clone(), gh, gw, false).unwrap_or(pos)
+            crate::pos_embed::resample_abs_pos_embed(pos.clone(), gh, gw, true).unwrap_or(pos)
         };
         let x = x + pos.clone().slice([0..1, 1..l + 1, 0..d]);
         let cls = self.cls_token.val() + pos.slice([0..1, 0..1, 0..d]);

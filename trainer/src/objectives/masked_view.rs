@@ -164,7 +164,7 @@ pub fn mask_grid<B: Backend>(mask: Tensor<B, 2>, h: usize, w: usize, p: usize) -
 
 /// The class token after the final norm of the encoder run over the kept patches only
 /// (MSN's patch dropping, MAE's encoder), at any view size: the position embedding is
-/// resampled (bicubic, as DINO and timm do) when the view's grid is not the model's.
+/// resampled (bicubic, antialiased: timm's `resample_abs_pos_embed`, as `h/dino`'s `Vit::pos_embed_for`) when the view's grid is not the model's.
 ///
 /// # Shapes
 /// `images` `[n, c, h, w]`, `ids_keep` `[n, k]` (patch indices in `0..l`) -> `[n, d]`.
@@ -182,7 +182,7 @@ pub fn forward_kept_cls<B: Backend>(
         let x = vit.patch_embed.forward(images); // [n, l, d]
         let [_, l, _] = x.dims();
         let pos =
-            crate::pos_embed::resample_abs_pos_embed(vit.pos_embed.val(), h / p, w / p, false)?;
+            crate::pos_embed::resample_abs_pos_embed(vit.pos_embed.val(), h / p, w / p, true)?;
         let x = x + pos.slice([0..1, 1..l + 1, 0..d]); // [n, l, d]
         let [_, k] = ids_keep.dims();
         let index = ids_keep.reshape([n, k, 1]).expand([n, k, d]);
