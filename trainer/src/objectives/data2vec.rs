@@ -326,15 +326,17 @@ mod tests {
     #[test]
     fn targets_come_from_the_teachers_top_blocks() {
         let device = Default::default();
-        let vit = tiny().init::<Flex>(&device);
         let images = Tensor::<Flex, 4>::random([2, 3, 16, 16], Distribution::Default, &device);
         let config = Data2VecConfig {
             average_top_k_layers: 2,
             ..Default::default()
         };
+        // One encoder, not a clone: burn clones uninitialised (lazy) parameters as fresh
+        // lazy initialisers, so a clone taken before first use gets other random weights.
         let teacher = Data2VecTeacher {
-            encoder: vit.clone(),
+            encoder: tiny().init::<Flex>(&device),
         };
+        let vit = &teacher.encoder;
         let got = teacher.targets(images.clone(), &config).unwrap();
         let (_, blocks) = vit.forward_with_blocks(images.clone(), None, None);
 
