@@ -13,6 +13,7 @@
 //! - `report`: TensorBoard event files, `tessera report`, `--json` (issue #15).
 //! - `remote`, `remote_net`: shards over HTTP and in an S3-compatible store, through a
 //!   fault-injecting proxy; the servers (issue #12).
+//! - `masked`: SimMIM, data2vec, MSN through `train` and `eval` (issue #10).
 
 mod util;
 
@@ -22,14 +23,16 @@ mod dino;
 mod eval;
 mod inspect;
 #[cfg(feature = "train")]
+mod masked;
+#[cfg(feature = "train")]
 mod methods;
 mod pipeline;
 #[cfg(all(feature = "train", unix))]
 mod reliability;
-#[cfg(feature = "train")]
-mod report;
 mod remote;
 mod remote_net;
+#[cfg(feature = "train")]
+mod report;
 mod shard;
 #[cfg(feature = "train")]
 mod swav;

@@ -121,6 +121,30 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
         "swav_resnet18_cifar",
         include_str!("../../configs/swav_resnet18_cifar.toml"),
     ),
+    (
+        "simmim_vit_base",
+        include_str!("../../configs/simmim_vit_base.toml"),
+    ),
+    (
+        "simmim_vit_tiny_cifar",
+        include_str!("../../configs/simmim_vit_tiny_cifar.toml"),
+    ),
+    (
+        "data2vec_vit_base",
+        include_str!("../../configs/data2vec_vit_base.toml"),
+    ),
+    (
+        "data2vec_vit_tiny_cifar",
+        include_str!("../../configs/data2vec_vit_tiny_cifar.toml"),
+    ),
+    (
+        "msn_vit_small",
+        include_str!("../../configs/msn_vit_small.toml"),
+    ),
+    (
+        "msn_vit_tiny_cifar",
+        include_str!("../../configs/msn_vit_tiny_cifar.toml"),
+    ),
 ];
 
 /// A parsed, checked recipe.

@@ -32,16 +32,20 @@ use crate::precision::Precision;
 
 pub mod barlow_twins;
 pub mod byol;
+pub mod data2vec;
 pub mod dino;
 pub mod dino_head;
 pub mod ibot;
 pub mod mae;
+pub mod masked_view;
 pub mod moco_v2;
 pub mod moco_v3;
+pub mod msn;
 pub mod multicrop;
 pub mod multicrop_cnn;
 pub mod nnclr;
 pub mod simclr;
+pub mod simmim;
 pub mod simsiam;
 pub mod swav;
 pub mod two_view;
@@ -313,6 +317,9 @@ methods! {
     Dino(dino::DinoConfig),
     Ibot(ibot::IbotConfig),
     Swav(swav::SwavConfig),
+    Simmim(simmim::SimMimConfig),
+    Data2vec(data2vec::Data2VecConfig),
+    Msn(msn::MsnConfig),
 }
 
 /// The names `[objective] method` accepts.
