@@ -8,6 +8,8 @@
 //! - `eval`: `tessera eval`, kNN and linear probe of a checkpoint (trainer issue #4).
 //! - `methods`: the joint-embedding methods through `train`, `eval`, `export` (issue #9).
 //! - `reliability`: special input files, a full disk, signals, damaged checkpoints (issue #14).
+//! - `reliability_inputs`: inputs that change while read, unreadable, very deep or very
+//!   many (issue #14).
 
 mod util;
 
@@ -19,6 +21,8 @@ mod methods;
 mod pipeline;
 #[cfg(all(feature = "train", unix))]
 mod reliability;
+#[cfg(unix)]
+mod reliability_inputs;
 mod shard;
 #[cfg(feature = "train")]
 mod train;

@@ -18,7 +18,7 @@ use tessera_shards::writer::ShardFileWriter;
 fn shards() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
     static SHARDS: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
     SHARDS.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = tessera_fuzz::scratch_dir();
         let paths = [("idx-000000.tar", Compression::None), ("idx-000001.tar.zst", Compression::ZSTD)]
             .into_iter()
             .map(|(name, compression)| {

@@ -24,7 +24,7 @@ struct Input {
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let dir = tessera_fuzz::scratch_dir().keep();
         for name in ["a-000.tar", "a-001.tar", "a-002.tar", "a-003.tar", "b.tar.zst"] {
             std::fs::write(dir.join(name), b"").expect("write");
         }

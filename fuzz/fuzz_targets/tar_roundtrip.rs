@@ -23,7 +23,7 @@ fuzz_target!(|input: Input| {
         1 => Compression::Gzip { level: 1 },
         _ => Compression::Zstd { level: 1 },
     };
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tessera_fuzz::scratch_dir();
     let path = dir.path().join("fuzz-000000.tar");
     let mut writer = ShardFileWriter::create(&path, compression).expect("create shard");
     let mut written = Vec::new();
@@ -43,13 +43,11 @@ fuzz_target!(|input: Input| {
             continue;
         }
         writer.write_sample(key, &fields).expect("write valid sample");
-        written.push((
-            key.clone(),
-            fields
-                .iter()
-                .map(|(n, d)| (n.to_string(), d.to_vec()))
-                .collect::<Vec<_>>(),
-        ));
+        // The writer stores fields sorted by name.
+        let mut stored: Vec<(String, Vec<u8>)> =
+            fields.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
+        stored.sort();
+        written.push((key.clone(), stored));
     }
     writer.finish().expect("finish shard");
     let (read, error) = tessera_fuzz::read_all(ShardReader::open(&path).expect("open"));

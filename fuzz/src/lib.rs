@@ -54,3 +54,15 @@ pub fn read_all<R: Read>(
     assert!(sample.is_empty(), "a finished reader leaves the sample empty");
     (out, error)
 }
+
+/// A temporary directory in memory (`/dev/shm`) where there is one: the writer fsyncs
+/// every shard, which on a disk would make each execution cost milliseconds.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("temp dir")
+}
