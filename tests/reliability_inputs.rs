@@ -16,8 +16,14 @@ use crate::util::*;
 /// of the process (`VmHWM`, sampled while it runs), in MiB.
 fn shard_measured(input: &Path, out: &Path, extra: &[&str]) -> (Output, f64) {
     let mut cmd = tessera();
-    cmd.args(["shard", input.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"])
-        .args(extra);
+    cmd.args([
+        "shard",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ])
+    .args(extra);
     run_measured(&mut cmd)
 }
 
@@ -50,7 +56,10 @@ fn run_measured(cmd: &mut Command) -> (Output, f64) {
     let output = child.wait_with_output().expect("wait for tessera");
     done.store(true, Ordering::Relaxed);
     let peak = sampler.join().unwrap() as f64 / 1024.0;
-    eprintln!("tessera ran {:.1} s, peak RSS {peak:.0} MiB", started.elapsed().as_secs_f64());
+    eprintln!(
+        "tessera ran {:.1} s, peak RSS {peak:.0} MiB",
+        started.elapsed().as_secs_f64()
+    );
     (output, peak)
 }
 
@@ -66,7 +75,11 @@ fn ok_json(output: &Output) -> serde_json::Value {
 
 /// Every input is a sample or a reject: `inputs == samples + rejected + duplicates`.
 fn assert_accounted(summary: &serde_json::Value) {
-    let n = |k: &str| summary[k].as_u64().unwrap_or_else(|| summary[k].as_array().map_or(0, |a| a.len() as u64));
+    let n = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| summary[k].as_array().map_or(0, |a| a.len() as u64))
+    };
     assert_eq!(
         n("inputs"),
         n("samples") + n("rejected") + n("duplicates"),
@@ -160,7 +173,13 @@ fn unreadable_files_and_directories_are_rejected_with_a_reason() {
             eprintln!("note: running as root without setpriv; unreadable-file test skipped");
             return;
         }
-        as_user = vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+        as_user = vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ];
     }
     let tmp = tempdir();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -170,16 +189,33 @@ fn unreadable_files_and_directories_are_rejected_with_a_reason() {
     std::fs::copy(testdata("photos/grace_hopper.jpg"), inputs.join("ok.jpg")).unwrap();
     std::fs::copy(testdata("photos/rocket.jpg"), inputs.join("secret.jpg")).unwrap();
     std::fs::copy(testdata("photos/rocket.jpg"), locked_dir.join("inside.jpg")).unwrap();
-    std::fs::set_permissions(inputs.join("secret.jpg"), std::fs::Permissions::from_mode(0o000))
-        .unwrap();
+    std::fs::set_permissions(
+        inputs.join("secret.jpg"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
     std::fs::set_permissions(&locked_dir, std::fs::Permissions::from_mode(0o000)).unwrap();
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut cmd = Command::new(if as_user.is_empty() { env!("CARGO_BIN_EXE_tessera") } else { as_user[0] });
+    let mut cmd = Command::new(if as_user.is_empty() {
+        env!("CARGO_BIN_EXE_tessera")
+    } else {
+        as_user[0]
+    });
     cmd.args(as_user.iter().skip(1))
-        .args(if as_user.is_empty() { vec![] } else { vec![env!("CARGO_BIN_EXE_tessera")] })
-        .args(["shard", inputs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+        .args(if as_user.is_empty() {
+            vec![]
+        } else {
+            vec![env!("CARGO_BIN_EXE_tessera")]
+        })
+        .args([
+            "shard",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
     let output = output_within(&mut cmd, Duration::from_secs(300));
     // Restore, so the temp dir can be removed.
     std::fs::set_permissions(&locked_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -197,13 +233,27 @@ fn unreadable_files_and_directories_are_rejected_with_a_reason() {
         .collect();
     rejected.sort();
     assert_eq!(rejected.len(), 2, "{summary}");
-    assert_eq!((rejected[0].0.as_str(), rejected[0].1.as_str()), ("locked", "unreadable"));
-    assert!(rejected[0].2.contains("ermission denied"), "{:?}", rejected[0]);
-    assert_eq!((rejected[1].0.as_str(), rejected[1].1.as_str()), ("secret.jpg", "unreadable"));
-    assert!(rejected[1].2.contains("ermission denied"), "{:?}", rejected[1]);
+    assert_eq!(
+        (rejected[0].0.as_str(), rejected[0].1.as_str()),
+        ("locked", "unreadable")
+    );
+    assert!(
+        rejected[0].2.contains("ermission denied"),
+        "{:?}",
+        rejected[0]
+    );
+    assert_eq!(
+        (rejected[1].0.as_str(), rejected[1].1.as_str()),
+        ("secret.jpg", "unreadable")
+    );
+    assert!(
+        rejected[1].2.contains("ermission denied"),
+        "{:?}",
+        rejected[1]
+    );
 }
 
-/// Issue #14: a tree 3000 directories deep (deeper than `PATH_MAX` allows to name) with
+/// Issue #14: a tree 3001 directories deep (deeper than `PATH_MAX` allows to name) with
 /// images at several depths: the walk neither overflows its stack nor stops; what cannot
 /// be named is a reject with the reason, what can is sharded.
 #[test]
@@ -212,21 +262,30 @@ fn trees_deeper_than_path_max_finish() {
     let inputs = tmp.path().join("in");
     std::fs::create_dir_all(&inputs).unwrap();
     let photo = testdata("photos/grace_hopper.jpg");
-    // Built with relative `cd`s in a shell, since no absolute path reaches the bottom.
-    let script = format!(
-        "cd '{}' && for i in $(seq 1 3000); do mkdir d && cd d || exit 1; \
-         case $i in 10|1000|1900|2500) cp '{}' img$i.jpg ;; esac; done",
-        inputs.display(),
-        photo.display()
-    );
-    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
-    assert!(status.success());
+    // Two chains of 1500 directories, each nameable, then the second moved to the bottom
+    // of the first (`rename` needs only its two paths under PATH_MAX): 3001 deep.
+    let chain = |root: &Path, images: &[usize]| -> PathBuf {
+        let mut dir = root.to_path_buf();
+        for depth in 1..=1500 {
+            dir.push("d");
+            std::fs::create_dir(&dir).unwrap();
+            if images.contains(&depth) {
+                std::fs::copy(&photo, dir.join(format!("img{depth}.jpg"))).unwrap();
+            }
+        }
+        dir
+    };
+    let bottom = chain(&inputs, &[10, 1000]);
+    let second = tmp.path().join("x");
+    std::fs::create_dir(&second).unwrap();
+    chain(&second, &[400, 1000]);
+    std::fs::rename(&second, bottom.join("x")).unwrap();
     let out = tmp.path().join("out");
     let (output, _) = shard_measured(&inputs, &out, &[]);
     let summary = ok_json(&output);
     assert_accounted(&summary);
     // Depths 10 and 1000 have paths under PATH_MAX (4096 bytes) and are read; the images
-    // at 1900 (just under, depending on the temp dir's name) and 2500 may not be.
+    // at 1901 (near the limit, depending on the temp dir's name) and 2501 may not be.
     let samples = summary["samples"].as_u64().unwrap();
     assert!((2..=4).contains(&samples), "{summary}");
     for r in summary["rejected"].as_array().unwrap() {
@@ -264,10 +323,17 @@ fn a_hundred_thousand_tiny_files_keep_memory_bounded() {
         let (output, peak) = shard_measured(&inputs, &out, &[]);
         let summary = ok_json(&output);
         assert_accounted(&summary);
-        assert_eq!(summary["samples"], n as u64, "{}", summary["rejected_by_reason"]);
+        assert_eq!(
+            summary["samples"], n as u64,
+            "{}",
+            summary["rejected_by_reason"]
+        );
         peaks.push(peak);
         std::fs::remove_dir_all(&inputs).unwrap();
     }
-    eprintln!("peak RSS: {:.0} MiB for 10k files, {:.0} MiB for 100k", peaks[0], peaks[1]);
+    eprintln!(
+        "peak RSS: {:.0} MiB for 10k files, {:.0} MiB for 100k",
+        peaks[0], peaks[1]
+    );
     assert!(peaks[1] < peaks[0] + 150.0, "{peaks:?}");
 }

@@ -40,15 +40,26 @@ fuzz_target!(|data: &[u8]| {
     // The view-aware decode, with a RandomResizedCrop drawn as a recipe would.
     let size = [16u32, 64, 224][data.len() % 3];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(data.len() as u64);
-    let mut draw = |w: u32, h: u32| random_resized_crop_box(&mut rng, w, h, [0.08, 1.0], [0.75, 4.0 / 3.0]);
+    let mut draw =
+        |w: u32, h: u32| random_resized_crop_box(&mut rng, w, h, [0.08, 1.0], [0.75, 4.0 / 3.0]);
     match decoder.decode_for_crop(data, &mut out, size, &mut draw) {
         Ok((_, crop)) => {
             check(&out);
             let eps = 1e-6;
             assert!(crop.top >= -eps && crop.left >= -eps, "{crop:?}");
             assert!(crop.height > 0.0 && crop.width > 0.0, "{crop:?}");
-            assert!(crop.top + crop.height <= f64::from(out.height) + eps, "{crop:?} in {}x{}", out.width, out.height);
-            assert!(crop.left + crop.width <= f64::from(out.width) + eps, "{crop:?} in {}x{}", out.width, out.height);
+            assert!(
+                crop.top + crop.height <= f64::from(out.height) + eps,
+                "{crop:?} in {}x{}",
+                out.width,
+                out.height
+            );
+            assert!(
+                crop.left + crop.width <= f64::from(out.width) + eps,
+                "{crop:?} in {}x{}",
+                out.width,
+                out.height
+            );
         }
         Err(_) => assert_eq!((out.width, out.height, out.data.len()), (0, 0, 0)),
     }

@@ -19,23 +19,26 @@ fn shards() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
     static SHARDS: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
     SHARDS.get_or_init(|| {
         let dir = tessera_fuzz::scratch_dir();
-        let paths = [("idx-000000.tar", Compression::None), ("idx-000001.tar.zst", Compression::ZSTD)]
-            .into_iter()
-            .map(|(name, compression)| {
-                let path = dir.path().join(name);
-                let mut writer = ShardFileWriter::create(&path, compression)
-                    .expect("create")
-                    .with_index(true);
-                for i in 0..5u8 {
-                    let data = vec![i; 700 * usize::from(i)];
-                    writer
-                        .write_sample(&format!("s/{i:04}"), &[("bin", &data), ("cls", b"1")])
-                        .expect("write");
-                }
-                writer.finish().expect("finish");
-                path
-            })
-            .collect();
+        let paths = [
+            ("idx-000000.tar", Compression::None),
+            ("idx-000001.tar.zst", Compression::ZSTD),
+        ]
+        .into_iter()
+        .map(|(name, compression)| {
+            let path = dir.path().join(name);
+            let mut writer = ShardFileWriter::create(&path, compression)
+                .expect("create")
+                .with_index(true);
+            for i in 0..5u8 {
+                let data = vec![i; 700 * usize::from(i)];
+                writer
+                    .write_sample(&format!("s/{i:04}"), &[("bin", &data), ("cls", b"1")])
+                    .expect("write");
+            }
+            writer.finish().expect("finish");
+            path
+        })
+        .collect();
         (dir, paths)
     })
 }

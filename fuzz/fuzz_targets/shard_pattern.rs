@@ -25,7 +25,13 @@ fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tessera_fuzz::scratch_dir().keep();
-        for name in ["a-000.tar", "a-001.tar", "a-002.tar", "a-003.tar", "b.tar.zst"] {
+        for name in [
+            "a-000.tar",
+            "a-001.tar",
+            "a-002.tar",
+            "a-003.tar",
+            "b.tar.zst",
+        ] {
             std::fs::write(dir.join(name), b"").expect("write");
         }
         std::env::set_current_dir(&dir).expect("chdir");
@@ -53,7 +59,11 @@ fuzz_target!(|input: Input| {
     match resolve(&input.spec) {
         Ok(paths) => {
             for path in paths {
-                assert!(dir.join(&path).exists(), "{} does not exist", path.display());
+                assert!(
+                    dir.join(&path).exists(),
+                    "{} does not exist",
+                    path.display()
+                );
             }
         }
         Err(ShardError::Missing { paths }) => assert!(!paths.is_empty()),

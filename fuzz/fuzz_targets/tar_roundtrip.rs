@@ -35,17 +35,24 @@ fuzz_target!(|input: Input| {
             .collect();
         // The writer refuses what would not read back; everything else must round-trip.
         if validate_sample(key, &fields).is_err() {
-            assert!(writer.write_sample(key, &fields).is_err(), "writer took {key:?}");
+            assert!(
+                writer.write_sample(key, &fields).is_err(),
+                "writer took {key:?}"
+            );
             continue;
         }
         // Two consecutive samples with the same key would merge (as in WebDataset).
         if written.last().is_some_and(|(k, _): &(String, _)| k == key) {
             continue;
         }
-        writer.write_sample(key, &fields).expect("write valid sample");
+        writer
+            .write_sample(key, &fields)
+            .expect("write valid sample");
         // The writer stores fields sorted by name.
-        let mut stored: Vec<(String, Vec<u8>)> =
-            fields.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
+        let mut stored: Vec<(String, Vec<u8>)> = fields
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_vec()))
+            .collect();
         stored.sort();
         written.push((key.clone(), stored));
     }

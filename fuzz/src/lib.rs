@@ -23,7 +23,8 @@ pub fn read_all<R: Read>(
             Ok(true) => {
                 assert!(!sample.key.is_empty(), "a sample without a key");
                 assert!(!sample.is_empty(), "a sample without fields");
-                let mut names: Vec<&str> = sample.fields().iter().map(|f| f.name.as_str()).collect();
+                let mut names: Vec<&str> =
+                    sample.fields().iter().map(|f| f.name.as_str()).collect();
                 names.sort_unstable();
                 let before = names.len();
                 names.dedup();
@@ -51,7 +52,10 @@ pub fn read_all<R: Read>(
         matches!(reader.read_into(&mut sample), Ok(false)),
         "reader not finished after the end or an error"
     );
-    assert!(sample.is_empty(), "a finished reader leaves the sample empty");
+    assert!(
+        sample.is_empty(),
+        "a finished reader leaves the sample empty"
+    );
     (out, error)
 }
 

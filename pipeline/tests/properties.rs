@@ -41,7 +41,10 @@ impl SampleWork for KeyWork {
     }
 
     fn decode(&self, sample: &Sample, _: &mut SampleRng, scratch: &mut u8) -> Result<(), Reject> {
-        *scratch = sample.field("bin").and_then(|b| b.first().copied()).unwrap_or(0);
+        *scratch = sample
+            .field("bin")
+            .and_then(|b| b.first().copied())
+            .unwrap_or(0);
         Ok(())
     }
 
@@ -56,17 +59,25 @@ impl SampleWork for KeyWork {
 
 /// Writes shards of the given sizes (with indexes, which resume seeks with); returns
 /// their paths and every key.
-fn write_shards(dir: &Path, sizes: &[usize], compression: Compression) -> (Vec<PathBuf>, Vec<String>) {
+fn write_shards(
+    dir: &Path,
+    sizes: &[usize],
+    compression: Compression,
+) -> (Vec<PathBuf>, Vec<String>) {
     let mut keys = Vec::new();
     let paths = sizes
         .iter()
         .enumerate()
         .map(|(s, &n)| {
             let path = dir.join(format!("p-{s:06}.tar{}", compression.extension()));
-            let mut writer = ShardFileWriter::create(&path, compression).unwrap().with_index(true);
+            let mut writer = ShardFileWriter::create(&path, compression)
+                .unwrap()
+                .with_index(true);
             for i in 0..n {
                 let key = format!("s{s}/{i:04}");
-                writer.write_sample(&key, &[("bin", &[i as u8; 3])]).unwrap();
+                writer
+                    .write_sample(&key, &[("bin", &[i as u8; 3])])
+                    .unwrap();
                 keys.push(key);
             }
             writer.finish().unwrap();
@@ -91,7 +102,11 @@ struct Setup {
 fn setup() -> impl Strategy<Value = Setup> {
     (
         prop::collection::vec(0usize..9, 1..7),
-        prop::sample::select(vec![Compression::None, Compression::Zstd { level: 1 }, Compression::Gzip { level: 1 }]),
+        prop::sample::select(vec![
+            Compression::None,
+            Compression::Zstd { level: 1 },
+            Compression::Gzip { level: 1 },
+        ]),
         1u32..4,
         1usize..4,
         1usize..4,
@@ -99,17 +114,19 @@ fn setup() -> impl Strategy<Value = Setup> {
         1usize..7,
         any::<u64>(),
     )
-        .prop_map(|(sizes, compression, world, workers, readers, shuffle, batch, seed)| Setup {
-            // Every rank needs a shard (fewer is a typed error, tested elsewhere).
-            world_size: world.min(sizes.len() as u32),
-            sizes,
-            compression,
-            workers,
-            readers,
-            shuffle_buffer: shuffle,
-            batch_size: batch,
-            seed,
-        })
+        .prop_map(
+            |(sizes, compression, world, workers, readers, shuffle, batch, seed)| Setup {
+                // Every rank needs a shard (fewer is a typed error, tested elsewhere).
+                world_size: world.min(sizes.len() as u32),
+                sizes,
+                compression,
+                workers,
+                readers,
+                shuffle_buffer: shuffle,
+                batch_size: batch,
+                seed,
+            },
+        )
 }
 
 fn options(setup: &Setup, shards: &[PathBuf], rank: u32, epochs: u64) -> GraphOptions {
@@ -204,4 +221,29 @@ proptest! {
         let rest = run(resumed);
         prop_assert_eq!(&rest[..], &full[cut..], "cut after batch {} of {}", cut, full.len());
     }
+}
+
+/// Issue 14 (shrunk by `every_epoch_yields_every_sample_exactly_once`): two ranks, two
+/// readers, two shards. Each rank has one shard, so one reader; the merge was sized from
+/// the whole list (two) and the sequencer thread panicked asking for the second reader.
+#[test]
+fn a_rank_with_fewer_shards_than_readers_reads_its_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shards, keys) = write_shards(dir.path(), &[0, 1], Compression::None);
+    let setup = Setup {
+        sizes: vec![0, 1],
+        compression: Compression::None,
+        world_size: 2,
+        workers: 1,
+        readers: 2,
+        shuffle_buffer: 0,
+        batch_size: 1,
+        seed: 0,
+    };
+    let mut seen: Vec<String> = (0..2)
+        .flat_map(|rank| run(options(&setup, &shards, rank, 2)))
+        .flat_map(|(k, _, _)| k)
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [keys.clone(), keys].concat());
 }

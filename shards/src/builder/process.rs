@@ -38,9 +38,7 @@ fn read_input(path: &Path, data: &mut Vec<u8>, limit: u64) -> Result<(), Reject>
     if data.len() as u64 > limit {
         return Err(Reject::new(
             RejectReason::Unreadable,
-            format!(
-                "larger than {limit} bytes (or growing while read); not read further"
-            ),
+            format!("larger than {limit} bytes (or growing while read); not read further"),
         ));
     }
     Ok(())
@@ -270,7 +268,10 @@ mod tests {
         let mut data = Vec::new();
         let reject = read_input(&path, &mut data, 4).unwrap_err();
         assert_eq!(reject.reason, RejectReason::Unreadable);
-        assert!(reject.detail.starts_with("larger than 4 bytes"), "{reject:?}");
+        assert!(
+            reject.detail.starts_with("larger than 4 bytes"),
+            "{reject:?}"
+        );
         assert_eq!(data.len(), 5, "reads one byte past the limit, no more");
         data.clear();
         read_input(&path, &mut data, 10).unwrap();

@@ -14,7 +14,9 @@ use crate::util::{Owned, read_path};
 
 /// Characters keys and field names are drawn from: ASCII, dots, dashes, and unicode
 /// (two-, three- and four-byte UTF-8) including a character whose lower case differs.
-const CHARS: &[char] = &['a', 'z', '0', '9', '_', '-', ' ', '.', 'é', 'Ж', '猫', '🦀', 'ß'];
+const CHARS: &[char] = &[
+    'a', 'z', '0', '9', '_', '-', ' ', '.', 'é', 'Ж', '猫', '🦀', 'ß',
+];
 
 fn text(max: usize) -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(CHARS), 1..max).prop_map(String::from_iter)
@@ -24,14 +26,19 @@ fn text(max: usize) -> impl Strategy<Value = String> {
 /// sometimes long (past 100 bytes). Prefixed with its position so keys stay distinct.
 fn key() -> impl Strategy<Value = String> {
     (
-        prop::collection::vec(text(12).prop_filter("no empty, . or .. component", |c| {
-            c != "." && c != ".."
-        }), 0..3),
+        prop::collection::vec(
+            text(12).prop_filter("no empty, . or .. component", |c| c != "." && c != ".."),
+            0..3,
+        ),
         text(12).prop_map(|s| s.replace('.', "_")),
         prop::bool::weighted(0.25),
     )
         .prop_map(|(dirs, last, long)| {
-            let last = if long { last.repeat(150 / last.len() + 1) } else { last };
+            let last = if long {
+                last.repeat(150 / last.len() + 1)
+            } else {
+                last
+            };
             let mut key = dirs.join("/");
             if !key.is_empty() {
                 key.push('/');
@@ -58,8 +65,10 @@ fn samples() -> impl Strategy<Value = Vec<(String, Vec<(String, Vec<u8>)>)>> {
             .enumerate()
             .map(|(i, (key, fields))| (format!("{i:03}{key}"), fields))
             .filter(|(key, fields)| {
-                let f: Vec<(&str, &[u8])> =
-                    fields.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+                let f: Vec<(&str, &[u8])> = fields
+                    .iter()
+                    .map(|(n, d)| (n.as_str(), d.as_slice()))
+                    .collect();
                 validate_sample(key, &f).is_ok()
             })
             .collect()
