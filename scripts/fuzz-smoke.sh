@@ -83,7 +83,8 @@ for t in "${targets[@]}"; do
   echo "==> fuzz $t for ${seconds}s"
   start=$(date +%s)
   set +e
-  cargo +nightly fuzz run "${features[@]}" "$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
+  # Absolute corpus path: shard_pattern changes its working directory.
+  cargo +nightly fuzz run "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
   status=$?
   set -e
   grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "fuzz/last-$t.log" || true
