@@ -14,6 +14,8 @@
 //! - `remote`, `remote_net`: shards over HTTP and in an S3-compatible store, through a
 //!   fault-injecting proxy; the servers (issue #12).
 //! - `masked`: SimMIM, data2vec, MSN through `train` and `eval` (issue #10).
+//! - `reliability_inputs`: inputs that change while read, unreadable, very deep or very
+//!   many (issue #14).
 
 mod util;
 
@@ -29,6 +31,8 @@ mod methods;
 mod pipeline;
 #[cfg(all(feature = "train", unix))]
 mod reliability;
+#[cfg(unix)]
+mod reliability_inputs;
 mod remote;
 mod remote_net;
 #[cfg(feature = "train")]

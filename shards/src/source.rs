@@ -191,7 +191,9 @@ fn range(body: &str) -> Result<Vec<String>, String> {
     } else {
         0
     };
-    let count = start.abs_diff(end) + 1;
+    // Saturating: `{-9223372036854775808..9223372036854775807}` has 2^64 values, one more
+    // than u64 holds (a plain `+ 1` overflowed: a panic, or in release an empty range).
+    let count = start.abs_diff(end).saturating_add(1);
     if count > MAX_EXPANSIONS as u64 {
         return Err(format!(
             "range `{{{body}}}` has {count} values (limit {MAX_EXPANSIONS})"
@@ -244,6 +246,19 @@ mod tests {
                 matches!(expand_braces(p), Err(ShardError::BadPattern { .. })),
                 "{p}"
             );
+        }
+    }
+
+    /// Issue 14 (fuzzing `shard_pattern`): the widest i64 range overflowed its count,
+    /// panicking (debug) or expanding to nothing (release) instead of being refused.
+    #[test]
+    fn widest_range_is_refused_not_overflowed() {
+        for p in [
+            "{-9223372036854775808..9223372036854775807}",
+            "{9223372036854775807..-9223372036854775808}",
+        ] {
+            let err = expand_braces(p).unwrap_err();
+            assert!(err.to_string().contains("values (limit"), "{err}");
         }
     }
 

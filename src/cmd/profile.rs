@@ -36,6 +36,11 @@ pub struct Args {
     /// Let batches complete in any order (a little faster; not reproducible).
     #[arg(long)]
     pub unordered: bool,
+    /// Make the consumer slower than the pipeline: wait this many milliseconds after
+    /// each batch, as a trainer busy with its step would. Backpressure must then stall
+    /// every stage with memory flat (the soak test, docs/RELIABILITY.md).
+    #[arg(long, value_name = "MS")]
+    pub throttle: Option<u64>,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -73,7 +78,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let started = std::time::Instant::now();
     let network_before = remote::stats();
+    let throttle = args.throttle.map(std::time::Duration::from_millis);
     let report = profile(options, |images, batches| {
+        if let Some(pause) = throttle {
+            std::thread::sleep(pause);
+        }
         let rate = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!(
             "{batches} batches, {images} images, {rate:.0} images/s"
