@@ -1,8 +1,8 @@
 //! What the pipeline hands to the trainer.
 
 use crate::pool::PooledBuffer;
-use crate::transforms::DeviceDraws;
 use crate::state::PipelineState;
+use crate::transforms::DeviceDraws;
 
 /// One batch: a u8 tensor per view, optional masks, labels and keys.
 ///

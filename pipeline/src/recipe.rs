@@ -381,7 +381,8 @@ impl Recipe {
     pub fn set_augment_on_device(&mut self, on_device: bool) -> Result<(), RecipeError> {
         let before = self.augment.on_device;
         self.augment.on_device = on_device;
-        self.validate().inspect_err(|_| self.augment.on_device = before)
+        self.validate()
+            .inspect_err(|_| self.augment.on_device = before)
     }
 
     /// The names [`Recipe::load`] accepts without a path.

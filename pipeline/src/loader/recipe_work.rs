@@ -177,7 +177,9 @@ impl SampleWork for RecipeWork {
             } else {
                 let out = slot.view(index);
                 match crop {
-                    Some(crop) => view.apply_with_crop(image, crop, rng, &mut scratch.transform, out),
+                    Some(crop) => {
+                        view.apply_with_crop(image, crop, rng, &mut scratch.transform, out)
+                    }
                     None => view.apply(image, rng, &mut scratch.transform, out),
                 }
             };

@@ -79,7 +79,13 @@ fn blur_passes_avx2(
 
 /// Horizontal then vertical pass with `2 radius + 1` taps and reflect padding.
 #[inline(always)]
-fn blur_passes(pixels: &mut [u8], side: usize, radius: usize, weights: &[f32], work: &mut Vec<f32>) {
+fn blur_passes(
+    pixels: &mut [u8],
+    side: usize,
+    radius: usize,
+    weights: &[f32],
+    work: &mut Vec<f32>,
+) {
     let reflect = |i: isize| reflect(i, side);
     let row_len = side * 3;
     let padded_len = (side + 2 * radius) * 3;

@@ -19,9 +19,9 @@ pub mod blur;
 pub mod color;
 pub mod crop;
 pub mod device;
-mod spec;
 #[cfg(test)]
 mod reference;
+mod spec;
 
 use fast_image_resize::Resizer;
 use rand::Rng;
@@ -315,7 +315,8 @@ impl ViewTransform {
                     sigma,
                     kernel_size,
                 } => {
-                    let sigma = coin(rng, *p).then(|| crop::uniform(rng, sigma[0], sigma[1]) as f32);
+                    let sigma =
+                        coin(rng, *p).then(|| crop::uniform(rng, sigma[0], sigma[1]) as f32);
                     let drawn = sigma.map_or(DeviceStep::Skip, |sigma| DeviceStep::GaussianBlur {
                         sigma,
                         kernel_size: *kernel_size,

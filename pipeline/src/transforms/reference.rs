@@ -225,7 +225,6 @@ pub(crate) fn gaussian_blur(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -257,11 +256,23 @@ mod tests {
                 .expect("decodes");
             for (j, size) in [224u32, 96, 96].into_iter().enumerate() {
                 let mut rng = sample_rng(16, i as u64, j as u64);
-                let crop =
-                    random_resized_crop_box(&mut rng, image.width, image.height, [0.05, 1.0], [0.75, 4.0 / 3.0]);
+                let crop = random_resized_crop_box(
+                    &mut rng,
+                    image.width,
+                    image.height,
+                    [0.05, 1.0],
+                    [0.75, 4.0 / 3.0],
+                );
                 let mut out = vec![0u8; (size * size * 3) as usize];
-                resized_crop(&image, crop, size, Interpolation::Bicubic, &mut scratch, &mut out)
-                    .expect("resizes");
+                resized_crop(
+                    &image,
+                    crop,
+                    size,
+                    Interpolation::Bicubic,
+                    &mut scratch,
+                    &mut out,
+                )
+                .expect("resizes");
                 views.push((out, size as usize));
             }
         }
@@ -296,9 +307,26 @@ mod tests {
             for kernel_size in [None, Some(23), Some(3)] {
                 let sigma = uniform(&mut rng, 0.1, 2.0) as f32;
                 let (mut fast, mut slow) = (view.clone(), view.clone());
-                blur::gaussian_blur(&mut fast, *side, sigma, kernel_size, &mut work, &mut weights);
-                super::gaussian_blur(&mut slow, *side, sigma, kernel_size, &mut work, &mut weights);
-                assert!(fast == slow, "view {v}, sigma {sigma}, kernel {kernel_size:?}");
+                blur::gaussian_blur(
+                    &mut fast,
+                    *side,
+                    sigma,
+                    kernel_size,
+                    &mut work,
+                    &mut weights,
+                );
+                super::gaussian_blur(
+                    &mut slow,
+                    *side,
+                    sigma,
+                    kernel_size,
+                    &mut work,
+                    &mut weights,
+                );
+                assert!(
+                    fast == slow,
+                    "view {v}, sigma {sigma}, kernel {kernel_size:?}"
+                );
             }
         }
     }

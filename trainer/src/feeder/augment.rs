@@ -91,7 +91,11 @@ fn luma<B: Backend>(x: &Tensor<B, 4>) -> Tensor<B, 4> {
 
 /// ColorJitter ([`tessera_pipeline::transforms::color::apply_jitter`]) in [0, 1], then
 /// rounded to levels; only for the samples with a [`DeviceStep::Jitter`].
-fn jitter<B: Backend>(levels: Tensor<B, 4>, column: &[DeviceStep], device: &B::Device) -> Tensor<B, 4> {
+fn jitter<B: Backend>(
+    levels: Tensor<B, 4>,
+    column: &[DeviceStep],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let shape = levels.dims();
     let drawn: Vec<Option<JitterDraw>> = column
         .iter()
@@ -155,7 +159,11 @@ fn jitter<B: Backend>(levels: Tensor<B, 4>, column: &[DeviceStep], device: &B::D
 
 /// The CPU's branch-free hue rotation (`hue_shifted` in the pipeline's colour module),
 /// with `six_shifts` = 6 x the shift in turns per sample. # Shapes `[n, 3, h, w]` in [0, 1].
-fn hue_shifted<B: Backend>(x: &Tensor<B, 4>, six_shifts: &[f32], device: &B::Device) -> Tensor<B, 4> {
+fn hue_shifted<B: Backend>(
+    x: &Tensor<B, 4>,
+    six_shifts: &[f32],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let [n, _, h, w] = x.dims();
     let plane = [n, 1, h, w];
     let [r, g, b] = planes(x);
@@ -163,14 +171,13 @@ fn hue_shifted<B: Backend>(x: &Tensor<B, 4>, six_shifts: &[f32], device: &B::Dev
     let minc = r.clone().min_pair(g.clone()).min_pair(b.clone());
     let chroma = maxc.clone() - minc.clone();
     let has_chroma = chroma.clone().greater_elem(0.0);
-    let safe = chroma
-        .clone()
-        .mask_fill(has_chroma.clone().bool_not(), 1.0);
-    let inv = safe
-        .recip()
-        .mask_fill(has_chroma.bool_not(), 0.0);
+    let safe = chroma.clone().mask_fill(has_chroma.clone().bool_not(), 1.0);
+    let inv = safe.recip().mask_fill(has_chroma.bool_not(), 0.0);
     let is_r = maxc.clone().equal(r.clone());
-    let is_g = is_r.clone().bool_not().bool_and(maxc.clone().equal(g.clone()));
+    let is_g = is_r
+        .clone()
+        .bool_not()
+        .bool_and(maxc.clone().equal(g.clone()));
     let num = (r.clone() - g.clone())
         .mask_where(is_g.clone(), b.clone() - r.clone())
         .mask_where(is_r.clone(), g - b);
@@ -179,7 +186,9 @@ fn hue_shifted<B: Backend>(x: &Tensor<B, 4>, six_shifts: &[f32], device: &B::Dev
         .mask_fill(is_r, 0.0);
     let hue = base + num * inv + per_sample(six_shifts, plane, device) + 12.0;
     let hue = hue.clone() - (hue * (1.0f32 / 6.0)).floor() * 6.0;
-    let hue = hue.clone().mask_where(hue.clone().greater_equal_elem(6.0), hue - 6.0);
+    let hue = hue
+        .clone()
+        .mask_where(hue.clone().greater_equal_elem(6.0), hue - 6.0);
     let sector = hue.clone().floor();
     let f = hue - sector.clone();
     let t = minc.clone() + chroma.clone() * f.clone();
@@ -204,13 +213,20 @@ fn hue_shifted<B: Backend>(x: &Tensor<B, 4>, six_shifts: &[f32], device: &B::Dev
 
 /// RandomGrayscale with PIL's fixed point: `(19595 R + 38470 G + 7471 B + 2^15) >> 16`,
 /// exact in f32 for u8 levels.
-fn grayscale<B: Backend>(levels: Tensor<B, 4>, column: &[DeviceStep], device: &B::Device) -> Tensor<B, 4> {
+fn grayscale<B: Backend>(
+    levels: Tensor<B, 4>,
+    column: &[DeviceStep],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let shape = levels.dims();
     let [r, g, b] = planes(&levels);
     let grey = ((r * 19595.0 + g * 38470.0 + b * 7471.0 + 32768.0) * (1.0f32 / 65536.0))
         .floor()
         .expand(shape);
-    let flags: Vec<bool> = column.iter().map(|s| matches!(s, DeviceStep::Grayscale)).collect();
+    let flags: Vec<bool> = column
+        .iter()
+        .map(|s| matches!(s, DeviceStep::Grayscale))
+        .collect();
     levels.mask_where(per_sample_mask(&flags, shape, device), grey)
 }
 
@@ -234,7 +250,12 @@ fn gaussian_blur<B: Backend>(
             _ => None,
         });
     }
-    let radius = taps.iter().flatten().map(|t| t.len() / 2).max().unwrap_or(0);
+    let radius = taps
+        .iter()
+        .flatten()
+        .map(|t| t.len() / 2)
+        .max()
+        .unwrap_or(0);
     // Per tap, each sample's weight; a smaller kernel sits centred among zeros (adding
     // zero products leaves the CPU's sum unchanged).
     let weight = |t: usize| -> Vec<f32> {
@@ -242,7 +263,11 @@ fn gaussian_blur<B: Backend>(
             .map(|k| {
                 k.as_ref().map_or(0.0, |k| {
                     let r = k.len() / 2;
-                    (t + r).checked_sub(radius).and_then(|i| k.get(i)).copied().unwrap_or(0.0)
+                    (t + r)
+                        .checked_sub(radius)
+                        .and_then(|i| k.get(i))
+                        .copied()
+                        .unwrap_or(0.0)
                 })
             })
             .collect()
@@ -273,7 +298,11 @@ fn gaussian_blur<B: Backend>(
 }
 
 /// PIL `ImageOps.solarize`: levels `>= threshold` become `255 - level`.
-fn solarize<B: Backend>(levels: Tensor<B, 4>, column: &[DeviceStep], device: &B::Device) -> Tensor<B, 4> {
+fn solarize<B: Backend>(
+    levels: Tensor<B, 4>,
+    column: &[DeviceStep],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let shape = levels.dims();
     // A threshold above every level for the samples that did not draw it.
     let thresholds: Vec<f32> = column
@@ -381,7 +410,10 @@ kernel_size = 9
         let cpu = first_batch(false);
         let deferred = first_batch(true);
         assert_eq!(cpu.keys, deferred.keys, "same samples in the same slots");
-        let draws = deferred.augment.as_ref().expect("draws travel with the batch");
+        let draws = deferred
+            .augment
+            .as_ref()
+            .expect("draws travel with the batch");
         // Every kind of step was drawn for some sample and skipped for another.
         let all: Vec<DeviceStep> = draws.iter().flatten().flatten().copied().collect();
         for kind in [

@@ -163,7 +163,9 @@ impl<B: HostUpload> Uploader<B> {
             .into_iter()
             .enumerate()
             .map(|(i, view)| {
-                let draws = augment.as_ref().map(|a| a.get(i).map_or(&[][..], Vec::as_slice));
+                let draws = augment
+                    .as_ref()
+                    .map(|a| a.get(i).map_or(&[][..], Vec::as_slice));
                 self.upload_view(i, view, draws)
             })
             .collect::<Result<Vec<_>, _>>();
