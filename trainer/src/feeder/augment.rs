@@ -416,12 +416,13 @@ kernel_size = 9
             .expect("draws travel with the batch");
         // Every kind of step was drawn for some sample and skipped for another.
         let all: Vec<DeviceStep> = draws.iter().flatten().flatten().copied().collect();
-        for kind in [
+        let kinds: [fn(&DeviceStep) -> bool; 4] = [
             |s: &DeviceStep| matches!(s, DeviceStep::Jitter(_)),
             |s: &DeviceStep| matches!(s, DeviceStep::Grayscale),
             |s: &DeviceStep| matches!(s, DeviceStep::GaussianBlur { .. }),
             |s: &DeviceStep| matches!(s, DeviceStep::Solarize { .. }),
-        ] {
+        ];
+        for kind in kinds {
             assert!(all.iter().any(kind), "{all:?}");
         }
         // The CPU did leave the work: the deferred batch's u8 views differ.
