@@ -6,8 +6,10 @@
 #   (made once; re-made when scripts/test-requirements.txt changes).
 # - `cargo test --release`: every crate and the end-to-end tests through `tessera`, in the
 #   same optimised profile as the program, so burn compiles once.
-# - With `--libjpeg-turbo` (CI), also runs the pipeline's tests with the optional
-#   libjpeg-turbo JPEG path (needs `nasm`; without the flag it runs when nasm is installed).
+# - JPEGs decode with libjpeg-turbo by default where `nasm` is installed (pipeline/build.rs),
+#   else with the pure-Rust zune-jpeg. When the default is libjpeg-turbo, the pipeline's
+#   tests run a second time on the pure-Rust path (`TESSERA_JPEG=zune`). With
+#   `--libjpeg-turbo` (CI), a missing nasm is an error instead of a skipped path.
 # - With `--cuda-check` (CI), also proves the `cuda` feature compiles without a GPU.
 # - With `--lint` (CI), first checks formatting (`cargo fmt`) and lints (`cargo clippy`,
 #   warnings are errors).
@@ -61,13 +63,13 @@ echo "==> cargo test --release --workspace"
 cargo test --release --workspace
 
 if command -v nasm >/dev/null; then
-  echo "==> cargo test --release -p tessera-pipeline --features libjpeg-turbo"
-  cargo test --release -p tessera-pipeline --features libjpeg-turbo
+  echo "==> TESSERA_JPEG=zune cargo test --release -p tessera-pipeline (the pure-Rust JPEG path)"
+  TESSERA_JPEG=zune cargo test --release -p tessera-pipeline
 elif [ "$libjpeg_turbo" = 1 ]; then
-  echo "--libjpeg-turbo: nasm is needed to build libjpeg-turbo (apt-get install nasm)" >&2
+  echo "--libjpeg-turbo: nasm is needed to build libjpeg-turbo's SIMD kernels (apt-get install nasm)" >&2
   exit 1
 else
-  echo "==> skipping the libjpeg-turbo tests (optional JPEG path; install nasm to run them)"
+  echo "==> nasm not installed: the tests above ran on the pure-Rust JPEG path (install nasm for libjpeg-turbo)"
 fi
 
 if [ "$cuda_check" = 1 ]; then

@@ -158,6 +158,9 @@ pub struct Recipe {
     pub data: DataSpec,
     /// The views made of every image, in batch order (a view with `count = n` repeats).
     pub views: Vec<ViewSpec>,
+    /// Where the random transforms run (`[augment]`). Default: all on the CPU workers.
+    #[serde(default)]
+    pub augment: AugmentSpec,
     /// Model settings, for the trainer (parsed there).
     #[serde(default)]
     pub model: Option<toml::Table>,
@@ -240,6 +243,26 @@ pub struct DataSpec {
     /// available. More than the core count only adds contention.
     #[serde(default)]
     pub workers: Option<usize>,
+}
+
+/// The `[augment]` section: where the views' random transforms run.
+///
+/// ```toml
+/// [augment]
+/// on_device = true
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSpec {
+    /// `false` (default): every transform runs on the CPU workers and batches carry the
+    /// final pixels. `true`: the workers stop after the crop, resize and flips, and make
+    /// every other random draw exactly as they would (so the crops, coins and factors are
+    /// the same); batches carry the draws ([`crate::batch::Batch::augment`]) and the
+    /// trainer applies colour jitter, greyscale, blur and solarize on the training device
+    /// (the DALI idea: for machines whose GPU has room and whose CPU has none). Only
+    /// `tessera train` applies them: `tessera preview` shows the views before them.
+    #[serde(default)]
+    pub on_device: bool,
 }
 
 /// How a view's pixels are cut from the decoded image.
@@ -404,6 +427,16 @@ impl Recipe {
         Recipe::parse(&text, name_or_path)
     }
 
+    /// Switch device augmentation ([`AugmentSpec::on_device`]) on or off, checking the
+    /// views again (each may have at most [`crate::transforms::MAX_DEVICE_STEPS`]
+    /// transforms besides flips for the device).
+    pub fn set_augment_on_device(&mut self, on_device: bool) -> Result<(), RecipeError> {
+        let before = self.augment.on_device;
+        self.augment.on_device = on_device;
+        self.validate()
+            .inspect_err(|_| self.augment.on_device = before)
+    }
+
     /// The names [`Recipe::load`] accepts without a path.
     pub fn builtin_names() -> impl Iterator<Item = &'static str> {
         BUILTIN_RECIPES.iter().map(|(name, _)| *name)
@@ -534,6 +567,21 @@ impl Recipe {
                         ));
                     }
                 }
+            }
+            let device_steps = view
+                .transforms
+                .iter()
+                .filter(|t| !matches!(t, TransformSpec::HorizontalFlip { .. }))
+                .count();
+            if self.augment.on_device && device_steps > crate::transforms::MAX_DEVICE_STEPS {
+                return Err(self.invalid(
+                    key("transforms"),
+                    format!(
+                        "{device_steps} transforms besides flips; with augment.on_device a view \
+                         may have at most {}",
+                        crate::transforms::MAX_DEVICE_STEPS
+                    ),
+                ));
             }
             for (j, transform) in view.transforms.iter().enumerate() {
                 transform.validate().map_err(|(field, problem)| {

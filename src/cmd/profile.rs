@@ -33,6 +33,10 @@ pub struct Args {
     /// Decode every image at full size and nothing else: the ceiling for any recipe.
     #[arg(long)]
     pub decode_only: bool,
+    /// Stop the CPU chain after crops and flips, as `[augment] on_device = true` does in a
+    /// recipe: shows the CPU cost per image left when the training device augments.
+    #[arg(long)]
+    pub augment_on_device: bool,
     /// Let batches complete in any order (a little faster; not reproducible).
     #[arg(long)]
     pub unordered: bool,
@@ -55,6 +59,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(batch_size) = args.batch_size {
         anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
         recipe.data.batch_size = batch_size;
+    }
+    if args.augment_on_device {
+        recipe
+            .set_augment_on_device(true)
+            .context("--augment-on-device")?;
     }
     let shards = source::resolve(&args.shards)
         .with_context(|| format!("resolving shards `{}`", args.shards))?;
@@ -118,6 +127,18 @@ fn print_table(r: &ProfileReport) {
         r.batch_size,
         r.seconds,
         r.workers
+    );
+    println!(
+        "CPU: {:.2} ms per image ({:.1} s of CPU in {:.1} s); JPEG decoder: {}; augmentation: {}",
+        r.cpu_ms_per_image,
+        r.cpu_seconds,
+        r.seconds,
+        r.jpeg_decoder,
+        if r.augment_on_device {
+            "crops and flips on the CPU, colour, blur and solarize on the training device"
+        } else {
+            "all on the CPU"
+        }
     );
     println!();
     println!(

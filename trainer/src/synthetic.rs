@@ -131,6 +131,7 @@ impl SyntheticSource {
                 .map(|i| format!("synthetic/{}", self.state.samples_consumed + i as u64))
                 .collect(),
             state: self.state,
+            augment: None,
         }
     }
 }

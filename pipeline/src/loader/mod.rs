@@ -148,6 +148,7 @@ impl Loader {
                 pools: pools.clone(),
                 shapes,
                 mask_shapes: work.mask_shapes(),
+                device_augment: work.device_augment(),
                 first_seq: 0,
             },
             out_tx.clone(),

@@ -31,6 +31,7 @@
 use burn::prelude::*;
 use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use tessera_pipeline::batch::{MaskBatch, ViewBatch};
+use tessera_pipeline::transforms::DeviceDraws;
 use tessera_pipeline::{Batch, Keys, PipelineState};
 
 use super::FeedError;
@@ -156,12 +157,18 @@ impl<B: HostUpload> Uploader<B> {
             labels,
             keys,
             state,
+            augment,
         } = batch;
         let len = views.first().map(|v| v.len).unwrap_or(labels.len());
         let views = views
             .into_iter()
             .enumerate()
-            .map(|(i, view)| self.upload_view(i, view))
+            .map(|(i, view)| {
+                let draws = augment
+                    .as_ref()
+                    .map(|a| a.get(i).map_or(&[][..], Vec::as_slice));
+                self.upload_view(i, view, draws)
+            })
             .collect::<Result<Vec<_>, _>>();
         let masks = masks
             .into_iter()
@@ -181,9 +188,15 @@ impl<B: HostUpload> Uploader<B> {
         })
     }
 
-    /// u8 NHWC → f32 NCHW, normalised, all on the device. The pooled buffer itself is the
+    /// u8 NHWC → f32 NCHW, augmented where the batch left that to the device
+    /// ([`super::augment`]), normalised, all on the device. The pooled buffer itself is the
     /// tensor's host data (see the module doc).
-    fn upload_view(&self, index: usize, view: ViewBatch) -> Result<Tensor<B, 4>, FeedError> {
+    fn upload_view(
+        &self,
+        index: usize,
+        view: ViewBatch,
+        draws: Option<&[DeviceDraws]>,
+    ) -> Result<Tensor<B, 4>, FeedError> {
         let ViewBatch {
             data,
             len,
@@ -212,6 +225,17 @@ impl<B: HostUpload> Uploader<B> {
         );
         let pixels = Tensor::<B, 4, Int>::from_data(host, (&self.device, DType::U8)); // [n, h, w, 3] u8
         let pixels = pixels.float().permute([0, 3, 1, 2]); // [n, 3, h, w]
+        let pixels = match draws {
+            Some(draws) if draws.len() != len => {
+                return Err(FeedError::AugmentShape {
+                    view: index,
+                    draws: draws.len(),
+                    len,
+                });
+            }
+            Some(draws) => super::augment::apply_draws(pixels, draws, &self.device),
+            None => pixels,
+        };
         Ok(pixels * self.scale.clone() + self.shift.clone())
     }
 
