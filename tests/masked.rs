@@ -1,5 +1,5 @@
 //! The masked-image methods through `tessera train` and `eval` (issue #10): SimMIM,
-//! data2vec and MSN each train a few steps of a tiny ViT on synthetic batches with a sane
+//! data2vec and MSN each train a few steps of a tiny ViT on CIFAR-10 shards with a sane
 //! loss, their checkpoints score through `tessera eval`, and a data2vec run resumes exactly
 //! (teacher included).
 
@@ -71,7 +71,7 @@ checkpoint_every = 2
 keep_checkpoints = 2
 
 [optim]
-base_lr = 2e-3
+lr = 1e-3
 weight_decay = 0.05
 betas = [0.9, 0.999]
 clip_grad = 3.0
@@ -108,8 +108,8 @@ fn losses(run: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Each method trains 8 steps on synthetic batches with finite losses (SimMIM's falling
-/// from the first step: its head learns the mean colour at once), records its method in
+/// Each method trains 8 steps on CIFAR-10 shards with finite, non-negative losses (whether
+/// they are the papers' losses is checked against goldens in the library), records its method in
 /// `config.json`, and its checkpoint's encoder scores through `tessera eval`.
 #[test]
 fn every_masked_method_trains_and_evaluates() {
@@ -118,16 +118,7 @@ fn every_masked_method_trains_and_evaluates() {
     for method in ["simmim", "data2vec", "msn"] {
         let recipe = recipe(tmp.path(), method, objective(method), 8);
         let run = tmp.path().join(method);
-        let summary = stdout_json(&run_ok(&[
-            "train",
-            "--config",
-            recipe.to_str().unwrap(),
-            "--synthetic",
-            "--out",
-            run.to_str().unwrap(),
-            "--quiet",
-            "--json",
-        ]));
+        let summary = crate::train::train_json(&recipe, &shards, &run, &[]);
         assert_eq!(summary["steps_done"], 8, "{method}");
         let values = loss_values(&run);
         assert_eq!(values.len(), 8, "{method}");
@@ -135,10 +126,6 @@ fn every_masked_method_trains_and_evaluates() {
             values.iter().all(|v| v.is_finite() && *v >= 0.0),
             "{method}: {values:?}"
         );
-        if method == "simmim" {
-            let last = values[values.len() - 3..].iter().sum::<f64>() / 3.0;
-            assert!(last < values[0], "simmim: {values:?}");
-        }
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["method"]["name"], method);

@@ -253,39 +253,51 @@ fn unreadable_files_and_directories_are_rejected_with_a_reason() {
     );
 }
 
-/// Issue #14: a tree 3001 directories deep (deeper than `PATH_MAX` allows to name) with
-/// images at several depths: the walk neither overflows its stack nor stops; what cannot
-/// be named is a reject with the reason, what can is sharded.
+/// Issue #14: a tree whose deepest paths are longer than `PATH_MAX` (4096 bytes), with
+/// images at several depths: the walk does not stop; what cannot be named is a reject with
+/// the reason, what can is sharded. (The walk's recursion is bounded by `PATH_MAX` too: a
+/// directory it cannot name, it cannot list.)
 #[test]
 fn trees_deeper_than_path_max_finish() {
     let tmp = tempdir();
     let inputs = tmp.path().join("in");
     std::fs::create_dir_all(&inputs).unwrap();
-    let photo = testdata("photos/grace_hopper.jpg");
-    // Two chains of 1500 directories, each nameable, then the second moved to the bottom
-    // of the first (`rename` needs only its two paths under PATH_MAX): 3001 deep.
-    let chain = |root: &Path, images: &[usize]| -> PathBuf {
+    // Four different images (identical ones would be counted as duplicates).
+    let photos = [
+        "grace_hopper.jpg",
+        "rocket.jpg",
+        "chelsea.png",
+        "coffee.png",
+    ];
+    // Two chains of 240 directories with 15-character names (3840 bytes each, nameable),
+    // then the second moved to the bottom of the first (`rename` needs only its two paths
+    // under PATH_MAX): 481 deep, 7700 bytes. Few directories, so the test stays quick.
+    let name = "ddddddddddddddd";
+    let chain = |root: &Path, images: &[(usize, &str)]| -> PathBuf {
         let mut dir = root.to_path_buf();
-        for depth in 1..=1500 {
-            dir.push("d");
+        for depth in 1..=240 {
+            dir.push(name);
             std::fs::create_dir(&dir).unwrap();
-            if images.contains(&depth) {
-                std::fs::copy(&photo, dir.join(format!("img{depth}.jpg"))).unwrap();
+            for (at, photo) in images {
+                if *at == depth {
+                    std::fs::copy(testdata(&format!("photos/{photo}")), dir.join(photo)).unwrap();
+                }
             }
         }
         dir
     };
-    let bottom = chain(&inputs, &[10, 1000]);
+    let bottom = chain(&inputs, &[(10, photos[0]), (200, photos[1])]);
     let second = tmp.path().join("x");
     std::fs::create_dir(&second).unwrap();
-    chain(&second, &[400, 1000]);
+    chain(&second, &[(20, photos[2]), (200, photos[3])]);
     std::fs::rename(&second, bottom.join("x")).unwrap();
     let out = tmp.path().join("out");
     let (output, _) = shard_measured(&inputs, &out, &[]);
     let summary = ok_json(&output);
     assert_accounted(&summary);
-    // Depths 10 and 1000 have paths under PATH_MAX (4096 bytes) and are read; the images
-    // at 1901 (near the limit, depending on the temp dir's name) and 2501 may not be.
+    // Depths 10 and 200 of the first chain have paths under PATH_MAX (4096 bytes) and are
+    // read; the second chain's directories beyond 4096 bytes cannot be named, so the first
+    // of them is one `unreadable` input ("File name too long") standing for what is below.
     let samples = summary["samples"].as_u64().unwrap();
     assert!((2..=4).contains(&samples), "{summary}");
     for r in summary["rejected"].as_array().unwrap() {

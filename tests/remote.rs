@@ -88,19 +88,43 @@ fn http_shards_read_through_faults_exactly_once() {
     assert_eq!(sample.key, expected[250].0);
 
     // With a shard cache, the first pass fills it and the second reads only local copies;
-    // a cap below two shards keeps at most one.
+    // a cap of one shard (below any two) keeps one.
     let cache = tmp.path().join("cache");
-    let shard_bytes = std::fs::metadata(&local[0]).unwrap().len();
+    // Shards differ in size (their JPEGs do): caps are set from the largest and the total.
+    let sizes: Vec<u64> = local
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    let largest = sizes.iter().copied().max().unwrap();
+    let total: u64 = sizes.iter().sum();
     remote::configure(RemoteOptions {
         backoff: Duration::from_millis(10),
         stall_timeout: Duration::from_secs(1),
         cache: Some(remote::cache::CacheOptions {
             dir: cache.clone(),
-            max_bytes: shard_bytes * 3 + 1,
+            max_bytes: total + 1,
         }),
         ..RemoteOptions::default()
     });
     assert_eq!(digest_samples(&shards), expected);
+    // A reader stops at the end-of-archive marker; the stream behind it finishes the
+    // object (the padding after) in the background and only then publishes the entry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&cache)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "shard"))
+                .count()
+        })
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache never held all three shards"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = remote::stats();
     let requests_before = server.requests.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(digest_samples(&shards), expected);
@@ -114,11 +138,11 @@ fn http_shards_read_through_faults_exactly_once() {
     remote::configure(RemoteOptions {
         cache: Some(remote::cache::CacheOptions {
             dir: cache.clone(),
-            max_bytes: shard_bytes + shard_bytes / 2,
+            max_bytes: largest,
         }),
         ..RemoteOptions::default()
     });
-    remote::cache::evict(&cache, shard_bytes + shard_bytes / 2);
+    remote::cache::evict(&cache, largest);
     let left = std::fs::read_dir(&cache).unwrap().count();
     assert_eq!(left, 1, "LRU eviction keeps what fits under the cap");
     remote::configure(RemoteOptions::default());

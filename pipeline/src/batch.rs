@@ -52,8 +52,9 @@ pub struct MaskBatch {
 }
 
 /// The `__key__`s of a batch's samples, in one string: workers fill slots in any order,
-/// and a batch of keys costs two allocations instead of one per sample.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// and a batch of keys costs two allocations instead of one per sample. Two `Keys` are
+/// equal when they hold the same keys in the same slots, whatever order they were set in.
+#[derive(Debug, Clone, Default)]
 pub struct Keys {
     text: String,
     /// Per slot, the key's byte range in `text`.
@@ -108,6 +109,14 @@ impl Keys {
         }
     }
 }
+
+impl PartialEq for Keys {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Keys {}
 
 /// Iterator over [`Keys`] in slot order.
 #[derive(Debug, Clone)]
@@ -167,5 +176,18 @@ mod tests {
         assert_eq!(keys.get(2), None);
         let collected: Keys = ["x", "y"].into_iter().collect();
         assert_eq!((&collected).into_iter().collect::<Vec<_>>(), ["x", "y"]);
+    }
+
+    #[test]
+    fn keys_compare_by_slot_not_by_the_order_they_were_set() {
+        let mut forward = Keys::with_slots(2);
+        forward.set(0, "a");
+        forward.set(1, "b");
+        let mut backward = Keys::with_slots(2);
+        backward.set(1, "b");
+        backward.set(0, "a");
+        assert_eq!(forward, backward);
+        let swapped: Keys = ["b", "a"].into_iter().collect();
+        assert_ne!(forward, swapped);
     }
 }

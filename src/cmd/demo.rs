@@ -243,6 +243,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         pageable_buffers: false,
         picture_every: Some((steps / 4).max(1)),
         checkpoint_every: None,
+        remote: Default::default(),
         quiet: args.quiet,
         json: false,
     };

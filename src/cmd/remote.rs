@@ -28,6 +28,18 @@ pub struct RemoteArgs {
     pub read_ahead: u64,
 }
 
+impl Default for RemoteArgs {
+    /// The command line's defaults (one source of truth: the `#[arg]` attributes above).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            remote: RemoteArgs,
+        }
+        <Only as clap::Parser>::parse_from(["tessera"]).remote
+    }
+}
+
 impl RemoteArgs {
     /// Check the flags and make them the process's remote options.
     pub fn apply(&self) -> anyhow::Result<()> {

@@ -155,6 +155,7 @@ struct Report<'a> {
 pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     let mut recipe =
         Recipe::load(&args.config).with_context(|| format!("loading recipe `{}`", args.config))?;
+    let recipe_micro_batch = recipe.data.batch_size;
     if let Some(b) = args.batch_size {
         if b == 0 {
             bail!("--batch-size must be at least 1");
@@ -163,11 +164,30 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
     }
     let mut trainer = TrainerConfig::from_recipe(&recipe)
         .with_context(|| format!("recipe `{}`", recipe.source))?;
-    if args.batch_size.is_some() && trainer.train.batch_size.take().is_some() {
-        eprintln!(
-            "note: --batch-size replaces the recipe's effective batch (train.batch_size): \
-             one micro-batch a step"
-        );
+    if let Some(b) = args.batch_size {
+        // The effective batch before and after `--batch-size`.
+        let (before, after) = match trainer.train.batch_size.take() {
+            Some(effective) => {
+                eprintln!(
+                    "note: --batch-size replaces the recipe's effective batch \
+                     (train.batch_size): one micro-batch a step"
+                );
+                (effective, b)
+            }
+            None => {
+                let accum = trainer.train.accum_steps.unwrap_or(1);
+                (recipe_micro_batch * accum, b * accum)
+            }
+        };
+        // The peak lr follows the batch (`base_lr x batch / 256`); the floor keeps its
+        // ratio to the peak, so the schedule keeps its shape at any batch.
+        if trainer.optim.lr.is_none() && trainer.optim.min_lr > 0.0 && before != after {
+            trainer.optim.min_lr *= after as f64 / before as f64;
+            eprintln!(
+                "note: min_lr scaled with the batch to {:.3e}",
+                trainer.optim.min_lr
+            );
+        }
     }
     if let Some(steps) = args.steps {
         if steps == 0 {

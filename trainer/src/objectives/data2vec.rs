@@ -297,6 +297,7 @@ mod tests {
             depth: 3,
             num_heads: 2,
             mlp_ratio: 2.0,
+            drop_path_rate: 0.0,
         }
     }
 
@@ -308,6 +309,8 @@ mod tests {
             picture: false,
             picture_samples: 0,
             normalize: crate::feeder::Normalize::default(),
+            seed: 0,
+            micro_batch: 0,
         }
     }
 

@@ -116,6 +116,8 @@ impl MethodSpec for MsnConfig {
     const PAPER: &'static str =
         "Assran et al. 2022, Masked Siamese Networks for Label-Efficient Learning";
     const RECIPES: &'static [&'static str] = &["msn_vit_small", "msn_vit_tiny_cifar"];
+    /// The focal views (96 px on ImageNet) go through the ViT beside the 224-px anchors.
+    const MULTI_RESOLUTION: bool = true;
 
     // `!(x > 0.0)` on purpose: NaN must fail the checks too.
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -381,6 +383,7 @@ mod tests {
             depth: 2,
             num_heads: 2,
             mlp_ratio: 2.0,
+            drop_path_rate: 0.0,
         }
     }
 

@@ -24,6 +24,8 @@ fn ctx(step: u64, steps_per_epoch: Option<u64>) -> StepContext {
         picture: false,
         picture_samples: 0,
         normalize: Normalize::default(),
+        seed: 0,
+        micro_batch: 0,
     }
 }
 
