@@ -183,9 +183,10 @@ pub enum ShardError {
         attempts: u32,
         /// The likely cause in the user's terms (missing bucket, wrong credentials, ...).
         hint: String,
-        /// The store client's error.
+        /// The store client's error (boxed: it is large, and every `Result` of the crate
+        /// would carry its size).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
 
     /// A remote object whose body kept ending (or stalling) before its size, beyond the
@@ -205,6 +206,14 @@ pub enum ShardError {
         /// The last fault.
         reason: String,
     },
+}
+
+impl ShardError {
+    /// Whether this is an object store's definite answer that the object does not exist.
+    pub fn is_remote_not_found(&self) -> bool {
+        matches!(self, ShardError::Remote { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. }))
+    }
 }
 
 impl ShardError {

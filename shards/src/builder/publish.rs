@@ -88,10 +88,7 @@ impl Publisher {
     pub(crate) fn holds(&self, name: &str, bytes: u64) -> Result<bool, BuildError> {
         match remote::stream::size_of(&self.url(name)) {
             Ok(size) => Ok(size == bytes),
-            Err(ShardError::Remote {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(false),
+            Err(e) if e.is_remote_not_found() => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

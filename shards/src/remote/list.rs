@@ -78,9 +78,9 @@ fn check_bucket(url: &str) -> Result<(), ShardError> {
             url,
             action,
             attempts,
-            source: source @ object_store::Error::NotFound { .. },
+            source,
             ..
-        }) => {
+        }) if matches!(*source, object_store::Error::NotFound { .. }) => {
             let bucket = url
                 .split_once("://")
                 .map_or("", |(_, rest)| rest.split('/').next().unwrap_or_default());
@@ -111,10 +111,14 @@ fn head_all(urls: &[(usize, String)]) -> Result<Vec<bool>, ShardError> {
             match store::retrying(&object, "looking up", || object.store.head(&object.key)).await {
                 Ok(_) => Ok(true),
                 Err(ShardError::Remote {
-                    source: object_store::Error::NotFound { .. },
+                    ref source,
                     ref hint,
                     ..
-                }) if !hint.contains("bucket") => Ok(false),
+                }) if matches!(**source, object_store::Error::NotFound { .. })
+                    && !hint.contains("bucket") =>
+                {
+                    Ok(false)
+                }
                 Err(e) => Err(e),
             }
         }))

@@ -159,7 +159,7 @@ fn client_for(scheme: &str, root: &str, url: &str) -> Result<Arc<dyn ObjectStore
         action: "configuring the client",
         attempts: 1,
         hint: hint_for(&source, url),
-        source,
+        source: Box::new(source),
     })?;
     clients.insert(root.to_string(), Arc::clone(&store));
     Ok(store)
@@ -212,7 +212,7 @@ where
                 action,
                 attempts: attempt,
                 hint: hint_for(&error, &object.url),
-                source: error,
+                source: Box::new(error),
             });
         }
         super::count_retry();

@@ -275,10 +275,7 @@ pub fn fetch_small(url: &str) -> Result<Option<Bytes>, ShardError> {
             super::count_bytes(bytes.len() as u64);
             Ok(Some(bytes))
         }
-        Err(ShardError::Remote {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }) => Ok(None),
+        Err(e) if e.is_remote_not_found() => Ok(None),
         Err(e) => Err(e),
     }
 }

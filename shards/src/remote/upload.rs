@@ -48,7 +48,7 @@ pub fn upload_file(local: &Path, url: &str) -> Result<u64, ShardError> {
                         action: "uploading",
                         attempts: attempt,
                         hint: store::hint_for(&error, url),
-                        source: error,
+                        source: Box::new(error),
                     });
                 }
                 super::count_retry();
@@ -130,11 +130,8 @@ pub fn delete(url: &str) -> Result<(), ShardError> {
         store::retrying(&object, "deleting", || object.store.delete(&object.key)).await
     });
     match deleted {
-        Ok(())
-        | Err(ShardError::Remote {
-            source: object_store::Error::NotFound { .. },
-            ..
-        }) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if e.is_remote_not_found() => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -48,8 +48,11 @@ fn key() -> impl Strategy<Value = String> {
         })
 }
 
+/// A sample's fields: (name, bytes) in name order.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// 1..24 distinct lower-case field names (dotted ones among them), with 0..600 bytes each.
-fn fields() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+fn fields() -> impl Strategy<Value = Fields> {
     prop::collection::btree_map(
         text(10).prop_map(|s| s.to_lowercase()),
         prop::collection::vec(any::<u8>(), 0..600),
@@ -58,7 +61,7 @@ fn fields() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
     .prop_map(|m| m.into_iter().collect())
 }
 
-fn samples() -> impl Strategy<Value = Vec<(String, Vec<(String, Vec<u8>)>)>> {
+fn samples() -> impl Strategy<Value = Vec<(String, Fields)>> {
     prop::collection::vec((key(), fields()), 0..12).prop_map(|samples| {
         samples
             .into_iter()

@@ -33,22 +33,15 @@ use crate::feeder::DeviceBatch;
 use crate::losses::simmim::simmim;
 use crate::pictures::Reconstruction;
 use crate::precision::Precision;
-use crate::vit::MaskTokens;
-use crate::vit::{Vit, init_linear};
+use crate::vit::{MaskTokens, Vit, init_linear};
 
 /// `[objective]` of `method = "simmim"`. SimMIM has no keys of its own: the mask ratio and
 /// its cell size are the view's `[views.mask]`, the head is fixed by the encoder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimMimConfig {
     /// Index of the masked view (derived from the views: not a recipe key).
     pub view: usize,
-}
-
-impl Default for SimMimConfig {
-    fn default() -> Self {
-        Self { view: 0 }
-    }
 }
 
 impl MethodSpec for SimMimConfig {
