@@ -12,6 +12,7 @@
 mod util;
 
 #[cfg(feature = "train")]
+mod distributed;
 mod eval;
 mod inspect;
 #[cfg(feature = "train")]

@@ -232,6 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         picture_every: Some((steps / 4).max(1)),
         checkpoint_every: None,
         quiet: args.quiet,
+        dist: super::launch::DistArgs::alone(),
     };
     let prepared = super::train::prepare(&train_args)?;
     let stop = AtomicBool::new(false);

@@ -13,4 +13,6 @@ pub mod eval;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
+pub mod launch;
+#[cfg(feature = "train")]
 pub mod train;

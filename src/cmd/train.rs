@@ -91,6 +91,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub dist: crate::cmd::launch::DistArgs,
 }
 
 /// A prepared run: the recipe, its resolved numbers and where the batches come from.
@@ -106,17 +108,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         list_methods();
         return Ok(());
     }
+    if let Some(n) = args.dist.devices {
+        return crate::cmd::launch::spawn_local(n, &args.dist);
+    }
     let mut prepared = prepare(&args)?;
-    print_resolved(&prepared);
+    if prepared.options.world.is_main() {
+        print_resolved(&prepared);
+    }
     let signals = install_signal_handlers()?;
     prepared.options.checkpoint_now = Arc::clone(&signals.checkpoint);
+    let main = prepared.options.world.is_main();
+    // burn-collective prints its connection attempts on stdout; stdout is for the summary.
+    let stdout = if prepared.options.world.is_distributed() {
+        Some(StdoutToStderr::start()?)
+    } else {
+        None
+    };
     let summary = train(&args, prepared, &signals.stop)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    if let Some(s) = stdout {
+        s.restore()?;
+    }
+    if main {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
     if summary.stopped == StopReason::Interrupted {
         std::io::stdout().flush()?;
         std::process::exit(EXIT_STOPPED);
     }
     Ok(())
+}
+
+/// While it lives, file descriptor 1 points at stderr; [`StdoutToStderr::restore`] puts the
+/// real stdout back.
+struct StdoutToStderr {
+    saved: i32,
+}
+
+impl StdoutToStderr {
+    fn start() -> anyhow::Result<Self> {
+        std::io::stdout().flush()?;
+        // SAFETY: dup/dup2 on the process's own standard descriptors.
+        let saved = unsafe { libc::dup(1) };
+        if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+            bail!("redirecting stdout: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { saved })
+    }
+
+    fn restore(self) -> anyhow::Result<()> {
+        std::io::stdout().flush()?;
+        // SAFETY: as above; `saved` is the descriptor `start` duplicated.
+        if unsafe { libc::dup2(self.saved, 1) } < 0 {
+            bail!("restoring stdout: {}", std::io::Error::last_os_error());
+        }
+        unsafe { libc::close(self.saved) };
+        Ok(())
+    }
 }
 
 /// Parse and check everything up front, before any work starts.
@@ -149,9 +196,11 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         }
         None => Vec::new(),
     };
-    let samples_per_epoch = count_samples(&shards);
+    let world = args.dist.world()?;
+    // Per rank: each reads every world_size-th shard.
+    let samples_per_epoch = count_samples(&shards).map(|n| n / u64::from(world.world_size));
     let mut resolved = trainer
-        .resolve(&recipe, samples_per_epoch, 1)
+        .resolve(&recipe, samples_per_epoch, world.world_size)
         .with_context(|| format!("recipe `{}`", recipe.source))?;
     if let Some(every) = args.checkpoint_every {
         resolved.checkpoint_every = every;
@@ -166,6 +215,8 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
             .unwrap_or_else(|| PathBuf::from("runs").join(name)),
     );
     options.resume = args.resume;
+    options.collective_timeout = Duration::from_secs_f64(args.dist.collective_timeout.max(1.0));
+    options.world = world;
     options.stop_after = args.stop_after;
     options.time_limit = args
         .minutes
@@ -338,7 +389,11 @@ fn install_signal_handlers() -> anyhow::Result<SignalFlags> {
 
 /// Train on the device `args.device` names.
 pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
-    let kind: DeviceKind = args.device.parse()?;
+    let mut kind: DeviceKind = args.device.parse()?;
+    // `--device cuda` in a data-parallel job: one device per rank of this machine.
+    if args.device == "cuda" && prepared.options.world.is_distributed() {
+        kind = format!("cuda:{}", prepared.options.world.local_rank).parse()?;
+    }
     match kind {
         DeviceKind::Cpu => {
             train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), None, stop)
@@ -376,13 +431,23 @@ where
         shards,
         options,
     } = prepared;
-    let mut bar = Bar::new(args.quiet);
+    let mut bar = Bar::new(args.quiet || !options.world.is_main());
+    let (rank, world_size) = (options.world.rank, options.world.world_size);
     let summary = if args.synthetic {
         let seed = resolved.seed;
         train::run::<B, _, std::convert::Infallible>(
             &resolved,
             device,
-            |state| Ok(SyntheticSource::new(&recipe, seed, state, buffer_hook)),
+            |state| {
+                Ok(SyntheticSource::for_rank(
+                    &recipe,
+                    seed,
+                    state,
+                    buffer_hook,
+                    rank,
+                    world_size,
+                ))
+            },
             &options,
             stop,
             &mut bar,
@@ -399,6 +464,8 @@ where
                 }
                 opts.graph.epochs = None; // the schedule decides when to stop
                 opts.graph.ordered = true;
+                opts.graph.rank = rank;
+                opts.graph.world_size = world_size;
                 opts.graph.resume = state;
                 opts.graph.buffer_hook = buffer_hook;
                 Loader::start(opts)

@@ -45,7 +45,7 @@ mod step;
 
 pub use options::{Observer, Quiet, RunOptions, layout};
 pub use outcome::{RunSummary, StopReason, TrainError};
-use step::{Run, StepError};
+use step::{Requests, Run, StepError};
 
 /// Train `config`'s method on batches from `start_source` (called with the state to resume
 /// from, `None` for a fresh run). `stop` is polled between steps (the CLI sets it on SIGINT
@@ -127,19 +127,26 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let dir = &options.run_dir;
-    std::fs::create_dir_all(dir.join(layout::PICTURES)).map_err(|source| TrainError::Config {
-        path: dir.join(layout::PICTURES),
-        source,
-    })?;
-    write_config(dir, config)?;
+    // Rank 0 writes the run directory; the other ranks of a data-parallel run only read it.
+    let main = options.world.is_main();
+    if main {
+        std::fs::create_dir_all(dir.join(layout::PICTURES)).map_err(|source| {
+            TrainError::Config {
+                path: dir.join(layout::PICTURES),
+                source,
+            }
+        })?;
+        write_config(dir, config)?;
+    }
 
     let mut run = Run::<B, M>::start(method, config, device, options, observer)?;
+    let distributed = run.sync.is_some();
     let first_step = run.step;
     let metrics_path = dir.join(layout::METRICS);
-    let mut log = if first_step > 0 {
-        MetricsLog::resume(&metrics_path, first_step)?
-    } else {
-        MetricsLog::create(&metrics_path)?
+    let mut log = match (main, first_step > 0) {
+        (false, _) => None,
+        (true, true) => Some(MetricsLog::resume(&metrics_path, first_step)?),
+        (true, false) => Some(MetricsLog::create(&metrics_path)?),
     };
 
     let source = start_source(run.pipeline).map_err(|e| TrainError::Source(Box::new(e)))?;
@@ -159,6 +166,9 @@ where
     let mut last_loss = None;
     let mut checkpoint_path = None;
     let mut step_began = Instant::now();
+    // With other ranks, stop requests take effect through the step's exchange, so that all
+    // ranks stop after the same step: what they agreed on after the last one.
+    let mut agreed_stop: Option<StopReason> = None;
     let stopped = loop {
         if run.step >= total {
             break StopReason::Finished;
@@ -166,12 +176,21 @@ where
         if run.step >= last {
             break StopReason::StepLimit;
         }
-        if stop.load(Ordering::Relaxed) {
+        if let Some(reason) = agreed_stop {
+            break reason;
+        }
+        let time_up = options.time_limit.is_some_and(|t| started.elapsed() >= t);
+        let stop_asked = stop.load(Ordering::Relaxed);
+        if !distributed && stop_asked {
             break StopReason::Interrupted;
         }
-        if options.time_limit.is_some_and(|t| started.elapsed() >= t) {
+        if !distributed && time_up {
             break StopReason::TimeLimit;
         }
+        let requests = Requests {
+            stop: stop_asked || time_up,
+            checkpoint: options.checkpoint_now.swap(false, Ordering::Relaxed),
+        };
 
         // Data: `accum_steps` uploaded micro-batches, timing the wait for each.
         let mut micro = Vec::with_capacity(config.accum_steps);
@@ -192,7 +211,7 @@ where
         let due_picture = (options.picture_every > 0
             && (run.step + 1) % options.picture_every == 0)
             || run.step + 1 == last;
-        let out = match run.train_step(micro, due_picture, options) {
+        let out = match run.train_step(micro, due_picture, requests, options) {
             Ok(out) => out,
             Err(StepError::NonFinite { loss, lr }) => {
                 let path = run.save(dir)?;
@@ -223,7 +242,9 @@ where
             .iter()
             .map(|(name, value)| (name.to_string(), *value))
             .collect();
-        log.append(&m)?;
+        if let Some(log) = &mut log {
+            log.append(&m)?;
+        }
         totals.add(&m);
         last_loss = Some(out.loss);
         observer.step(&m);
@@ -237,7 +258,7 @@ where
             );
         }
 
-        if let Some(picture) = out.picture {
+        if let Some(picture) = out.picture.filter(|_| main) {
             let path = dir
                 .join(layout::PICTURES)
                 .join(format!("step_{:07}.png", run.step));
@@ -246,8 +267,15 @@ where
             pictures.push(path);
         }
         let due = config.checkpoint_every > 0 && run.step % config.checkpoint_every == 0;
-        let asked = options.checkpoint_now.swap(false, Ordering::Relaxed);
-        if (due || asked) && run.step < last {
+        if out.requests.stop && distributed {
+            agreed_stop = Some(if stop_asked || !time_up {
+                StopReason::Interrupted
+            } else {
+                StopReason::TimeLimit
+            });
+        }
+        let asked = out.requests.checkpoint;
+        if (due || asked) && run.step < last && agreed_stop.is_none() {
             let path = run.save(dir)?;
             observer.event(&format!("checkpoint {}", path.display()));
             checkpoint_path = Some(path);
@@ -268,11 +296,13 @@ where
     drop(feeder);
 
     let loss_path = dir.join(layout::LOSS_CURVE);
-    let points: Vec<(u64, f64)> = read_metrics(&metrics_path)?
-        .iter()
-        .map(|m| (m.step, m.loss))
-        .collect();
-    save_png(&loss_curve(&points, 960, 540), &loss_path)?;
+    if main {
+        let points: Vec<(u64, f64)> = read_metrics(&metrics_path)?
+            .iter()
+            .map(|m| (m.step, m.loss))
+            .collect();
+        save_png(&loss_curve(&points, 960, 540), &loss_path)?;
+    }
 
     Ok(RunSummary {
         first_step,
