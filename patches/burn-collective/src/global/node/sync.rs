@@ -41,6 +41,10 @@ impl<P: Protocol> SyncService<P> {
     }
 
     /// Sync with all peers.
+    ///
+    /// Returns once every node, this one included, has announced that it reached this sync.
+    /// Announcements are counted per node: one of each is consumed by this round, and any
+    /// that a faster peer already sent for the next round are kept for it.
     pub async fn sync(&self) {
         // we can't sync while we register
         let node_state = self.node_state.read().await;
@@ -65,23 +69,21 @@ impl<P: Protocol> SyncService<P> {
                 .await
                 .expect("Peer closed connection unexpectedly");
         }
+        let all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
         loop {
+            // Listen before looking, so that an announcement arriving between the look and
+            // the wait still wakes this task (`notify_waiters` stores no permit).
+            let notified = self.sync_notif.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
-                // compare currently synced peers with list of all nodes
-                let mut syncing_peers = self.syncing_peers.lock().unwrap().to_vec();
-                syncing_peers.sort();
-
-                let mut all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
-                all_node_ids.sort();
-
-                if syncing_peers == all_node_ids {
-                    // all nodes have synced
-                    syncing_peers.clear();
+                let mut syncing_peers = self.syncing_peers.lock().unwrap();
+                if take_round(&mut syncing_peers, &all_node_ids) {
                     return;
                 }
             }
             // Wait for the next sync to come in
-            self.sync_notif.notified().await
+            notified.await
         }
     }
 
@@ -96,5 +98,67 @@ impl<P: Protocol> SyncService<P> {
         self.add_syncing_peer(msg.0);
 
         self.sync_notif.notify_waiters();
+    }
+}
+
+/// Consumes one announcement of every node in `nodes` from `announced` if all of them are
+/// there, and says whether it did. Announcements beyond one per node (a peer that already
+/// reached the next sync) stay for the next round.
+fn take_round(announced: &mut Vec<NodeId>, nodes: &[NodeId]) -> bool {
+    if !nodes.iter().all(|id| announced.contains(id)) {
+        return false;
+    }
+    for id in nodes {
+        if let Some(at) = announced.iter().position(|a| a == id) {
+            announced.swap_remove(at);
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_round;
+    use crate::NodeId;
+
+    fn ids(raw: &[u32]) -> Vec<NodeId> {
+        raw.iter().map(|&i| NodeId::from(i)).collect()
+    }
+
+    #[test]
+    fn a_round_completes_only_when_every_node_announced() {
+        let nodes = ids(&[0, 1, 2]);
+        let mut announced = ids(&[0, 2]);
+        assert!(!take_round(&mut announced, &nodes));
+        assert_eq!(announced, ids(&[0, 2]), "an incomplete round consumes nothing");
+        announced.push(NodeId::from(1));
+        assert!(take_round(&mut announced, &nodes));
+        assert!(announced.is_empty());
+    }
+
+    #[test]
+    fn consecutive_rounds_each_need_fresh_announcements() {
+        // Before the fix the list was never emptied, so the second round saw every node
+        // twice and waited for ever.
+        let nodes = ids(&[0, 1]);
+        let mut announced = ids(&[1, 0]);
+        assert!(take_round(&mut announced, &nodes));
+        announced.push(NodeId::from(0));
+        assert!(!take_round(&mut announced, &nodes), "node 1 has not reached round 2");
+        announced.push(NodeId::from(1));
+        assert!(take_round(&mut announced, &nodes));
+        assert!(announced.is_empty());
+    }
+
+    #[test]
+    fn an_early_announcement_for_the_next_round_is_kept() {
+        let nodes = ids(&[0, 1]);
+        // Node 1 finished round 1 and already announced round 2 before node 0 looked.
+        let mut announced = ids(&[1, 0, 1]);
+        assert!(take_round(&mut announced, &nodes));
+        assert_eq!(announced, ids(&[1]));
+        announced.push(NodeId::from(0));
+        assert!(take_round(&mut announced, &nodes));
+        assert!(announced.is_empty());
     }
 }
