@@ -18,6 +18,16 @@ fn summary(out: &Output) -> serde_json::Value {
 }
 
 fn synthetic_args<'a>(recipe: &'a Path, out: &'a Path, batch: &'a str) -> Vec<&'a str> {
+    with_timeout(recipe, out, batch, "60")
+}
+
+/// [`synthetic_args`] with the collective timeout `timeout` (seconds).
+fn with_timeout<'a>(
+    recipe: &'a Path,
+    out: &'a Path,
+    batch: &'a str,
+    timeout: &'a str,
+) -> Vec<&'a str> {
     vec![
         "train",
         "--config",
@@ -29,7 +39,7 @@ fn synthetic_args<'a>(recipe: &'a Path, out: &'a Path, batch: &'a str) -> Vec<&'
         out.to_str().unwrap(),
         "--quiet",
         "--collective-timeout",
-        "60",
+        timeout,
     ]
 }
 
@@ -138,8 +148,7 @@ fn a_two_rank_run_resumes_exactly() {
 /// Starts one rank by hand, as torchrun would.
 fn rank(recipe: &Path, out: &Path, rank: u32, port: u16) -> std::process::Child {
     tessera()
-        .args(synthetic_args(recipe, out, "8"))
-        .args(["--collective-timeout", "10"])
+        .args(with_timeout(recipe, out, "8", "10"))
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", "2")
         .env("LOCAL_RANK", rank.to_string())
@@ -191,17 +200,13 @@ fn a_killed_rank_stops_the_other_with_an_error_and_an_intact_checkpoint() {
     }
     r1.kill().unwrap();
     let _ = r1.wait();
-    let killed = Instant::now();
-    let out = wait_within(&mut r0, Duration::from_secs(60));
+    // A hang guard, not a speed check: rank 0 gives up after its 10 s timeout.
+    let out = wait_within(&mut r0, Duration::from_secs(300));
     let stderr = out.1;
     assert!(!out.0.success(), "rank 0 must fail when rank 1 is gone");
+    // Either the timeout or the broken connection ends it; both name the step's all-reduce.
     assert!(
-        killed.elapsed() < Duration::from_secs(45),
-        "rank 0 took {:?} to notice",
-        killed.elapsed()
-    );
-    assert!(
-        stderr.contains("rank 0:") && stderr.contains("no answer from the other ranks"),
+        stderr.contains("rank 0: the all-reduce of step"),
         "the error must say what happened:\n{stderr}"
     );
     // The newest checkpoint is complete: the job, restarted, resumes from it.
@@ -290,7 +295,7 @@ fn the_launcher_names_a_rank_that_dies_and_stops_the_others() {
         .args(["-9", &victim.to_string()])
         .status()
         .unwrap();
-    let (status, stderr) = wait_within(&mut launcher, Duration::from_secs(120));
+    let (status, stderr) = wait_within(&mut launcher, Duration::from_secs(300));
     assert!(!status.success());
     assert!(
         stderr.contains("rank 1 exited with signal 9") && stderr.contains("rank 1 of 2 failed"),
