@@ -97,6 +97,7 @@ class MAE(nn.Module):
 PRESETS = {
     # name: img, patch, dim, depth, heads, decoder dim, depth, heads
     "tiny_cifar": (32, 4, 192, 12, 3, 128, 2, 4),
+    "mae_vit_tiny_cifar": (32, 4, 192, 6, 3, 128, 2, 4),  # configs/mae_vit_tiny_cifar.toml
     "demo": (32, 4, 96, 4, 3, 64, 1, 2),
     "vit_tiny_224": (224, 16, 192, 12, 3, 512, 8, 16),
     "vit_base_224": (224, 16, 768, 12, 12, 512, 8, 16),

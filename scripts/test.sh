@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The project's one test command (README, CI): sets up what the tests need, then runs them.
 #
+# - `.tools/s3s-fs`: the S3-compatible server of the remote tests (built once).
 # - `.venv/`: a local Python with the reference WebDataset reader, used as a test oracle
 #   (made once; re-made when scripts/test-requirements.txt changes).
 # - `cargo test --release`: every crate and the end-to-end tests through `tessera`, in the
 #   same optimised profile as the program, so burn compiles once.
-# - With `--libjpeg-turbo` (CI), also runs the pipeline's tests with the optional
-#   libjpeg-turbo JPEG path (needs `nasm`; without the flag it runs when nasm is installed).
+# - JPEGs decode with libjpeg-turbo by default where `nasm` is installed (pipeline/build.rs),
+#   else with the pure-Rust zune-jpeg. When the default is libjpeg-turbo, the pipeline's
+#   tests run a second time on the pure-Rust path (`TESSERA_JPEG=zune`). With
+#   `--libjpeg-turbo` (CI), a missing nasm is an error instead of a skipped path.
 # - With `--cuda-check` (CI), also proves the `cuda` feature compiles without a GPU.
 # - With `--lint` (CI), first checks formatting (`cargo fmt`) and lints (`cargo clippy`,
 #   warnings are errors).
@@ -44,17 +47,29 @@ fi
 export TESSERA_PYTHON="$PWD/$venv/bin/python"
 export TESSERA_REQUIRE_PYTHON=1
 
+# Tools for the remote-shard tests (issue 12): `s3s-fs`, an S3-compatible server the tests
+# start on 127.0.0.1, built once from crates.io into .tools/ (0.14.1: the last release that
+# builds with our toolchain; its own lock file pins its dependencies) and reused after.
+s3s="$PWD/.tools/s3s-fs/bin/s3s-fs"
+if [ ! -x "$s3s" ]; then
+  echo "==> installing s3s-fs 0.14.1 into .tools/ (S3-compatible test server)"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet \
+    --root "$PWD/.tools/s3s-fs" --target-dir "$PWD/target/tools"
+fi
+export TESSERA_S3S_FS="$s3s"
+export TESSERA_REQUIRE_S3=1
+
 echo "==> cargo test --release --workspace"
 cargo test --release --workspace
 
 if command -v nasm >/dev/null; then
-  echo "==> cargo test --release -p tessera-pipeline --features libjpeg-turbo"
-  cargo test --release -p tessera-pipeline --features libjpeg-turbo
+  echo "==> TESSERA_JPEG=zune cargo test --release -p tessera-pipeline (the pure-Rust JPEG path)"
+  TESSERA_JPEG=zune cargo test --release -p tessera-pipeline
 elif [ "$libjpeg_turbo" = 1 ]; then
-  echo "--libjpeg-turbo: nasm is needed to build libjpeg-turbo (apt-get install nasm)" >&2
+  echo "--libjpeg-turbo: nasm is needed to build libjpeg-turbo's SIMD kernels (apt-get install nasm)" >&2
   exit 1
 else
-  echo "==> skipping the libjpeg-turbo tests (optional JPEG path; install nasm to run them)"
+  echo "==> nasm not installed: the tests above ran on the pure-Rust JPEG path (install nasm for libjpeg-turbo)"
 fi
 
 if [ "$cuda_check" = 1 ]; then

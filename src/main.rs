@@ -33,6 +33,12 @@ enum Command {
     /// Score a checkpoint's encoder: kNN and linear-probe accuracy on labelled shards.
     #[cfg(feature = "train")]
     Eval(cmd::eval::Args),
+    /// Draw a ViT checkpoint's last-layer class-token attention, one heat-map per head.
+    #[cfg(feature = "train")]
+    Attention(cmd::attention::Args),
+    /// One HTML page about one or more runs: curves, pictures, recipe, command, timing.
+    #[cfg(feature = "train")]
+    Report(cmd::report::Args),
     /// Everything on built-in defaults: make images, shard, preview, profile, train a tiny MAE.
     #[cfg(feature = "train")]
     Demo(cmd::demo::Args),
@@ -42,7 +48,13 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // burn-collective logs every tensor transfer at `info` (each step of a
+                // data-parallel run): its warnings and errors only, unless asked.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,burn_collective=warn,burn_communication=warn",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,6 +71,9 @@ fn main() -> std::process::ExitCode {
         Command::Export(args) => cmd::export::run(args),
         #[cfg(feature = "train")]
         Command::Eval(args) => cmd::eval::run(args),
+        #[cfg(feature = "train")]
+        Command::Attention(args) => cmd::attention::run(args),
+        Command::Report(args) => cmd::report::run(args),
         #[cfg(feature = "train")]
         Command::Demo(args) => cmd::demo::run(args),
     };

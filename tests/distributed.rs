@@ -3,19 +3,11 @@
 //! a rank killed mid-run.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::train::{metrics, tiny_recipe};
 use crate::util::*;
-
-/// The summary JSON a run prints last on stdout.
-fn summary(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text.find("{\n").unwrap_or(0);
-    serde_json::from_str(&text[start..])
-        .unwrap_or_else(|e| panic!("no summary JSON on stdout ({e}):\n{text}"))
-}
 
 fn synthetic_args<'a>(recipe: &'a Path, out: &'a Path, batch: &'a str) -> Vec<&'a str> {
     with_timeout(recipe, out, batch, "60")
@@ -38,6 +30,7 @@ fn with_timeout<'a>(
         "--out",
         out.to_str().unwrap(),
         "--quiet",
+        "--json",
         "--collective-timeout",
         timeout,
     ]
@@ -60,7 +53,7 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch() {
     let mut args = synthetic_args(&recipe, &two, "8");
     args.extend(["--devices", "2"]);
     let out = run_ok(&args);
-    let s = summary(&out);
+    let s = stdout_json(&out);
     assert_eq!(s["steps_done"], 6);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -91,7 +84,10 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch() {
         ]);
         std::fs::read(path).unwrap()
     };
-    let (ea, eb) = (export(&one, "one.safetensors"), export(&two, "two.safetensors"));
+    let (ea, eb) = (
+        export(&one, "one.safetensors"),
+        export(&two, "two.safetensors"),
+    );
     let (ta, tb) = (
         safetensors::SafeTensors::deserialize(&ea).unwrap(),
         safetensors::SafeTensors::deserialize(&eb).unwrap(),
@@ -128,7 +124,7 @@ fn a_two_rank_run_resumes_exactly() {
     let resumed = tmp.path().join("resumed");
     let mut first = synthetic_args(&recipe, &resumed, "8");
     first.extend(["--devices", "2", "--stop-after", "3"]);
-    assert_eq!(summary(&run_ok(&first))["stopped"], "step_limit");
+    assert_eq!(stdout_json(&run_ok(&first))["stopped"], "step_limit");
     let state = std::fs::read_to_string(resumed.join("checkpoints/step-00000003/state.json"))
         .expect("a checkpoint after step 3");
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
@@ -139,10 +135,13 @@ fn a_two_rank_run_resumes_exactly() {
 
     let mut second = synthetic_args(&recipe, &resumed, "8");
     second.extend(["--devices", "2", "--resume"]);
-    assert_eq!(summary(&run_ok(&second))["first_step"], 3);
+    assert_eq!(stdout_json(&run_ok(&second))["first_step"], 3);
     let (a, b) = (losses(&straight), losses(&resumed));
     assert_eq!(a.len(), 6);
-    assert_eq!(a, b, "a resumed two-rank run must repeat the uninterrupted losses");
+    assert_eq!(
+        a, b,
+        "a resumed two-rank run must repeat the uninterrupted losses"
+    );
 }
 
 /// Starts one rank by hand, as torchrun would.
@@ -228,7 +227,10 @@ fn metrics_len(run: &Path) -> usize {
 }
 
 /// Waits for `child` at most `limit`; its status and stderr.
-fn wait_within(child: &mut std::process::Child, limit: Duration) -> (std::process::ExitStatus, String) {
+fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
     use std::io::Read;
     let started = Instant::now();
     let status = loop {

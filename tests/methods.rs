@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::train::train_json as train;
 use crate::util::*;
 
 /// 96 CIFAR-10 training images (a few a class) in shards of 48.
@@ -71,12 +72,6 @@ keep_checkpoints = 2
 const RESNET18: &str = "arch = \"resnet18\"\ncifar_stem = true";
 /// A ViT small enough for many steps in a test (2 blocks of 32 at 32 px, patch 8).
 const TINY_VIT: &str = "arch = \"vit_tiny_patch16_224\"\nimg_size = 32\npatch_size = 8\nembed_dim = 32\ndepth = 2\nnum_heads = 2";
-
-fn train(recipe: &Path, shards: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = crate::train::train_args(recipe, shards, out);
-    args.extend(extra);
-    stdout_json(&run_ok(&args))
-}
 
 /// `step loss` of every line of the run's metrics, for exact comparisons.
 fn losses(run: &Path) -> Vec<String> {
@@ -233,15 +228,7 @@ fn resnet_export_has_timm_keys_and_shapes() {
     want.sort();
     for which in ["student", "teacher"] {
         let out = tmp.path().join(format!("{which}.safetensors"));
-        run_ok(&[
-            "export",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--which",
-            which,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        export(&run, &out, &["--which", which]);
         let bytes = std::fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut got: Vec<(String, Vec<usize>)> = st
@@ -268,13 +255,7 @@ fn resnet_export_has_timm_keys_and_shapes() {
     let run2 = tmp.path().join("run2");
     train(&warm, &shards, &run2, &["--stop-after", "0"]);
     let again = tmp.path().join("again.safetensors");
-    run_ok(&[
-        "export",
-        "--checkpoint",
-        run2.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-    ]);
+    export(&run2, &again, &[]);
     let (a, b) = (
         std::fs::read(&exported).unwrap(),
         std::fs::read(&again).unwrap(),
@@ -419,6 +400,7 @@ fn every_shipped_recipe_runs_on_synthetic_batches() {
             "--out",
             run.to_str().unwrap(),
             "--quiet",
+            "--json",
         ]));
         assert_eq!(summary["steps_done"], 1, "{recipe}");
         assert!(

@@ -132,7 +132,7 @@ fn start_training(dir: &Path, run: &Path, extra: &[&str]) -> Child {
     let recipe = crate::train::tiny_recipe(dir, 100_000, "");
     tessera()
         .args(["train", "--config", recipe.to_str().unwrap(), "--synthetic"])
-        .args(["--out", run.to_str().unwrap(), "--quiet"])
+        .args(["--out", run.to_str().unwrap(), "--quiet", "--json"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,6 +230,7 @@ fn sigterm_checkpoints_and_exits_with_the_stopped_status() {
         "--out",
         run.to_str().unwrap(),
         "--quiet",
+        "--json",
         "--resume",
         "--stop-after",
         &stop,
@@ -286,6 +287,7 @@ fn resume_falls_back_past_a_damaged_newest_checkpoint() {
             "--out",
             run.to_str().unwrap(),
             "--quiet",
+            "--json",
             "--steps",
             "20",
             "--checkpoint-every",

@@ -78,7 +78,20 @@ pub(crate) fn train_args<'a>(recipe: &'a Path, shards: &'a str, out: &'a Path) -
         "--workers",
         "2",
         "--quiet",
+        "--json",
     ]
+}
+
+/// `tessera train` with [`train_args`] and `extra`; its JSON summary.
+pub(crate) fn train_json(
+    recipe: &Path,
+    shards: &str,
+    out: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = train_args(recipe, shards, out);
+    args.extend(extra);
+    stdout_json(&run_ok(&args))
 }
 
 pub(crate) fn metrics(run: &Path) -> Vec<serde_json::Value> {
@@ -90,7 +103,7 @@ pub(crate) fn metrics(run: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Width and height from a PNG's IHDR, after checking the signature.
-fn png_size(path: &Path) -> (u32, u32) {
+pub(crate) fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(
         &bytes[..8],
@@ -134,7 +147,8 @@ fn train_writes_metrics_checkpoints_pictures_and_loss_curve() {
     }
     assert_eq!(lines[0]["lr"].as_f64().unwrap(), 0.0, "warmup starts at 0");
 
-    // Pictures at steps 5, 10 and the last; each 3 columns of 32 px plus gaps.
+    // Pictures at steps 5, 10 and the last; each 3 columns of 32 px plus gaps, upscaled 4x
+    // (cells of 128 px) under a 28-px band of column headings.
     let mut pictures: Vec<PathBuf> = std::fs::read_dir(run.join("pictures"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -149,8 +163,8 @@ fn train_writes_metrics_checkpoints_pictures_and_loss_curve() {
         ["step_0000005.png", "step_0000010.png", "step_0000012.png"]
     );
     let (w, h) = png_size(&pictures[0]);
-    assert_eq!(w, 3 * (32 + 2) + 2);
-    assert_eq!(h, 6 * (32 + 2) + 2, "six samples");
+    assert_eq!(w, 4 * (3 * (32 + 2) + 2));
+    assert_eq!(h, 28 + 4 * (6 * (32 + 2) + 2), "six samples");
     assert_eq!(png_size(&run.join("loss.png")), (960, 540));
 
     // Checkpoints: the newest two kept (steps 10 and 12); nothing half-written left over.
@@ -221,13 +235,7 @@ fn export_writes_timm_named_safetensors() {
     let run = tmp.path().join("run");
     run_ok(&train_args(&recipe, &shards, &run));
     let out = tmp.path().join("encoder.safetensors");
-    run_ok(&[
-        "export",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    export(&run, &out, &[]);
 
     // safetensors: 8-byte little-endian header length, then a JSON header of name -> {dtype, shape, data_offsets}.
     let bytes = std::fs::read(&out).unwrap();
@@ -350,6 +358,7 @@ fn demo_quick_runs_every_stage() {
         "demo",
         "--quick",
         "--quiet",
+        "--json",
         "--out",
         out.to_str().unwrap(),
         "--workers",
@@ -366,5 +375,6 @@ fn demo_quick_runs_every_stage() {
         png_size(Path::new(picture.as_str().unwrap()));
     }
     png_size(Path::new(report["loss_curve"].as_str().unwrap()));
+    assert!(Path::new(report["report"].as_str().unwrap()).exists());
     assert!(out.join("recipe.toml").exists());
 }

@@ -77,6 +77,19 @@ pub fn run_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `tessera export --checkpoint RUN --out OUT` (plus `extra` flags), which must succeed.
+pub fn export(run: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "export",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
 /// Parse a command's stdout as one JSON object.
 pub fn stdout_json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

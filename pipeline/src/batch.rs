@@ -2,6 +2,7 @@
 
 use crate::pool::PooledBuffer;
 use crate::state::PipelineState;
+use crate::transforms::DeviceDraws;
 
 /// One batch: a u8 tensor per view, optional masks, labels and keys.
 ///
@@ -19,6 +20,10 @@ pub struct Batch {
     pub keys: Keys,
     /// The pipeline's state just after the last sample of this batch.
     pub state: PipelineState,
+    /// With device augmentation (`[augment] on_device = true`): per view, per sample, the
+    /// transforms the CPU drew but left for the training device to apply
+    /// ([`crate::transforms::device`]). `None` when the views are final.
+    pub augment: Option<Vec<Vec<DeviceDraws>>>,
 }
 
 /// The pixels of one view for a whole batch: `len` samples of `height x width x 3` u8.

@@ -18,7 +18,8 @@
 //! - failure is a typed [`DecodeError`] with a short [`DecodeError::reason`] for counting
 //!   rejects; a panic inside a decoder is caught and reported as corrupt.
 //!
-//! With the `libjpeg-turbo` feature, JPEGs go through libjpeg-turbo instead ([`turbo`]): a
+//! Where libjpeg-turbo was built (the default `libjpeg-turbo` feature, with `nasm` found at
+//! build time: `build.rs`; [`jpeg_decoder`] says which), JPEGs go through it instead: a
 //! faster full decode, and [`Decoder::decode_for_crop`] decodes only the part of the image
 //! a view's crop covers, at a reduced DCT scale where the crop will be downscaled 2x or
 //! more. Without it (zune-jpeg 0.5 can do neither) `decode_for_crop` decodes the whole
@@ -31,7 +32,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 mod convert;
 mod error;
 mod orient;
-#[cfg(feature = "libjpeg-turbo")]
+#[cfg(tessera_libjpeg_turbo)]
 mod turbo;
 
 use convert::native_to_rgb;
@@ -47,6 +48,12 @@ use zune_core::options::DecoderOptions;
 use zune_jpeg::errors::DecodeErrors as JpegErrors;
 
 use crate::transforms::CropBox;
+
+/// The JPEG decoder this build uses, as `build.rs` chose it: `"libjpeg-turbo (SIMD, ...)"`
+/// or `"zune-jpeg (pure Rust; <why>)"`. `tessera profile` prints it.
+pub fn jpeg_decoder() -> &'static str {
+    env!("TESSERA_JPEG_DECODER")
+}
 
 /// Default pixel limit: 89.5 Mpixel, the threshold at which PIL warns of a decompression
 /// bomb. A 12000x9000 image (108 Mpixel, 324 MB as RGB) is refused.
@@ -132,7 +139,7 @@ pub struct DecodeInfo {
 /// upright image size (called exactly once, before or after decoding).
 pub(crate) struct CropRequest<'a> {
     /// Only the libjpeg-turbo path can use it (to pick a DCT scale).
-    #[cfg_attr(not(feature = "libjpeg-turbo"), allow(dead_code))]
+    #[cfg_attr(not(tessera_libjpeg_turbo), allow(dead_code))]
     size: u32,
     draw: &'a mut dyn FnMut(u32, u32) -> CropBox,
 }
@@ -148,7 +155,7 @@ pub struct Decoder {
     /// Accept truncated JPEGs (missing part filled with grey) instead of refusing them.
     lenient_jpeg: bool,
     /// libjpeg-turbo's decompressor, reused across images.
-    #[cfg(feature = "libjpeg-turbo")]
+    #[cfg(tessera_libjpeg_turbo)]
     turbo: turbo::TurboJpeg,
 }
 
@@ -166,7 +173,7 @@ impl Decoder {
             native: Vec::new(),
             unoriented: RgbImage::default(),
             lenient_jpeg: false,
-            #[cfg(feature = "libjpeg-turbo")]
+            #[cfg(tessera_libjpeg_turbo)]
             turbo: turbo::TurboJpeg::new(),
         }
     }
@@ -274,7 +281,7 @@ impl Decoder {
         out: &mut RgbImage,
         crop: Option<CropRequest<'_>>,
     ) -> Result<(DecodeInfo, Option<CropBox>), DecodeError> {
-        #[cfg(feature = "libjpeg-turbo")]
+        #[cfg(tessera_libjpeg_turbo)]
         let crop = match format {
             ImageFormat::Jpeg => match self.decode_jpeg_turbo(bytes, out, crop)? {
                 Ok(decoded) => return Ok(decoded),
@@ -305,7 +312,7 @@ impl Decoder {
 
     /// JPEG through libjpeg-turbo; `Ok(Err(crop))` hands a JPEG it leaves to zune-jpeg
     /// (CMYK, YCCK) back with the unanswered request.
-    #[cfg(feature = "libjpeg-turbo")]
+    #[cfg(tessera_libjpeg_turbo)]
     #[allow(clippy::type_complexity)]
     fn decode_jpeg_turbo<'a>(
         &mut self,

@@ -39,6 +39,17 @@ pub struct ProfileReport {
     pub mode: &'static str,
     pub workers: usize,
     pub batch_size: usize,
+    /// The JPEG decoder of this build ([`crate::decode::jpeg_decoder`]).
+    pub jpeg_decoder: &'static str,
+    /// Whether colour jitter, greyscale, blur and solarize were left to the training device
+    /// (the recipe's `[augment] on_device`): the CPU made crops and flips only.
+    pub augment_on_device: bool,
+    /// CPU time (user + system) of the whole process during the run, seconds; 0 where the
+    /// platform does not say (`/proc/self/stat`).
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` per delivered image, milliseconds: the pipeline's cost per image
+    /// independent of how busy the machine is.
+    pub cpu_ms_per_image: f64,
     /// Samples delivered in batches per second of wall time (views made, not counted).
     pub images_per_second: f64,
     pub images: u64,
@@ -76,6 +87,7 @@ pub fn profile(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ProfileReport, LoaderError> {
     let recipe_name = options.loader.recipe.source.clone();
+    let augment_on_device = options.loader.recipe.augment.on_device && !options.decode_only;
     let workers = options.loader.graph.workers;
     let batch_size = options.loader.graph.batch_size;
     let mut loader_options = options.loader.clone();
@@ -101,6 +113,7 @@ pub fn profile(
         Loader::start(loader_options)?
     };
     let started = Instant::now();
+    let cpu_started = process_cpu_seconds();
     let deadline = options
         .seconds
         .map(|s| started + Duration::from_secs_f64(s));
@@ -118,6 +131,10 @@ pub fn profile(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = match (cpu_started, process_cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
+    };
     let snapshot = loader.stats();
     drop(loader);
     Ok(ProfileReport {
@@ -129,6 +146,10 @@ pub fn profile(
         },
         workers,
         batch_size,
+        jpeg_decoder: crate::decode::jpeg_decoder(),
+        augment_on_device,
+        cpu_seconds,
+        cpu_ms_per_image: 1000.0 * cpu_seconds / images.max(1) as f64,
         images_per_second: images as f64 / seconds.max(1e-9),
         images,
         batches,
@@ -232,6 +253,19 @@ pub fn peak_rss_bytes() -> u64 {
             })
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (fields 14
+/// and 15, in clock ticks of 1/100 s: `USER_HZ` is 100 on every Linux architecture Rust
+/// targets). `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
 }
 
 /// Full-size decode, nothing else: the ceiling for any recipe on these images.

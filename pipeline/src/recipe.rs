@@ -54,6 +54,22 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
     ("dino", include_str!("../../configs/dino.toml")),
     ("ibot", include_str!("../../configs/ibot.toml")),
     (
+        "dino_vit_small",
+        include_str!("../../configs/dino_vit_small.toml"),
+    ),
+    (
+        "dino_vit_tiny_cifar",
+        include_str!("../../configs/dino_vit_tiny_cifar.toml"),
+    ),
+    (
+        "dino_resnet18_cifar",
+        include_str!("../../configs/dino_resnet18_cifar.toml"),
+    ),
+    (
+        "ibot_vit_small",
+        include_str!("../../configs/ibot_vit_small.toml"),
+    ),
+    (
         "simclr_resnet18_cifar",
         include_str!("../../configs/simclr_resnet18_cifar.toml"),
     ),
@@ -93,6 +109,42 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
         "nnclr_resnet18_cifar",
         include_str!("../../configs/nnclr_resnet18_cifar.toml"),
     ),
+    (
+        "swav_resnet50",
+        include_str!("../../configs/swav_resnet50.toml"),
+    ),
+    (
+        "seer_regnety",
+        include_str!("../../configs/seer_regnety.toml"),
+    ),
+    (
+        "swav_resnet18_cifar",
+        include_str!("../../configs/swav_resnet18_cifar.toml"),
+    ),
+    (
+        "simmim_vit_base",
+        include_str!("../../configs/simmim_vit_base.toml"),
+    ),
+    (
+        "simmim_vit_tiny_cifar",
+        include_str!("../../configs/simmim_vit_tiny_cifar.toml"),
+    ),
+    (
+        "data2vec_vit_base",
+        include_str!("../../configs/data2vec_vit_base.toml"),
+    ),
+    (
+        "data2vec_vit_tiny_cifar",
+        include_str!("../../configs/data2vec_vit_tiny_cifar.toml"),
+    ),
+    (
+        "msn_vit_small",
+        include_str!("../../configs/msn_vit_small.toml"),
+    ),
+    (
+        "msn_vit_tiny_cifar",
+        include_str!("../../configs/msn_vit_tiny_cifar.toml"),
+    ),
 ];
 
 /// A parsed, checked recipe.
@@ -106,6 +158,9 @@ pub struct Recipe {
     pub data: DataSpec,
     /// The views made of every image, in batch order (a view with `count = n` repeats).
     pub views: Vec<ViewSpec>,
+    /// Where the random transforms run (`[augment]`). Default: all on the CPU workers.
+    #[serde(default)]
+    pub augment: AugmentSpec,
     /// Model settings, for the trainer (parsed there).
     #[serde(default)]
     pub model: Option<toml::Table>,
@@ -188,6 +243,26 @@ pub struct DataSpec {
     /// available. More than the core count only adds contention.
     #[serde(default)]
     pub workers: Option<usize>,
+}
+
+/// The `[augment]` section: where the views' random transforms run.
+///
+/// ```toml
+/// [augment]
+/// on_device = true
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSpec {
+    /// `false` (default): every transform runs on the CPU workers and batches carry the
+    /// final pixels. `true`: the workers stop after the crop, resize and flips, and make
+    /// every other random draw exactly as they would (so the crops, coins and factors are
+    /// the same); batches carry the draws ([`crate::batch::Batch::augment`]) and the
+    /// trainer applies colour jitter, greyscale, blur and solarize on the training device
+    /// (the DALI idea: for machines whose GPU has room and whose CPU has none). Only
+    /// `tessera train` applies them: `tessera preview` shows the views before them.
+    #[serde(default)]
+    pub on_device: bool,
 }
 
 /// How a view's pixels are cut from the decoded image.
@@ -352,6 +427,16 @@ impl Recipe {
         Recipe::parse(&text, name_or_path)
     }
 
+    /// Switch device augmentation ([`AugmentSpec::on_device`]) on or off, checking the
+    /// views again (each may have at most [`crate::transforms::MAX_DEVICE_STEPS`]
+    /// transforms besides flips for the device).
+    pub fn set_augment_on_device(&mut self, on_device: bool) -> Result<(), RecipeError> {
+        let before = self.augment.on_device;
+        self.augment.on_device = on_device;
+        self.validate()
+            .inspect_err(|_| self.augment.on_device = before)
+    }
+
     /// The names [`Recipe::load`] accepts without a path.
     pub fn builtin_names() -> impl Iterator<Item = &'static str> {
         BUILTIN_RECIPES.iter().map(|(name, _)| *name)
@@ -482,6 +567,21 @@ impl Recipe {
                         ));
                     }
                 }
+            }
+            let device_steps = view
+                .transforms
+                .iter()
+                .filter(|t| !matches!(t, TransformSpec::HorizontalFlip { .. }))
+                .count();
+            if self.augment.on_device && device_steps > crate::transforms::MAX_DEVICE_STEPS {
+                return Err(self.invalid(
+                    key("transforms"),
+                    format!(
+                        "{device_steps} transforms besides flips; with augment.on_device a view \
+                         may have at most {}",
+                        crate::transforms::MAX_DEVICE_STEPS
+                    ),
+                ));
             }
             for (j, transform) in view.transforms.iter().enumerate() {
                 transform.validate().map_err(|(field, problem)| {

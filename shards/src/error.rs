@@ -153,11 +153,57 @@ pub enum ShardError {
         paths: Vec<PathBuf>,
     },
 
-    /// A URL scheme this build cannot read yet (`http://`, `s3://`, ...).
-    #[error("unsupported shard url `{url}`: only local paths are supported")]
+    /// A URL scheme this build does not read (`ftp://`, ...).
+    #[error(
+        "unsupported shard url `{url}`: expected a path or an s3://, gs://, az://, http:// or https:// url"
+    )]
     UnsupportedUrl {
         /// The URL.
         url: String,
+    },
+
+    /// A remote URL that does not parse or names no bucket or host.
+    #[error("shard url `{url}`: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A request to an object store or HTTP server failed for good: a definite answer
+    /// (not found, denied) or transient faults beyond the retry budget.
+    #[error("{url}: {action}: {hint} (after {attempts} attempt(s))")]
+    Remote {
+        /// The object concerned.
+        url: String,
+        /// What was being done (`reading`, `listing`, `uploading`, ...).
+        action: &'static str,
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// The likely cause in the user's terms (missing bucket, wrong credentials, ...).
+        hint: String,
+        /// The store client's error.
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// A remote object whose body kept ending (or stalling) before its size, beyond the
+    /// retry budget. Every byte before `offset` was delivered once.
+    #[error(
+        "{url}: the shard ended early: byte {offset} of {size} reached, {attempts} resume(s) failed in a row (last: {reason})"
+    )]
+    EndedEarly {
+        /// The object.
+        url: String,
+        /// Bytes delivered.
+        offset: u64,
+        /// The object's size.
+        size: u64,
+        /// Failed attempts in a row.
+        attempts: u32,
+        /// The last fault.
+        reason: String,
     },
 }
 

@@ -158,8 +158,15 @@ impl ShardIndex {
     }
 
     /// Load the index beside `shard`, if there is one.
+    /// For a remote shard the index is fetched from beside it (absent: `None`).
     pub fn load_for(shard: &Path) -> Result<Option<ShardIndex>, ShardError> {
         let path = index_path(shard);
+        if let Some(url) = crate::remote::url_of(&path) {
+            return match crate::remote::stream::fetch_small(url)? {
+                Some(bytes) => Self::read(&bytes[..], path).map(Some),
+                None => Ok(None),
+            };
+        }
         match File::open(&path) {
             Ok(f) => Self::read(BufReader::new(f), path).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -260,9 +267,12 @@ impl ShardIndex {
     /// Is this index still about `shard`? (Same file size; the first key is checked again
     /// after every seek.)
     pub fn check_shard(&self, shard: &Path) -> Result<(), ShardError> {
-        let len = std::fs::metadata(shard)
-            .map_err(|e| ShardError::io(shard.display(), e))?
-            .len();
+        let len = match crate::remote::url_of(shard) {
+            Some(url) => crate::remote::stream::size_of(url)?,
+            None => std::fs::metadata(shard)
+                .map_err(|e| ShardError::io(shard.display(), e))?
+                .len(),
+        };
         if len != self.shard_bytes {
             return Err(ShardError::IndexMismatch {
                 path: self.path.clone(),

@@ -19,6 +19,9 @@
 //! - [`source::resolve`] turns a shard spec (paths, globs, `{000..146}` ranges, `{a,b}` lists,
 //!   `::` joins, `@list` files) into an ordered list of paths.
 //! - [`builder`] builds shards from raw image collections (behind `tessera shard`).
+//! - [`remote`] reads shards from object stores and HTTP servers (`s3://`, `gs://`,
+//!   `az://`, `http(s)://`) with retries, resumed streams and an optional cache, and
+//!   uploads built shards to them.
 //!
 //! Every failure is a typed [`ShardError`] naming the shard and, for damaged data, the byte
 //! offset in the tar stream.
@@ -50,9 +53,9 @@
 //! ```
 //!
 //! # Not here
-//! - No async API: readers are blocking `std::io` and are meant to run on dedicated
-//!   threads (the pipeline wraps them); no network or object-store reading yet
-//!   ([`source`] rejects URLs with a typed error).
+//! - No async API for reading samples: readers are blocking `std::io` and are meant to run
+//!   on dedicated threads (the pipeline wraps them); only [`remote::RemoteStream`] offers
+//!   remote bytes to async code.
 //! - No member-level decompression (`x.txt.gz` fields stay compressed bytes) and no
 //!   decoding of images: fields are bytes.
 //!
@@ -68,6 +71,7 @@ pub mod compression;
 pub mod error;
 pub mod index;
 pub mod reader;
+pub mod remote;
 pub mod sample;
 pub mod source;
 pub mod tar;

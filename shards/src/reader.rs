@@ -85,10 +85,12 @@ impl<R> std::fmt::Debug for ShardReader<R> {
 impl ShardReader<Box<dyn Read + Send>> {
     /// Open a shard file; compression is detected from its first bytes. The URL in
     /// samples and errors is the path as given.
+    /// A remote shard (a path whose text is an `s3://`, `gs://`, `az://` or `http(s)://`
+    /// URL, see [`crate::remote`]) is streamed with retries, or read from the local cache.
     pub fn open(path: &Path) -> Result<Self, ShardError> {
         let url = path.display().to_string();
-        let file = File::open(path).map_err(|e| ShardError::io(&url, e))?;
-        Self::new(file, url)
+        let input = open_from(path, 0)?;
+        Self::new(input, url)
     }
 
     /// Read a shard from any byte stream (plain, gzip or zstd tar, detected from the magic
@@ -162,14 +164,12 @@ impl ShardReader<Box<dyn Read + Send>> {
                 samples: index.samples.len() as u64,
             });
         };
-        let mut file = File::open(path).map_err(|e| ShardError::io(&url, e))?;
         let url: Arc<str> = url.into();
         let mut reader = match index.kind {
             IndexKind::Tar | IndexKind::ZstdFrames => {
                 let raw = entry.raw_offset.unwrap_or(entry.offset);
-                file.seek(SeekFrom::Start(raw))
-                    .map_err(|e| ShardError::io(&url, e))?;
-                let input = BufReader::with_capacity(compression::FILE_BUFFER, file);
+                let input =
+                    BufReader::with_capacity(compression::FILE_BUFFER, open_from(path, raw)?);
                 let format = if index.kind == IndexKind::Tar {
                     Format::Tar
                 } else {
@@ -185,7 +185,7 @@ impl ShardReader<Box<dyn Read + Send>> {
                 )
             }
             IndexKind::Stream => {
-                let (stream, format) = compression::decompress(file, &url)?;
+                let (stream, format) = compression::decompress(open_from(path, 0)?, &url)?;
                 let mut reader =
                     Self::from_tar_stream(stream, url, format.compression_name(), 0, sample_index);
                 reader.tar.skip_to(entry.offset)?;
@@ -195,6 +195,19 @@ impl ShardReader<Box<dyn Read + Send>> {
         reader.expect_key(&entry.key, index)?;
         Ok(reader)
     }
+}
+
+/// The raw bytes of a shard from byte `offset`: a local file, or a remote object.
+fn open_from(path: &Path, offset: u64) -> Result<Box<dyn Read + Send>, ShardError> {
+    if let Some(url) = crate::remote::url_of(path) {
+        return crate::remote::stream::open_read(url, offset);
+    }
+    let mut file = File::open(path).map_err(|e| ShardError::io(path.display(), e))?;
+    if offset > 0 {
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| ShardError::io(path.display(), e))?;
+    }
+    Ok(Box::new(file))
 }
 
 impl<R: Read> ShardReader<R> {

@@ -13,8 +13,13 @@
 //!
 //! The order is deterministic: spec order, expansion order, sorted glob matches. Paths
 //! named explicitly (plain or from a range or list) that do not exist are collected into
-//! one [`ShardError::Missing`] naming them all. URLs (`http://`, `s3://`, ...) are
-//! [`ShardError::UnsupportedUrl`] for now; this is where other stores will plug in.
+//! one [`ShardError::Missing`] naming them all.
+//!
+//! A part starting with `s3://`, `gs://`, `az://` or `http(s)://` names remote shards: the
+//! same braces apply, globs are matched against a listing of the store, and explicit
+//! names are checked to exist (see [`crate::remote::list`]). A remote shard is carried as
+//! a path whose text is its URL ([`crate::remote::url_of`]). Other schemes are
+//! [`ShardError::UnsupportedUrl`].
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +32,8 @@ const MAX_EXPANSIONS: usize = 10_000_000;
 /// How deep `@list` files may include other `@list` files.
 const MAX_LIST_DEPTH: usize = 8;
 
-/// Resolve a shard spec (see the module docs) to an ordered list of existing paths.
+/// Resolve a shard spec (see the module docs) to an ordered list of existing paths (and
+/// URLs of existing remote shards).
 pub fn resolve(spec: &str) -> Result<Vec<PathBuf>, ShardError> {
     let mut out = Vec::new();
     let mut missing = Vec::new();
@@ -66,12 +72,9 @@ fn resolve_into(
             }
             continue;
         }
-        if let Some((scheme, _)) = part.split_once("://")
-            && !scheme.contains('/')
-        {
-            return Err(ShardError::UnsupportedUrl {
-                url: part.to_string(),
-            });
+        if crate::remote::is_url(part) {
+            crate::remote::list::resolve_part(part, out, missing)?;
+            continue;
         }
         for item in expand_braces(part)? {
             let path = relative_to(base, &item);
@@ -188,7 +191,9 @@ fn range(body: &str) -> Result<Vec<String>, String> {
     } else {
         0
     };
-    let count = start.abs_diff(end) + 1;
+    // Saturating: `{-9223372036854775808..9223372036854775807}` has 2^64 values, one more
+    // than u64 holds (a plain `+ 1` overflowed: a panic, or in release an empty range).
+    let count = start.abs_diff(end).saturating_add(1);
     if count > MAX_EXPANSIONS as u64 {
         return Err(format!(
             "range `{{{body}}}` has {count} values (limit {MAX_EXPANSIONS})"
@@ -244,10 +249,23 @@ mod tests {
         }
     }
 
+    /// Issue 14 (fuzzing `shard_pattern`): the widest i64 range overflowed its count,
+    /// panicking (debug) or expanding to nothing (release) instead of being refused.
     #[test]
-    fn rejects_urls() {
+    fn widest_range_is_refused_not_overflowed() {
+        for p in [
+            "{-9223372036854775808..9223372036854775807}",
+            "{9223372036854775807..-9223372036854775808}",
+        ] {
+            let err = expand_braces(p).unwrap_err();
+            assert!(err.to_string().contains("values (limit"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_url_schemes() {
         assert!(matches!(
-            resolve("http://x/a.tar"),
+            resolve("ftp://x/a.tar"),
             Err(ShardError::UnsupportedUrl { .. })
         ));
     }

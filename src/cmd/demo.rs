@@ -5,9 +5,10 @@
 //! 3. write the demo recipe (`DIR/recipe.toml`: a tiny MAE at 32x32) for reruns;
 //! 4. profile the input pipeline on those shards and name its bottleneck;
 //! 5. train the tiny MAE for a bounded time on the CPU into `DIR/run/`;
-//! 6. report where the pictures, the loss curve and the numbers are.
+//! 6. write the run's HTML report (`tessera report`) and say where everything is.
 //!
-//! Every stage is the real one a user would run by hand; the report lists the commands.
+//! Every stage is the real one a user would run by hand; the summary (stderr) lists the
+//! commands. With `--json` the same facts go to stdout as one JSON object, and only then.
 
 mod collection;
 
@@ -93,15 +94,19 @@ pub struct Args {
     /// Tiny everything (240 images, 8 steps): checks that every stage works.
     #[arg(long)]
     pub quick: bool,
-    /// CPU workers of the input pipeline. Default: all cores.
+    /// CPU workers of the input pipeline. Default: all cores for sharding and profiling;
+    /// training splits the cores itself (`tessera train --workers`).
     #[arg(long)]
     pub workers: Option<usize>,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print the summary as one JSON object to stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// What the demo prints at the end (stdout, JSON).
+/// What the demo prints at the end (stdout, JSON, with `--json`).
 #[derive(Debug, Serialize)]
 struct Report {
     images: PathBuf,
@@ -118,9 +123,12 @@ struct Report {
     first_loss: Option<f64>,
     last_loss: Option<f64>,
     training_images_per_second: f64,
+    training_threads: super::threads::ThreadSplit,
     data_wait_fraction: f64,
     pictures: Vec<PathBuf>,
     loss_curve: PathBuf,
+    tensorboard: PathBuf,
+    report: PathBuf,
     checkpoint: Option<PathBuf>,
 }
 
@@ -159,6 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             prepare: PrepareOptions::default(),
             dedup: false,
             workers,
+            publish_to: None,
+            fetch: Default::default(),
         },
         &NoProgress,
     )
@@ -225,7 +235,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         minutes: Some(args.minutes),
         out: Some(run_dir.clone()),
         resume: false,
-        workers: Some(workers),
+        // The training split (compute threads vs workers) is chosen by `train`.
+        workers: args.workers,
+        threads: None,
         batch_size: None,
         device: "cpu".into(),
         pageable_buffers: false,
@@ -233,11 +245,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         checkpoint_every: None,
         quiet: args.quiet,
         dist: super::launch::DistArgs::alone(),
+        json: false,
+        remote: super::remote::RemoteArgs::defaults(),
     };
     let prepared = super::train::prepare(&train_args)?;
     let stop = AtomicBool::new(false);
-    let summary = super::train::train(&train_args, prepared, &stop)?;
+    let (summary, threads) = super::train::train(&train_args, prepared, &stop)?;
     let losses = tessera_trainer::metrics::read_metrics(&summary.metrics)?;
+    let report_path = run_dir.join("report.html");
+    super::report::write_report(std::slice::from_ref(&run_dir), &report_path, 0.9, false)?;
 
     // 7. Report.
     let report = Report {
@@ -255,13 +271,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         first_loss: losses.first().map(|m| m.loss),
         last_loss: summary.last_loss,
         training_images_per_second: summary.images_per_second,
+        training_threads: threads,
         data_wait_fraction: summary.data_wait_fraction,
         pictures: summary.pictures.clone(),
         loss_curve: summary.loss_curve.clone(),
+        tensorboard: run_dir.join(tessera_trainer::train::layout::TENSORBOARD),
+        report: report_path,
         checkpoint: summary.checkpoint.clone(),
     };
     print_human(&report, out);
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
     Ok(())
 }
 
@@ -299,6 +320,14 @@ fn print_human(r: &Report, out: &Path) {
         );
     }
     eprintln!("  loss curve:      {}", r.loss_curve.display());
+    eprintln!(
+        "  report:          {} (open in a browser)",
+        r.report.display()
+    );
+    eprintln!(
+        "  tensorboard:     tensorboard --logdir {}",
+        r.tensorboard.display()
+    );
     eprintln!(
         "  next:            tessera train --config {} --shards '{}/*.tar' --out {}/run --resume",
         r.recipe.display(),

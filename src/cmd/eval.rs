@@ -6,7 +6,9 @@
 //! checkpoint), like `tessera export`. Both shard sets must carry class labels (`cls`, as
 //! `tessera shard --labels folders` writes). Images get one deterministic view (Resize +
 //! CenterCrop to the model's size), so two runs with the same seed print the same numbers.
-//! A short table goes to stderr; with `--json`, one JSON object to stdout.
+//! A short table goes to stderr; with `--json`, one JSON object to stdout. When the
+//! checkpoint belongs to a run directory, the report is also appended to the run's
+//! `eval.jsonl`, where `tessera report` finds it.
 
 use std::path::PathBuf;
 
@@ -82,9 +84,12 @@ pub struct Args {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.remote.apply()?;
     let options = options(&args)?;
     let kind: DeviceKind = args.device.parse()?;
     let mut bars = Bars::new(args.quiet);
@@ -101,10 +106,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bars.finish();
     let report = report?;
     print_table(&report);
+    record_in_run(&report)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// Append `report` to `RUN/eval.jsonl` when its checkpoint is `RUN/checkpoints/<step>`.
+fn record_in_run(report: &EvalReport) -> anyhow::Result<()> {
+    use std::io::Write;
+    let run = report
+        .checkpoint
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"))
+        .and_then(|p| p.parent());
+    let Some(run) = run else { return Ok(()) };
+    let path = run.join(super::report::EVALS);
+    let mut line = serde_json::to_vec(report)?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&line))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn evaluate<AB>(

@@ -4,7 +4,8 @@
 //! checkpoint is used). The file gets timm's key names (`patch_embed.proj.weight`,
 //! `blocks.0.attn.qkv.weight`, ...), so `timm.create_model(arch, num_classes=0)` loads it
 //! with `load_state_dict`; heads and decoders are not exported. ResNets and RegNets get
-//! timm's names too (`conv1.weight`, `layer1.0.bn1.running_mean`, `s1.b1.conv1.conv.weight`). One JSON object goes to stdout.
+//! timm's names too (`conv1.weight`, `layer1.0.bn1.running_mean`, `s1.b1.conv1.conv.weight`). A line goes to stderr; with `--json`, one
+//! JSON object to stdout.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,9 @@ pub struct Args {
     /// BYOL, MoCo and the other methods that keep one).
     #[arg(long, default_value = "student")]
     pub which: tessera_trainer::eval::Which,
+    /// Print one JSON object to stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -35,6 +39,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         summary.checkpoint.display(),
         summary.step
     );
+    if !args.json {
+        return Ok(());
+    }
     let json = serde_json::json!({
         "checkpoint": summary.checkpoint,
         "output": summary.output,

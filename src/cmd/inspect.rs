@@ -34,6 +34,8 @@ pub struct Args {
     /// With --verify: images declaring more pixels than this fail (as in `tessera shard`).
     #[arg(long, default_value_t = tessera_shards::builder::prepare::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
 }
 
 /// One shard's contents.
@@ -74,6 +76,7 @@ struct Report {
 
 /// Inspect the shards and print the report.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.remote.apply()?;
     let mut paths = Vec::new();
     for pattern in &args.patterns {
         paths.extend(source::resolve(pattern)?);
@@ -147,7 +150,10 @@ fn inspect_shard(
     let mut report = ShardReport {
         path: path.to_path_buf(),
         samples: 0,
-        bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+        bytes: match tessera_shards::remote::url_of(path) {
+            Some(url) => tessera_shards::remote::stream::size_of(url).unwrap_or(0),
+            None => std::fs::metadata(path).map_or(0, |m| m.len()),
+        },
         fields: BTreeMap::new(),
         field_bytes: BTreeMap::new(),
         error: None,

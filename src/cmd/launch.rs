@@ -86,6 +86,7 @@ pub fn spawn_local(n: u32, dist: &DistArgs) -> anyhow::Result<()> {
             .env("RANK", rank.to_string())
             .env("WORLD_SIZE", n.to_string())
             .env("LOCAL_RANK", rank.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string());
         {
@@ -97,11 +98,7 @@ pub fn spawn_local(n: u32, dist: &DistArgs) -> anyhow::Result<()> {
             .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
         children.push(Some(child));
     }
-    let pids: Vec<i32> = children
-        .iter()
-        .flatten()
-        .map(|c| c.id() as i32)
-        .collect();
+    let pids: Vec<i32> = children.iter().flatten().map(|c| c.id() as i32).collect();
     let forwarded = forward_signals(pids.clone())?;
 
     let grace = Duration::from_secs_f64(dist.collective_timeout.max(1.0) + 30.0);
@@ -137,7 +134,10 @@ pub fn spawn_local(n: u32, dist: &DistArgs) -> anyhow::Result<()> {
         if kill_at.is_some_and(|t| Instant::now() >= t) {
             for (r, pid) in pids.iter().enumerate() {
                 if statuses[r].is_none() {
-                    eprintln!("rank {r} did not stop within {} s: killing it", grace.as_secs());
+                    eprintln!(
+                        "rank {r} did not stop within {} s: killing it",
+                        grace.as_secs()
+                    );
                     signal(*pid, libc::SIGKILL);
                 }
             }
@@ -195,8 +195,8 @@ fn free_ports(count: u16) -> std::io::Result<u16> {
         if base.checked_add(count).is_none() {
             continue;
         }
-        let all_free = (base..base + count)
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        let all_free =
+            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return Ok(base);
         }

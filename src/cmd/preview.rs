@@ -26,9 +26,12 @@ pub struct Args {
     /// Seed of the order and augmentations (default: the recipe's).
     #[arg(long)]
     pub seed: Option<u64>,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.remote.apply()?;
     anyhow::ensure!(args.samples > 0, "--samples must be at least 1");
     let recipe =
         Recipe::load(&args.recipe).with_context(|| format!("loading recipe `{}`", args.recipe))?;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use tessera_shards::builder::fetch::FetchOptions;
 use tessera_shards::builder::{
     self, BuildOptions, InputSpec, LabelSource, Part, PrepareOptions, Progress,
 };
@@ -18,14 +19,42 @@ use tessera_shards::compression::Compression;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directories, list files (`.txt`/`.lst`, one path a line) or image files.
-    #[arg(required = true, value_name = "INPUT")]
+    #[arg(required_unless_present = "urls", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+    /// Lists of image URLs to download (img2dataset's job): `.txt` (one URL a line),
+    /// `.csv`/`.tsv`/`.jsonl` with a `url` column, an optional `caption` column (written as
+    /// each sample's `.txt`) and other columns (kept in its `.json`). Each URL ends in one
+    /// outcome: a sample, or a reason counted in the manifest.
+    #[arg(long = "urls", value_name = "FILE")]
+    pub urls: Vec<PathBuf>,
+    /// Seconds one download attempt may take (`--urls`).
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Retries of a download after a timeout, a broken connection, 429 or 5xx (`--urls`).
+    #[arg(long, default_value_t = 2)]
+    pub download_retries: u32,
+    /// Downloads from one host at once at most (`--urls`).
+    #[arg(long, default_value_t = 16)]
+    pub per_host: usize,
+    /// Largest download accepted, e.g. `32MiB` (`--urls`); larger is `too_large`.
+    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+    pub max_download_size: u64,
     /// More list files (one path a line), whatever their extension.
     #[arg(long = "list", value_name = "FILE")]
     pub lists: Vec<PathBuf>,
-    /// Output directory (created if missing).
+    /// Output directory (created if missing), or an object-store prefix
+    /// (`s3://bucket/prefix`, `gs://...`, `az://...`): shards are built in a local staging
+    /// directory and each is uploaded when finished, then its index, then its journal
+    /// record; the manifest last.
+    #[arg(long, value_name = "DIR|URL")]
+    pub out: String,
+    /// Local staging directory for `--out s3://...` (default: a directory under the
+    /// system's temporary directory named after the URL). Holds the journal and the shard
+    /// being written; finished shards are removed from it once uploaded.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub staging: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
     /// Shard name prefix: `{prefix}-000000.tar` (`{prefix}-part001-000000.tar` with --part).
     #[arg(long, default_value = "shard")]
     pub prefix: String,
@@ -57,7 +86,7 @@ pub struct Args {
     /// Keep inputs whose bytes equal an earlier input's (by default only the first is kept).
     #[arg(long)]
     pub no_dedup: bool,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores; 64 with --urls, as downloads mostly wait).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Build part I of N (0-based) of a job array: contiguous, disjoint slices of the sorted
@@ -71,18 +100,23 @@ pub struct Args {
 
 /// Build the shards and report.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.remote.apply()?;
     let options = resolve(&args)?;
     let bar = BarProgress::new();
     let manifest = builder::build(&options, &bar).context("tessera shard")?;
     bar.0.finish_and_clear();
-    let manifest_path = options.out.join(if options.part.count > 1 {
+    let manifest_name = if options.part.count > 1 {
         format!("manifest-part{}.json", options.part.index)
     } else {
         "manifest.json".to_string()
-    });
+    };
+    let manifest_path = match &options.publish_to {
+        Some(url) => format!("{}/{manifest_name}", url.trim_end_matches('/')),
+        None => options.out.join(&manifest_name).display().to_string(),
+    };
     if args.json {
         let summary = serde_json::json!({
-            "out": options.out,
+            "out": args.out,
             "manifest": manifest_path,
             "inputs": manifest.inputs,
             "samples": manifest.samples,
@@ -92,6 +126,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "duplicates": manifest.duplicates.len(),
             "resumed_shards": manifest.resumed_shards,
             "throughput": manifest.throughput,
+            "outcomes": outcomes(&manifest),
+            "network": tessera_shards::remote::stats(),
         });
         println!("{summary}");
     } else {
@@ -100,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "{} samples in {} shards in {} ({} rejected, {} duplicates, {} shards resumed); {:.0} images/s, {:.1} MB/s",
             manifest.samples,
             manifest.shards.len(),
-            options.out.display(),
+            args.out,
             manifest.rejected.len(),
             manifest.duplicates.len(),
             manifest.resumed_shards,
@@ -110,9 +146,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for (reason, count) in &manifest.rejected_by_reason {
             println!("  rejected {reason}: {count}");
         }
-        println!("manifest: {}", manifest_path.display());
+        println!("manifest: {manifest_path}");
     }
     Ok(())
+}
+
+/// One count per outcome: `ok` (a sample), `duplicate`, and each reject reason.
+fn outcomes(manifest: &builder::Manifest) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    out.insert("ok".into(), manifest.samples.into());
+    out.insert(
+        "duplicate".into(),
+        (manifest.duplicates.len() as u64).into(),
+    );
+    for (reason, count) in &manifest.rejected_by_reason {
+        out.insert(reason.to_string(), (*count).into());
+    }
+    out
 }
 
 /// Raw arguments → checked build options.
@@ -122,18 +172,42 @@ fn resolve(args: &Args) -> anyhow::Result<BuildOptions> {
         inputs.push(InputSpec::classify(path)?);
     }
     inputs.extend(args.lists.iter().cloned().map(InputSpec::List));
+    inputs.extend(args.urls.iter().cloned().map(InputSpec::Urls));
+    anyhow::ensure!(
+        args.timeout.is_finite() && args.timeout > 0.0,
+        "--timeout must be a positive number of seconds"
+    );
+    anyhow::ensure!(args.per_host > 0, "--per-host must be at least 1");
     let labels = match (&args.labels_csv, args.labels.as_str()) {
         (Some(csv), _) => LabelSource::Csv(csv.clone()),
         (None, "folders") => LabelSource::Folders,
         _ => LabelSource::None,
     };
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = args.workers.unwrap_or_else(|| {
+        if args.urls.is_empty() {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            64
+        }
+    });
+    let (out, publish_to) = if tessera_shards::remote::is_url(&args.out) {
+        let staging = match &args.staging {
+            Some(dir) => dir.clone(),
+            None => default_staging(&args.out),
+        };
+        (staging, Some(args.out.clone()))
+    } else {
+        anyhow::ensure!(
+            args.staging.is_none(),
+            "--staging is only for an object-store --out (s3://, gs://, az://)"
+        );
+        (PathBuf::from(&args.out), None)
+    };
     Ok(BuildOptions {
         inputs,
         labels,
-        out: args.out.clone(),
+        out,
+        publish_to,
         prefix: args.prefix.clone(),
         part: args.part.unwrap_or(Part::WHOLE),
         max_samples: args.max_samples,
@@ -146,11 +220,27 @@ fn resolve(args: &Args) -> anyhow::Result<BuildOptions> {
         },
         dedup: !args.no_dedup,
         workers,
+        fetch: FetchOptions {
+            timeout: std::time::Duration::from_secs_f64(args.timeout),
+            retries: args.download_retries,
+            per_host: args.per_host,
+            max_bytes: args.max_download_size,
+            honour_opt_out: true,
+        },
     })
 }
 
+/// `$TMPDIR/tessera-staging-<12 hex digits of the URL's hash>`: the same URL finds the
+/// same staging directory again on a rerun.
+fn default_staging(url: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut hasher);
+    std::env::temp_dir().join(format!("tessera-staging-{:012x}", hasher.finish() >> 16))
+}
+
 /// `64MB` (10^6), `1GiB` (2^30), `500k`, `123` (bytes).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

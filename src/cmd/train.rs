@@ -3,7 +3,9 @@
 //! Parses and checks the recipe (pipeline's `[data]`/`[[views]]`, trainer's `[model]`/
 //! `[train]`/`[optim]`), resolves the derived numbers and prints them, then hands over to
 //! `tessera_trainer::train::run` with the loader (ordered, so resume is exact) as the batch
-//! source. The run summary goes to stdout as one JSON object; progress to stderr.
+//! source. Progress and the run summary go to stderr; with `--json`, the summary (and the
+//! split of the cores) also goes to stdout as one JSON object. Each start is recorded in the
+//! run directory's `invocations.jsonl` (command line, machine) for `tessera report`.
 //!
 //! Signals (issue #14; docs/TRAINING.md, "Preemption and signals"): SIGINT (Ctrl-C) or
 //! SIGTERM (Slurm and Kubernetes preemption, the end of a time limit) once: the step in
@@ -11,6 +13,11 @@
 //! after printing the summary; a second one exits at once with 128 + the signal (the last
 //! complete checkpoint stays valid). SIGUSR1 (Slurm's `--signal`): a checkpoint after the
 //! step in flight, and the run goes on.
+//!
+//! Data parallel (issue #13; docs/TRAINING.md, "Many devices and machines"): `--devices N`
+//! starts N ranks through [`super::launch`]; a rank (flags or the launch environment) joins
+//! the others before its first step; only rank 0 prints the recipe, writes the run
+//! directory and prints the `--json` summary.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +43,8 @@ use tessera_trainer::train::{self, Observer, RunOptions, RunSummary, StopReason}
 /// sysexits' `EX_TEMPFAIL` ("try again later"); rerun with `--resume` to continue. Not 0,
 /// so that a job scheduler does not take a preempted run for a finished one.
 pub const EXIT_STOPPED: i32 = 75;
+
+use super::threads::{self, Requested, ThreadSplit};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -68,9 +77,14 @@ pub struct Args {
     /// and passed over).
     #[arg(long)]
     pub resume: bool,
-    /// CPU workers of the input pipeline. Default: the recipe's, else all cores.
+    /// CPU workers of the input pipeline. Default: the recipe's, else chosen with the
+    /// compute threads from the cores (on CPU a quarter of them, at least one).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Compute threads of burn's CPU kernels (rayon's pool). Default: `RAYON_NUM_THREADS`,
+    /// else every core on CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Micro-batch size, replacing the recipe's `data.batch_size` and its effective batch
     /// (`train.batch_size`): one micro-batch a step (the lr follows it).
     #[arg(long)]
@@ -93,6 +107,12 @@ pub struct Args {
     pub quiet: bool,
     #[command(flatten)]
     pub dist: crate::cmd::launch::DistArgs,
+    /// Print the run summary as one JSON object to stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Remote shards (`s3://`, ...): cache, retries, read-ahead.
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
 }
 
 /// A prepared run: the recipe, its resolved numbers and where the batches come from.
@@ -111,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(n) = args.dist.devices {
         return crate::cmd::launch::spawn_local(n, &args.dist);
     }
+    args.remote.apply()?;
     let mut prepared = prepare(&args)?;
     if prepared.options.world.is_main() {
         print_resolved(&prepared);
@@ -124,12 +145,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let summary = train(&args, prepared, &signals.stop)?;
+    let (summary, threads) = train(&args, prepared, &signals.stop)?;
     if let Some(s) = stdout {
         s.restore()?;
     }
-    if main {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    if args.json && main {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Report {
+                summary: &summary,
+                threads
+            })?
+        );
     }
     if summary.stopped == StopReason::Interrupted {
         std::io::stdout().flush()?;
@@ -164,6 +191,14 @@ impl StdoutToStderr {
         unsafe { libc::close(self.saved) };
         Ok(())
     }
+}
+
+/// The printed summary: the run's, and how the cores were shared.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    summary: &'a RunSummary,
+    threads: ThreadSplit,
 }
 
 /// Parse and check everything up front, before any work starts.
@@ -387,16 +422,46 @@ fn install_signal_handlers() -> anyhow::Result<SignalFlags> {
     Ok(flags)
 }
 
-/// Train on the device `args.device` names.
-pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Result<RunSummary> {
+/// Train on the device `args.device` names, with the cores split between compute threads
+/// and pipeline workers (returned with the summary).
+pub fn train(
+    args: &Args,
+    prepared: Prepared,
+    stop: &AtomicBool,
+) -> anyhow::Result<(RunSummary, ThreadSplit)> {
     let mut kind: DeviceKind = args.device.parse()?;
     // `--device cuda` in a data-parallel job: one device per rank of this machine.
     if args.device == "cuda" && prepared.options.world.is_distributed() {
         kind = format!("cuda:{}", prepared.options.world.local_rank).parse()?;
     }
-    match kind {
+    let requested =
+        Requested::from_env(args.threads, args.workers.or(prepared.recipe.data.workers));
+    // Ranks on one machine share its cores (`--devices` and torchrun set LOCAL_WORLD_SIZE).
+    let local_ranks = if prepared.options.world.is_distributed() {
+        std::env::var("LOCAL_WORLD_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1)
+    } else {
+        1
+    };
+    let cores = (threads::available_cores() / local_ranks).max(1);
+    let mut split = threads::choose(cores, kind, !args.synthetic, requested);
+    threads::apply(&mut split);
+    if kind == DeviceKind::Cpu {
+        super::malloc::keep_freed_buffers();
+    }
+    if prepared.options.world.is_main() {
+        eprintln!(
+            "threads:          {} cores: {} compute threads, {} pipeline workers ({})",
+            split.cores, split.compute_threads, split.pipeline_workers, split.chosen_by
+        );
+    }
+    let workers = split.pipeline_workers;
+    let summary = match kind {
         DeviceKind::Cpu => {
-            train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), None, stop)
+            train_on::<Autodiff<Flex>>(args, prepared, &Default::default(), None, workers, stop)
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda(index) => {
@@ -406,11 +471,14 @@ pub fn train(args: &Args, prepared: Prepared, stop: &AtomicBool) -> anyhow::Resu
             } else {
                 Some(Arc::new(tessera_trainer::pinned::PageLock::new(index)?))
             };
-            train_on::<Autodiff<burn::backend::Cuda>>(args, prepared, &device, page_lock, stop)
+            train_on::<Autodiff<burn::backend::Cuda>>(
+                args, prepared, &device, page_lock, workers, stop,
+            )
         }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda(_) => Err(tessera_trainer::device::DeviceError::NotCompiled.into()),
-    }
+    }?;
+    Ok((summary, split))
 }
 
 /// `buffer_hook` prepares the batch buffers for the device (page-locks them on CUDA).
@@ -419,6 +487,7 @@ fn train_on<B>(
     prepared: Prepared,
     device: &B::Device,
     buffer_hook: Option<Arc<dyn BufferHook>>,
+    workers: usize,
     stop: &AtomicBool,
 ) -> anyhow::Result<RunSummary>
 where
@@ -431,6 +500,9 @@ where
         shards,
         options,
     } = prepared;
+    if options.world.is_main() {
+        super::report::Invocation::record(&options.run_dir, &args.device)?;
+    }
     let mut bar = Bar::new(args.quiet || !options.world.is_main());
     let (rank, world_size) = (options.world.rank, options.world.world_size);
     let summary = if args.synthetic {
@@ -453,15 +525,12 @@ where
             &mut bar,
         )
     } else {
-        let workers = args.workers;
         train::run::<B, _, _>(
             &resolved,
             device,
             |state| {
                 let mut opts = LoaderOptions::new(shards, recipe);
-                if let Some(w) = workers {
-                    opts.graph.workers = w.max(1);
-                }
+                opts.graph.workers = workers.max(1);
                 opts.graph.epochs = None; // the schedule decides when to stop
                 opts.graph.ordered = true;
                 opts.graph.rank = rank;

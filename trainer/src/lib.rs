@@ -48,4 +48,5 @@ pub mod pictures;
 #[cfg(feature = "cuda")]
 pub mod pinned;
 pub mod synthetic;
+pub mod tensorboard;
 pub mod train;

@@ -1,4 +1,6 @@
 //! Per-step training metrics: the record, the `metrics.jsonl` log and the throughput meter.
+//! Also the debiased smoothing the progress bar and the plots share ([`Smoothed`]), and
+//! the end-of-process timing summary, `timing.json` ([`RunTiming`]).
 //!
 //! One JSON object per line, one line per optimiser step, flushed as it is written so a
 //! killed run keeps every finished step. On `--resume` the log is cut back to the steps the
@@ -26,6 +28,9 @@ pub struct StepMetrics {
     /// Weight decay used by this step (absent in logs of older runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
+    /// Momentum of the method's teacher (EMA) used after this step, for teacher methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
     /// The method's named loss parts (VICReg's three terms, ...), if it reports any.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub parts: std::collections::BTreeMap<String, f64>,
@@ -60,6 +65,7 @@ impl StepMetrics {
             loss,
             lr,
             weight_decay: None,
+            momentum: None,
             parts: Default::default(),
             images,
             images_per_second: images as f64 / step_seconds,
@@ -74,7 +80,7 @@ impl StepMetrics {
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// Reading, writing or renaming the log failed.
-    #[error("{op} {path}")]
+    #[error("{op} {}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,
@@ -84,8 +90,19 @@ pub enum MetricsError {
         #[source]
         source: std::io::Error,
     },
+    /// A JSON file of the run directory does not hold what it should.
+    #[error("{}: not a {what}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What it should hold.
+        what: &'static str,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A line of an existing log is not a metrics record.
-    #[error("{path}:{line}: not a metrics record")]
+    #[error("{}:{line}: not a metrics record", path.display())]
     Parse {
         /// The log file.
         path: PathBuf,
@@ -211,30 +228,61 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, MetricsError> {
     Ok(out)
 }
 
-/// Exponential moving average for the progress bar (raw per-step numbers jitter).
-#[derive(Debug, Clone, Copy, Default)]
+/// TensorBoard's smoothing: an exponential moving average with the start-up bias removed.
+///
+/// `ema_t = weight * ema_{t-1} + (1 - weight) * x_t` from `ema_0 = 0`, reported as
+/// `ema_t / (1 - weight^t)`, the same debiasing as Adam's moment estimates. Unlike an EMA
+/// started at the first value, the first points are not dragged towards it, and unlike a
+/// zero-started EMA they are not dragged towards 0. Non-finite observations are skipped (the
+/// previous smoothed value is repeated), as TensorBoard does. `weight` is TensorBoard's
+/// "smoothing" slider: 0 = raw, 0.99 = very smooth.
+#[derive(Debug, Clone, Copy)]
 pub struct Smoothed {
+    weight: f64,
+    ema: f64,
+    count: i32,
     value: Option<f64>,
 }
 
+impl Default for Smoothed {
+    /// Weight 0.9, about the last ten observations.
+    fn default() -> Self {
+        Smoothed::new(0.9)
+    }
+}
+
 impl Smoothed {
-    /// Weight of the newest observation.
-    const ALPHA: f64 = 0.1;
+    /// A smoother with `weight` in `[0, 1)` (clamped there).
+    pub fn new(weight: f64) -> Self {
+        Smoothed {
+            weight: weight.clamp(0.0, 0.999_999),
+            ema: 0.0,
+            count: 0,
+            value: None,
+        }
+    }
 
     /// Add an observation and return the smoothed value.
     pub fn update(&mut self, x: f64) -> f64 {
-        let v = match self.value {
-            Some(v) => v + Self::ALPHA * (x - v),
-            None => x,
-        };
-        self.value = Some(v);
-        v
+        if x.is_finite() {
+            self.ema = self.weight * self.ema + (1.0 - self.weight) * x;
+            self.count = self.count.saturating_add(1);
+            let debias = 1.0 - self.weight.powi(self.count);
+            self.value = Some(self.ema / debias);
+        }
+        self.value.unwrap_or(x)
     }
 
-    /// The current smoothed value (`None` before the first observation).
+    /// The current smoothed value (`None` before the first finite observation).
     pub fn get(&self) -> Option<f64> {
         self.value
     }
+}
+
+/// [`Smoothed`] over a whole series: one smoothed value per input value.
+pub fn debiased_ema(values: &[f64], weight: f64) -> Vec<f64> {
+    let mut s = Smoothed::new(weight);
+    values.iter().map(|&x| s.update(x)).collect()
 }
 
 /// Totals over a run, for the end-of-run summary.
@@ -278,6 +326,117 @@ impl RunTotals {
     }
 }
 
+/// Where one process's training time went: written to `timing.json` when it stops, read
+/// by `tessera report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTiming {
+    /// Steps done by the process.
+    pub steps: u64,
+    /// Images they consumed.
+    pub images: u64,
+    /// Their wall time, seconds.
+    pub seconds: f64,
+    /// Of which waiting for an uploaded batch.
+    pub data_wait_seconds: f64,
+    /// Mean images per second.
+    pub images_per_second: f64,
+    /// `data_wait_seconds / seconds`.
+    pub data_wait_fraction: f64,
+    /// The uploader thread between the pipeline and the device.
+    pub uploader: UploaderTimes,
+    /// The loader's stages, in pipeline order (empty for synthetic batches).
+    pub stages: Vec<StageTime>,
+}
+
+/// The uploader's cumulative time, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UploaderTimes {
+    /// Batches uploaded.
+    pub batches: u64,
+    /// Blocked waiting for the pipeline's next batch.
+    pub waiting_for_pipeline_seconds: f64,
+    /// Creating device tensors.
+    pub uploading_seconds: f64,
+    /// Blocked on a full queue (the step is the bottleneck).
+    pub waiting_for_step_seconds: f64,
+}
+
+/// One loader stage over the whole process: shares of its threads' time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTime {
+    /// The stage (`decode + views`, ...).
+    pub name: String,
+    /// Its threads.
+    pub threads: usize,
+    /// Items it finished.
+    pub items: u64,
+    /// Share doing its own work.
+    pub busy_fraction: f64,
+    /// Share waiting for the stage before it.
+    pub blocked_on_input_fraction: f64,
+    /// Share waiting for room after it.
+    pub blocked_on_output_fraction: f64,
+}
+
+impl RunTiming {
+    /// The summary of a process's totals, its uploader and its loader's last snapshot.
+    pub fn new(
+        totals: &RunTotals,
+        uploader: &crate::feeder::UploaderTiming,
+        pipeline: Option<tessera_pipeline::stats::StatsSnapshot>,
+    ) -> Self {
+        RunTiming {
+            steps: totals.steps,
+            images: totals.images,
+            seconds: totals.seconds,
+            data_wait_seconds: totals.data_wait_seconds,
+            images_per_second: totals.images_per_second(),
+            data_wait_fraction: totals.data_wait_fraction(),
+            uploader: UploaderTimes {
+                batches: uploader.batches,
+                waiting_for_pipeline_seconds: uploader.waiting_for_pipeline.as_secs_f64(),
+                uploading_seconds: uploader.uploading.as_secs_f64(),
+                waiting_for_step_seconds: uploader.waiting_for_step.as_secs_f64(),
+            },
+            stages: pipeline
+                .map(|p| {
+                    p.stages
+                        .into_iter()
+                        .map(|s| StageTime {
+                            name: s.name,
+                            threads: s.threads,
+                            items: s.items,
+                            busy_fraction: s.busy_fraction,
+                            blocked_on_input_fraction: s.blocked_on_input_fraction,
+                            blocked_on_output_fraction: s.blocked_on_output_fraction,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Write it as pretty JSON at `path`.
+    pub fn write(&self, path: &Path) -> Result<(), MetricsError> {
+        let text = serde_json::to_vec_pretty(self).map_err(|source| MetricsError::Json {
+            path: path.to_path_buf(),
+            what: "timing record",
+            source,
+        })?;
+        std::fs::write(path, text).map_err(io_err("writing", path))
+    }
+
+    /// Read one written by [`Self::write`].
+    pub fn read(path: &Path) -> Result<Self, MetricsError> {
+        let bytes = std::fs::read(path).map_err(io_err("reading", path))?;
+        serde_json::from_slice(&bytes).map_err(|source| MetricsError::Json {
+            path: path.to_path_buf(),
+            what: "timing record",
+            source,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +451,29 @@ mod tests {
             Duration::from_millis(100),
             Duration::from_millis(25),
         )
+    }
+
+    #[test]
+    fn debiased_ema_matches_a_hand_computation() {
+        // weight 0.5: ema 0.5, 1.75, 2.375; debias 0.5, 0.75, 0.875.
+        let s = debiased_ema(&[1.0, 3.0, 3.0], 0.5);
+        let want = [1.0, 1.75 / 0.75, 2.375 / 0.875];
+        for (a, b) in s.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{s:?}");
+        }
+        // A constant series stays constant from the first point (no lag, no pull to 0).
+        assert!(
+            debiased_ema(&[2.0; 5], 0.9)
+                .iter()
+                .all(|v| (v - 2.0).abs() < 1e-12)
+        );
+        // Non-finite values are skipped.
+        assert_eq!(
+            debiased_ema(&[1.0, f64::NAN, 1.0], 0.6),
+            vec![1.0, 1.0, 1.0]
+        );
+        // Weight 0 is the raw series.
+        assert_eq!(debiased_ema(&[3.0, 1.0], 0.0), vec![3.0, 1.0]);
     }
 
     #[test]

@@ -235,6 +235,7 @@ mod tests {
                 depth: 2,
                 num_heads: 2,
                 mlp_ratio: 4.0,
+                drop_path_rate: 0.0,
             },
             decoder_embed_dim: 16,
             decoder_depth: 1,

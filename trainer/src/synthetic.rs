@@ -116,7 +116,8 @@ impl SyntheticSource {
             let mut data = view.pool.take();
             let per = view.side * view.side * 3;
             for (s, sample) in data.chunks_exact_mut(per).enumerate() {
-                let at = (mix(self.seed, first + s as u64, v as u64) % NOISE_OFFSETS as u64) as usize;
+                let at =
+                    (mix(self.seed, first + s as u64, v as u64) % NOISE_OFFSETS as u64) as usize;
                 sample.copy_from_slice(&self.noise[at..at + per]);
             }
             views.push(ViewBatch {
@@ -157,6 +158,7 @@ impl SyntheticSource {
                 .map(|i| format!("synthetic/{}", first + i as u64))
                 .collect(),
             state: self.state,
+            augment: None,
         }
     }
 }
@@ -220,7 +222,10 @@ mod tests {
                 .iter_mut()
                 .map(|s| s.next_batch().unwrap().unwrap())
                 .collect();
-            let joined: Vec<u8> = parts.iter().flat_map(|b| b.views[0].data.to_vec()).collect();
+            let joined: Vec<u8> = parts
+                .iter()
+                .flat_map(|b| b.views[0].data.to_vec())
+                .collect();
             assert_eq!(w.views[0].data.to_vec(), joined);
             let masks: Vec<u8> = parts
                 .iter()

@@ -102,6 +102,7 @@ pub(crate) struct AssemblyConfig {
     pub pools: Vec<BufferPool>,
     pub shapes: Vec<(usize, usize)>,
     pub mask_shapes: Vec<Option<(usize, usize, bool)>>,
+    pub device_augment: bool,
     pub first_seq: u64,
 }
 
@@ -131,6 +132,7 @@ impl Assembly {
                 batch_size: config.batch_size,
                 shapes: config.shapes,
                 mask_shapes: config.mask_shapes,
+                device_augment: config.device_augment,
             },
             first_seq: config.first_seq,
             out,
@@ -424,6 +426,7 @@ mod tests {
                 pools: vec![BufferPool::new(2, 3)],
                 shapes: vec![(1, 1)],
                 mask_shapes: vec![None],
+                device_augment: false,
                 first_seq: 0,
             },
             out_tx,

@@ -93,19 +93,20 @@ impl EpochDriver {
                     }
                 }
             } else {
-                let starts = lists
+                let starts: Vec<ReaderStart> = lists
                     .into_iter()
                     .map(|shards| ReaderStart {
                         shards,
                         first_sample: 0,
                     })
                     .collect();
-                (
-                    starts,
-                    RoundRobin::new(self.readers.min(o.shards.len())),
-                    0,
-                    None,
-                )
+                // One merge slot per reader this rank really has: `split_shards` gives a
+                // rank fewer readers when it has fewer shards than `readers` (with several
+                // ranks, fewer than the whole list). Sizing it from the whole list made the
+                // merge ask for a reader that does not exist, a panic (issue 14, found by
+                // the epoch property test).
+                let merge = RoundRobin::new(starts.len());
+                (starts, merge, 0, None)
             };
             let (input, parsers) = self.start_readers(starts, merge, first_position, resume);
             let next = self.sequencer.run_epoch(epoch, input, seq, consumed);

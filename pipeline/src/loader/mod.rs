@@ -148,6 +148,7 @@ impl Loader {
                 pools: pools.clone(),
                 shapes,
                 mask_shapes: work.mask_shapes(),
+                device_augment: work.device_augment(),
                 first_seq: 0,
             },
             out_tx.clone(),
@@ -340,6 +341,11 @@ impl Loader {
     /// A copy of every stage's counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The live counters, to snapshot from another thread while the loader is in use.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
     }
 }
 

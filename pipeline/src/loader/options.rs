@@ -169,7 +169,11 @@ pub(super) fn check_options(options: &GraphOptions) -> Result<(), LoaderError> {
         options.world_size,
         options.readers,
     )?;
+    // Remote shards (`s3://...`) were checked to exist when their pattern was resolved.
     for path in &options.shards {
+        if tessera_shards::remote::url_of(path).is_some() {
+            continue;
+        }
         if let Err(source) = std::fs::metadata(path) {
             return Err(LoaderError::ShardUnreadable {
                 path: path.clone(),

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_shards::reader::ShardReader;
+use tessera_shards::remote;
 use tessera_shards::{Sample, ShardError};
 use tokio::io::AsyncReadExt;
 
@@ -101,6 +102,52 @@ impl Drop for ChannelReader {
     }
 }
 
+/// Where one shard's bytes come from: a local file, or a remote object (`s3://`, ...)
+/// that the shard crate streams with retries and resumes; a remote shard held by the
+/// local shard cache is read as a file.
+enum ShardBytes {
+    File(tokio::fs::File),
+    Remote {
+        stream: remote::RemoteStream,
+        current: remote::Bytes,
+    },
+}
+
+impl ShardBytes {
+    async fn open(path: &Path) -> std::io::Result<ShardBytes> {
+        let Some(url) = remote::url_of(path) else {
+            return Ok(ShardBytes::File(tokio::fs::File::open(path).await?));
+        };
+        if let Some(local) = remote::cache::lookup(url) {
+            return Ok(ShardBytes::File(tokio::fs::File::open(local).await?));
+        }
+        let stream = remote::RemoteStream::open(url, 0).map_err(std::io::Error::other)?;
+        Ok(ShardBytes::Remote {
+            stream,
+            current: remote::Bytes::new(),
+        })
+    }
+
+    /// # Cancel safety
+    /// Cancel safe: bytes are taken only when the future completes.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ShardBytes::File(file) => file.read(buf).await,
+            ShardBytes::Remote { stream, current } => {
+                while current.is_empty() {
+                    match stream.next_chunk().await.map_err(std::io::Error::other)? {
+                        Some(chunk) => *current = chunk,
+                        None => return Ok(0),
+                    }
+                }
+                let n = buf.len().min(current.len());
+                buf[..n].copy_from_slice(&current.split_to(n));
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// Read `shards` in order into `chunks` (async; runs on the tokio runtime).
 ///
 /// # Cancel safety
@@ -114,7 +161,7 @@ pub(crate) async fn read_shards(
 ) {
     let mut clock = stage.clock();
     for path in shards {
-        match tokio::fs::File::open(&path).await {
+        match ShardBytes::open(&path).await {
             Ok(mut file) => loop {
                 let mut buf = spare.try_recv().unwrap_or_default();
                 buf.resize(CHUNK_BYTES, 0);

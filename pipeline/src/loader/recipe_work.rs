@@ -9,7 +9,7 @@ use crate::decode::{Decoder, RgbImage};
 use crate::masks::{MaskGenerator, MaskSpec};
 use crate::recipe::Recipe;
 use crate::rng::SampleRng;
-use crate::transforms::{CropBox, TransformScratch, ViewTransform};
+use crate::transforms::{CropBox, DeviceDraws, TransformScratch, ViewTransform};
 
 /// The compiled views and masks of a [`Recipe`].
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct RecipeWork {
     /// The recipe has one view and it crops before resizing: its crop is drawn at decode
     /// time, so the decoder may decode just that part ([`Decoder::decode_for_crop`]).
     crop_aware: bool,
+    /// `[augment] on_device`: render crops and flips, record the other draws.
+    on_device: bool,
 }
 
 /// One worker's reusable buffers.
@@ -61,6 +63,7 @@ impl RecipeWork {
             label_field: recipe.data.label_field.clone(),
             max_pixels: recipe.data.max_pixels,
             crop_aware: views.len() == 1 && views[0].crops_first(),
+            on_device: recipe.augment.on_device,
             views,
             masks,
         }
@@ -99,6 +102,10 @@ impl SampleWork for RecipeWork {
                     .map(|(g, idx)| (g.num_patches(), g.num_keep(), *idx))
             })
             .collect()
+    }
+
+    fn device_augment(&self) -> bool {
+        self.on_device
     }
 
     fn decode(
@@ -151,10 +158,30 @@ impl SampleWork for RecipeWork {
     fn render(&self, scratch: &mut RecipeScratch, rng: &mut SampleRng, slot: &mut SlotGrant) {
         // Draw order (see `crate::rng`): views in batch order, then masks in view order.
         for (index, view) in self.views.iter().enumerate() {
-            let (image, out) = (&scratch.image, slot.view(index));
-            let made = match scratch.crop.take() {
-                Some(crop) => view.apply_with_crop(image, crop, rng, &mut scratch.transform, out),
-                None => view.apply(image, rng, &mut scratch.transform, out),
+            let image = &scratch.image;
+            let crop = scratch.crop.take();
+            let made = if self.on_device {
+                let mut draws = DeviceDraws::default();
+                let made = view.apply_deferred(
+                    image,
+                    crop,
+                    rng,
+                    &mut scratch.transform,
+                    slot.view(index),
+                    &mut draws,
+                );
+                if let Some(slot_draws) = slot.device_draws(index) {
+                    *slot_draws = draws;
+                }
+                made
+            } else {
+                let out = slot.view(index);
+                match crop {
+                    Some(crop) => {
+                        view.apply_with_crop(image, crop, rng, &mut scratch.transform, out)
+                    }
+                    None => view.apply(image, rng, &mut scratch.transform, out),
+                }
             };
             if let Err(e) = made {
                 // Unreachable for a decoded (non-empty) image and a slot of the right size.

@@ -14,6 +14,7 @@ use super::assemble::Assembly;
 use crate::batch::{Batch, Keys, MaskBatch, ViewBatch};
 use crate::pool::PooledBuffer;
 use crate::state::PipelineState;
+use crate::transforms::DeviceDraws;
 
 /// The shape of every batch of a run.
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub(crate) struct BatchLayout {
     pub shapes: Vec<(usize, usize)>,
     /// Per view: `(num_patches, num_keep, has keep/restore indices)` when it has masks.
     pub mask_shapes: Vec<Option<(usize, usize, bool)>>,
+    /// Whether slots carry [`DeviceDraws`] per view (device augmentation).
+    pub device_augment: bool,
 }
 
 /// What a worker records about its sample once written.
@@ -72,6 +75,10 @@ pub(crate) struct OpenBatch {
     buffers: Mutex<Option<Vec<PooledBuffer>>>,
     mask_ptrs: Vec<Option<MaskPtrs>>,
     masks: Mutex<Option<Vec<Option<MaskBatch>>>>,
+    /// Per view: base pointer of its `batch_size` device draws (empty without device
+    /// augmentation); the vectors live in `augment`.
+    augment_ptrs: Vec<*mut DeviceDraws>,
+    augment: Mutex<Option<Vec<Vec<DeviceDraws>>>>,
     records: Mutex<Records>,
     /// Slots handed out; fixed once closed.
     pub len: AtomicUsize,
@@ -136,12 +143,20 @@ impl OpenBatch {
                 })
             })
             .collect();
+        let mut augment: Vec<Vec<DeviceDraws>> = if layout.device_augment {
+            vec![vec![DeviceDraws::default(); n]; layout.shapes.len()]
+        } else {
+            Vec::new()
+        };
+        let augment_ptrs = augment.iter_mut().map(|v| v.as_mut_ptr()).collect();
         OpenBatch {
             number,
             views,
             buffers: Mutex::new(Some(buffers)),
             mask_ptrs,
             masks: Mutex::new(Some(masks)),
+            augment_ptrs,
+            augment: Mutex::new(layout.device_augment.then_some(augment)),
             records: Mutex::new(Records {
                 meta: vec![SlotMeta::default(); n],
                 keys: Keys::with_slots(n),
@@ -188,6 +203,14 @@ impl OpenBatch {
                 m.ids_restore.truncate(len * m.num_patches);
             }
         }
+        let mut augment = self
+            .augment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for draws in augment.iter_mut().flatten() {
+            draws.truncate(len);
+        }
         let views = buffers
             .into_iter()
             .zip(&layout.shapes)
@@ -204,6 +227,7 @@ impl OpenBatch {
             labels: meta.iter().map(|m| m.label).collect(),
             keys,
             state: *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            augment,
         })
     }
 }
@@ -274,6 +298,15 @@ impl SlotGrant {
                 ids_restore: std::slice::from_raw_parts_mut(p.ids_restore.add(slot * n), n),
             })
         }
+    }
+
+    /// The sample's device draws for view `index`, when the batch carries them (device
+    /// augmentation), else `None`.
+    pub fn device_draws(&mut self, index: usize) -> Option<&mut DeviceDraws> {
+        let base = *self.batch.augment_ptrs.get(index)?;
+        // SAFETY: as for `view`: `OpenBatch::augment` holds `batch_size` draws per view and
+        // stays put until the batch completes; this slot's entry is this grant's alone.
+        Some(unsafe { &mut *base.add(self.slot) })
     }
 
     /// Record the slot's label and key and release it; sends the batch on if it was the last.

@@ -67,6 +67,12 @@ pub trait SampleWork: Send + Sync + 'static {
     /// Per view: `(num_patches, num_keep, has keep/restore indices)` if it has masks.
     fn mask_shapes(&self) -> Vec<Option<(usize, usize, bool)>>;
 
+    /// Whether each slot carries [`DeviceDraws`](crate::transforms::DeviceDraws) per view
+    /// ([`SlotGrant::device_draws`]) for the trainer to apply. Default: no.
+    fn device_augment(&self) -> bool {
+        false
+    }
+
     /// Write every view of the decoded image into the slot ([`SlotGrant::view`]:
     /// `height * width * 3` bytes each, HWC RGB u8) and its masks ([`SlotGrant::mask`]),
     /// drawing randomness only from `rng` (where `decode` left it).

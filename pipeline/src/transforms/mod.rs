@@ -10,154 +10,28 @@
 //! Random draws follow torchvision's order: for each transform, first the coin `U < p`,
 //! then its parameters. All randomness comes from the sample's RNG ([`crate::rng`]).
 //!
-//! Parts: [`crop`] (geometry, flips), [`color`] (jitter, greyscale, solarize), [`blur`].
+//! Parts: [`crop`] (geometry, flips), [`color`] (jitter, greyscale, solarize), [`blur`],
+//! and [`device`]: the draws a view leaves to the training device when the recipe says
+//! `[augment] on_device = true` ([`ViewTransform::apply_deferred`]).
 //! Not here: normalisation (the trainer does it on device; batches carry u8).
 
 pub mod blur;
 pub mod color;
 pub mod crop;
+pub mod device;
+#[cfg(test)]
+mod reference;
+mod spec;
 
 use fast_image_resize::Resizer;
 use rand::Rng;
-use serde::Deserialize;
 
 use crate::decode::RgbImage;
-use crate::recipe::{CropKind, Interpolation, ViewSpec, check_range};
+use crate::recipe::{CropKind, Interpolation, ViewSpec};
 pub use color::ColorJitter;
 pub use crop::CropBox;
-
-fn half() -> f64 {
-    0.5
-}
-fn one() -> f64 {
-    1.0
-}
-fn grey_p() -> f64 {
-    0.1
-}
-fn default_sigma() -> [f64; 2] {
-    [0.1, 2.0]
-}
-fn default_threshold() -> u8 {
-    128
-}
-
-/// One random transform of a view, as written in a recipe (`op` selects the variant).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum TransformSpec {
-    /// torchvision `RandomHorizontalFlip(p)`.
-    HorizontalFlip {
-        /// Probability of flipping. Default 0.5.
-        #[serde(default = "half")]
-        p: f64,
-    },
-    /// `RandomApply([ColorJitter(brightness, contrast, saturation, hue)], p)`.
-    ColorJitter {
-        /// Probability of applying the jitter at all. Default 1.
-        #[serde(default = "one")]
-        p: f64,
-        /// Brightness strength: factor uniform in `[max(0, 1 - b), 1 + b]`. Default 0 (off).
-        #[serde(default)]
-        brightness: f64,
-        /// Contrast strength, as brightness. Default 0 (off).
-        #[serde(default)]
-        contrast: f64,
-        /// Saturation strength, as brightness. Default 0 (off).
-        #[serde(default)]
-        saturation: f64,
-        /// Hue strength in [0, 0.5]: shift uniform in `[-h, h]` turns. Default 0 (off).
-        #[serde(default)]
-        hue: f64,
-    },
-    /// torchvision `RandomGrayscale(p)`: 601 luma into all three channels.
-    Grayscale {
-        /// Probability. Default 0.1 (torchvision's default).
-        #[serde(default = "grey_p")]
-        p: f64,
-    },
-    /// Gaussian blur with sigma uniform in `sigma` (see [`blur`] for the kernel).
-    GaussianBlur {
-        /// Probability. Default 1.
-        #[serde(default = "one")]
-        p: f64,
-        /// Range of the standard deviation in pixels. Default `[0.1, 2.0]`.
-        #[serde(default = "default_sigma")]
-        sigma: [f64; 2],
-        /// Odd kernel size in pixels (SimCLR, BYOL: 23 for 224). Default: `2 ceil(3
-        /// sigma) + 1` from the drawn sigma (DINO's PIL blur has no fixed size).
-        #[serde(default)]
-        kernel_size: Option<u32>,
-    },
-    /// PIL `ImageOps.solarize`: values `>= threshold` become `255 - value`.
-    Solarize {
-        /// Probability. Default 1 (give it explicitly; DINO/BYOL use 0.2).
-        #[serde(default = "one")]
-        p: f64,
-        /// Threshold in u8 levels. Default 128.
-        #[serde(default = "default_threshold")]
-        threshold: u8,
-    },
-}
-
-impl TransformSpec {
-    /// Range checks; `Err((field, problem))`.
-    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
-        let p = match self {
-            TransformSpec::HorizontalFlip { p }
-            | TransformSpec::ColorJitter { p, .. }
-            | TransformSpec::Grayscale { p }
-            | TransformSpec::GaussianBlur { p, .. }
-            | TransformSpec::Solarize { p, .. } => *p,
-        };
-        if !(0.0..=1.0).contains(&p) {
-            return Err(("p", format!("{p} is not a probability in [0, 1]")));
-        }
-        match self {
-            TransformSpec::ColorJitter {
-                brightness,
-                contrast,
-                saturation,
-                hue,
-                ..
-            } => {
-                for (name, v) in [
-                    ("brightness", brightness),
-                    ("contrast", contrast),
-                    ("saturation", saturation),
-                ] {
-                    if !(v.is_finite() && *v >= 0.0) {
-                        return Err((name, format!("{v} must be a non-negative strength")));
-                    }
-                }
-                if !(0.0..=0.5).contains(hue) {
-                    return Err((
-                        "hue",
-                        format!("{hue} must be in [0, 0.5] (turns of the colour wheel)"),
-                    ));
-                }
-            }
-            TransformSpec::GaussianBlur {
-                sigma, kernel_size, ..
-            } => {
-                check_range(sigma[0], sigma[1]).map_err(|p| ("sigma", p))?;
-                if sigma[0] <= 0.0 {
-                    return Err((
-                        "sigma",
-                        format!("lower bound {} must be positive", sigma[0]),
-                    ));
-                }
-                if let Some(k) = kernel_size
-                    && (k % 2 == 0 || *k > 255)
-                {
-                    return Err(("kernel_size", format!("{k} must be odd and at most 255")));
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
+pub use device::{DeviceDraws, DeviceStep, MAX_DEVICE_STEPS};
+pub use spec::TransformSpec;
 
 /// Why a view could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -300,16 +174,56 @@ impl ViewTransform {
         scratch: &mut TransformScratch,
         out: &mut [u8],
     ) -> Result<ViewRecord, TransformError> {
-        if out.len() != self.output_len() {
-            return Err(TransformError::SlotSize {
-                expected: self.output_len(),
-                got: out.len(),
-            });
-        }
         if image.width == 0 || image.height == 0 {
             return Err(TransformError::EmptyImage {
                 width: image.width,
                 height: image.height,
+            });
+        }
+        self.resize_into(image, crop, scratch, out)?;
+        let flipped = self.chain(rng, scratch, out, None);
+        Ok(ViewRecord { crop, flipped })
+    }
+
+    /// [`apply_with_crop`] for device augmentation: the crop, the resize and the flips are
+    /// applied; every other transform makes its draws exactly as there and records them in
+    /// `draws` (in transform order, [`DeviceStep::Skip`] where its coin said no) instead
+    /// of changing the pixels. See [`device`].
+    ///
+    /// [`apply_with_crop`]: ViewTransform::apply_with_crop
+    pub fn apply_deferred<R: Rng + ?Sized>(
+        &self,
+        image: &RgbImage,
+        crop: Option<CropBox>,
+        rng: &mut R,
+        scratch: &mut TransformScratch,
+        out: &mut [u8],
+        draws: &mut DeviceDraws,
+    ) -> Result<ViewRecord, TransformError> {
+        if image.width == 0 || image.height == 0 {
+            return Err(TransformError::EmptyImage {
+                width: image.width,
+                height: image.height,
+            });
+        }
+        let crop = crop.unwrap_or_else(|| self.draw_crop(rng, image.width, image.height));
+        self.resize_into(image, crop, scratch, out)?;
+        let flipped = self.chain(rng, scratch, out, Some(draws));
+        Ok(ViewRecord { crop, flipped })
+    }
+
+    /// The crop and resize of [`apply_with_crop`](ViewTransform::apply_with_crop).
+    fn resize_into(
+        &self,
+        image: &RgbImage,
+        crop: CropBox,
+        scratch: &mut TransformScratch,
+        out: &mut [u8],
+    ) -> Result<(), TransformError> {
+        if out.len() != self.output_len() {
+            return Err(TransformError::SlotSize {
+                expected: self.output_len(),
+                got: out.len(),
             });
         }
         let edges = match self.crop {
@@ -324,9 +238,36 @@ impl ViewTransform {
             self.size,
             self.interpolation,
             out,
-        )?;
+        )
+    }
+
+    /// The transform chain on the resized view, making every draw in order. With `defer`,
+    /// only flips touch the pixels and the other steps are recorded there. Returns whether
+    /// the view was flipped.
+    fn chain<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        scratch: &mut TransformScratch,
+        out: &mut [u8],
+        mut defer: Option<&mut DeviceDraws>,
+    ) -> bool {
         let side = self.size as usize;
         let mut flipped = false;
+        let mut step = 0;
+        // The recipe check keeps a view's non-flip transforms within `MAX_DEVICE_STEPS`.
+        let mut record = |defer: &mut Option<&mut DeviceDraws>, drawn: DeviceStep| match defer {
+            Some(draws) => {
+                if let Some(slot) = draws.get_mut(step) {
+                    *slot = drawn;
+                }
+                step += 1;
+                true
+            }
+            None => false,
+        };
+        if let Some(draws) = defer.as_deref_mut() {
+            draws.fill(DeviceStep::Skip);
+        }
         for transform in &self.transforms {
             match transform {
                 TransformSpec::HorizontalFlip { p } => {
@@ -342,19 +283,30 @@ impl ViewTransform {
                     saturation,
                     hue,
                 } => {
-                    if coin(rng, *p) {
-                        let jitter = ColorJitter {
+                    let draw = coin(rng, *p).then(|| {
+                        ColorJitter {
                             brightness: *brightness,
                             contrast: *contrast,
                             saturation: *saturation,
                             hue: *hue,
-                        };
-                        let draw = jitter.draw(rng);
+                        }
+                        .draw(rng)
+                    });
+                    let drawn = draw.map_or(DeviceStep::Skip, DeviceStep::Jitter);
+                    if !record(&mut defer, drawn)
+                        && let Some(draw) = draw
+                    {
                         color::apply_jitter(&draw, out, &mut scratch.float_pixels);
                     }
                 }
                 TransformSpec::Grayscale { p } => {
-                    if coin(rng, *p) {
+                    let on = coin(rng, *p);
+                    let drawn = if on {
+                        DeviceStep::Grayscale
+                    } else {
+                        DeviceStep::Skip
+                    };
+                    if !record(&mut defer, drawn) && on {
                         color::grayscale(out);
                     }
                 }
@@ -363,12 +315,19 @@ impl ViewTransform {
                     sigma,
                     kernel_size,
                 } => {
-                    if coin(rng, *p) {
-                        let s = crop::uniform(rng, sigma[0], sigma[1]) as f32;
+                    let sigma =
+                        coin(rng, *p).then(|| crop::uniform(rng, sigma[0], sigma[1]) as f32);
+                    let drawn = sigma.map_or(DeviceStep::Skip, |sigma| DeviceStep::GaussianBlur {
+                        sigma,
+                        kernel_size: *kernel_size,
+                    });
+                    if !record(&mut defer, drawn)
+                        && let Some(sigma) = sigma
+                    {
                         blur::gaussian_blur(
                             out,
                             side,
-                            s,
+                            sigma,
                             *kernel_size,
                             &mut scratch.float_pixels,
                             &mut scratch.kernel,
@@ -376,13 +335,21 @@ impl ViewTransform {
                     }
                 }
                 TransformSpec::Solarize { p, threshold } => {
-                    if coin(rng, *p) {
+                    let on = coin(rng, *p);
+                    let drawn = if on {
+                        DeviceStep::Solarize {
+                            threshold: *threshold,
+                        }
+                    } else {
+                        DeviceStep::Skip
+                    };
+                    if !record(&mut defer, drawn) && on {
                         color::solarize(out, *threshold);
                     }
                 }
             }
         }
-        Ok(ViewRecord { crop, flipped })
+        flipped
     }
 }
 

@@ -23,12 +23,13 @@ use std::time::Instant;
 
 use super::error::BuildError;
 use super::inputs::{self, InputFile, InputSpec, LabelSource, Part};
-use super::journal::{self, DuplicateRecord, RejectRecord, ShardRecord};
+use super::journal::{self, DuplicateRecord, JOURNAL_DIR, RejectRecord, ShardRecord};
 use super::manifest::{Manifest, ShardSummary, Throughput};
 use super::names::ShardNames;
 use super::ordered::ordered_map;
 use super::prepare::{PrepareOptions, Preparer};
 use super::process::{Context, Outcome, give_back, process};
+use super::publish::Publisher;
 use crate::atomic::AtomicFile;
 use crate::compression::Compression;
 use crate::writer::{ShardFileWriter, sample_tar_len};
@@ -61,6 +62,11 @@ pub struct BuildOptions {
     pub dedup: bool,
     /// Worker threads.
     pub workers: usize,
+    /// Publish into an object store (`s3://bucket/prefix`, `gs://...`, `az://...`): `out`
+    /// is then only the local staging directory (see [`super::publish`]).
+    pub publish_to: Option<String>,
+    /// How URL-list inputs ([`InputSpec::Urls`]) are downloaded.
+    pub fetch: super::fetch::FetchOptions,
 }
 
 /// Told how far the build is (the CLI draws a progress bar from it).
@@ -102,6 +108,17 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
     }
     let names = ShardNames::new(options);
     let plan = plan_fingerprint(options, files);
+    let publisher = options
+        .publish_to
+        .as_deref()
+        .map(Publisher::new)
+        .transpose()?;
+    if let Some(publisher) = &publisher {
+        publisher.pull_journal(out)?;
+        if set.classes.is_some() {
+            publisher.publish_file(out, "classes.json")?;
+        }
+    }
 
     // Resume: the longest prefix of recorded, present shards.
     let mut records: Vec<ShardRecord> = Vec::new();
@@ -116,7 +133,10 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
                 what: "inputs or options",
             });
         }
-        let present = fs::metadata(out.join(&name)).is_ok_and(|m| m.len() == record.bytes);
+        let present = match &publisher {
+            Some(publisher) => publisher.holds(&name, record.bytes)?,
+            None => fs::metadata(out.join(&name)).is_ok_and(|m| m.len() == record.bytes),
+        };
         if !present {
             break;
         }
@@ -199,12 +219,22 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
                         if let Some(label) = &label_text {
                             fields.push(("cls", label.as_bytes()));
                         }
+                        let caption = files[position]
+                            .row
+                            .as_ref()
+                            .and_then(|r| r.caption.as_ref());
+                        if let Some(caption) = caption {
+                            fields.push(("txt", caption.as_bytes()));
+                        }
                         let tar_len = sample_tar_len(&key, &fields);
                         if shard.is_full(options, tar_len) {
                             let next = OpenShard::new(shard.number + 1, position);
-                            records.extend(
-                                std::mem::replace(&mut shard, next).finish(out, &plan, position)?,
-                            );
+                            records.extend(std::mem::replace(&mut shard, next).finish(
+                                out,
+                                &plan,
+                                position,
+                                publisher.as_ref(),
+                            )?);
                         }
                         shard.write(out, &names, options.compression, &key, &fields)?;
                         shard.kept.push((position, hex::encode(hash)));
@@ -228,7 +258,7 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
 
     // Without any sample there is no shard to record: rejects go to the manifest only.
     let (leftover_rejects, leftover_duplicates) = if shard.writer.is_some() {
-        records.extend(shard.finish(out, &plan, files.len())?);
+        records.extend(shard.finish(out, &plan, files.len(), publisher.as_ref())?);
         (Vec::new(), Vec::new())
     } else {
         (shard.rejects, shard.duplicates)
@@ -278,6 +308,9 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
     }
     let manifest_json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     write_atomic(&out.join(names.manifest_name()), &manifest_json)?;
+    if let Some(publisher) = &publisher {
+        publisher.publish_file(out, &names.manifest_name())?;
+    }
     Ok(manifest)
 }
 
@@ -378,6 +411,7 @@ impl OpenShard {
         out: &Path,
         plan: &str,
         end_input: usize,
+        publisher: Option<&Publisher>,
     ) -> Result<Option<ShardRecord>, BuildError> {
         // No sample, no shard file: nothing to record.
         let Some(writer) = self.writer else {
@@ -402,7 +436,16 @@ impl OpenShard {
             rejects: self.rejects,
             duplicates: self.duplicates,
         };
-        record.write(out)?;
+        match publisher {
+            // Shard, index, then the record: a record in the store means the shard is there.
+            Some(publisher) => {
+                publisher.publish_shard(out, &record.shard)?;
+                record.write(out)?;
+                let relative = format!("{JOURNAL_DIR}/{}.json", record.shard);
+                publisher.publish_file(out, &relative)?;
+            }
+            None => record.write(out)?,
+        }
         Ok(Some(record))
     }
 }
@@ -413,7 +456,7 @@ fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
 
 fn spec_root(spec: &InputSpec) -> &Path {
     match spec {
-        InputSpec::Dir(p) | InputSpec::List(p) | InputSpec::File(p) => p,
+        InputSpec::Dir(p) | InputSpec::List(p) | InputSpec::File(p) | InputSpec::Urls(p) => p,
     }
 }
 

@@ -31,6 +31,17 @@ pub enum BuildError {
         reason: String,
     },
 
+    /// A line of a `--urls` list is malformed.
+    #[error("url list {} line {line}: {reason}", path.display())]
+    UrlList {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Creating, writing or cleaning the output directory failed.
     #[error("output {}", path.display())]
     Output {

@@ -26,6 +26,9 @@ pub enum InputSpec {
     List(PathBuf),
     /// A single image file; its source is its file name.
     File(PathBuf),
+    /// A list of image URLs to download (`.txt`, `.csv`, `.tsv`, `.jsonl`; see
+    /// [`super::url_list`]); sources are the URLs.
+    Urls(PathBuf),
 }
 
 impl InputSpec {
@@ -84,6 +87,9 @@ pub struct InputFile {
     pub label: Label,
     /// Set when the walk already knows it is unusable (an unreadable directory).
     pub problem: Option<Reject>,
+    /// For an entry of a URL list (`path` and `source` are then the URL): its caption and
+    /// other columns.
+    pub row: Option<std::sync::Arc<super::url_list::UrlRow>>,
 }
 
 /// The sorted inputs and, when labels are names, the class table (index → name).
@@ -154,6 +160,11 @@ pub fn collect(
                 walk.dir(dir, &mut files);
             }
             InputSpec::List(list) => read_list(list, root, &mut files)?,
+            InputSpec::Urls(list) => {
+                // URL lists keep their order (`--part` slices the list as given).
+                super::url_list::read(list, root, &mut files)?;
+                continue;
+            }
             InputSpec::File(path) => {
                 let source = path.file_name().map_or_else(
                     || path.display().to_string(),
@@ -179,6 +190,7 @@ fn input(path: PathBuf, source: String, root: usize) -> InputFile {
         root,
         label: Label::NotRequested,
         problem: None,
+        row: None,
     }
 }
 

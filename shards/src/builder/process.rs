@@ -4,7 +4,10 @@
 //!
 //! An input's type is checked before it is opened: named pipes, sockets and device nodes
 //! (or symlinks to them) are rejected as `special_file` unread, since opening a FIFO blocks
-//! until some writer comes and reading `/dev/zero` never ends.
+//! until some writer comes and reading `/dev/zero` never ends. A regular file is read up
+//! to [`MAX_INPUT_BYTES`]: a larger one, or one that keeps growing while it is read (a
+//! log being written), is rejected as `unreadable` instead of holding up a worker and its
+//! memory without end.
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,6 +22,27 @@ use super::inputs::{InputFile, Label};
 use super::prepare::Preparer;
 use super::reject::{Reject, RejectReason};
 use super::sample_meta::{SampleMeta, TransformMeta};
+
+/// Most bytes read from one input file (1 GiB). The largest image within the default pixel
+/// limit (89.5 Mpixel) is about 716 MB even as 16-bit RGBA PNG stored uncompressed.
+const MAX_INPUT_BYTES: u64 = 1 << 30;
+
+/// Input buffers larger than this (64 MiB) are freed after use instead of pooled.
+const MAX_POOLED_BYTES: usize = 64 << 20;
+
+/// Reads all of `path` into `data`, refusing more than `limit` bytes.
+fn read_input(path: &Path, data: &mut Vec<u8>, limit: u64) -> Result<(), Reject> {
+    let unreadable = |e: std::io::Error| Reject::new(RejectReason::Unreadable, e.to_string());
+    let file = fs::File::open(path).map_err(unreadable)?;
+    file.take(limit + 1).read_to_end(data).map_err(unreadable)?;
+    if data.len() as u64 > limit {
+        return Err(Reject::new(
+            RejectReason::Unreadable,
+            format!("larger than {limit} bytes (or growing while read); not read further"),
+        ));
+    }
+    Ok(())
+}
 
 /// What a worker made of one input.
 pub(super) enum Outcome {
@@ -84,13 +108,18 @@ pub(super) fn process(
         .pop()
         .unwrap_or_default();
     data.clear();
-    if let Some(special) = special_file(&file.path) {
+    if file.row.is_some() {
+        // A URL-list entry: download instead of reading a file.
+        if let Err(rejected) = super::fetch::download(&file.source, &options.fetch, &mut data) {
+            give_back(pool, data, options.workers);
+            return reject(rejected, 0);
+        }
+    } else if let Some(special) = special_file(&file.path) {
         give_back(pool, data, options.workers);
         return reject(special, 0);
-    }
-    if let Err(err) = fs::File::open(&file.path).and_then(|mut f| f.read_to_end(&mut data)) {
+    } else if let Err(problem) = read_input(&file.path, &mut data, MAX_INPUT_BYTES) {
         give_back(pool, data, options.workers);
-        return reject(Reject::new(RejectReason::Unreadable, err.to_string()), 0);
+        return reject(problem, 0);
     }
     let input_bytes = data.len() as u64;
     let hash: [u8; 32] = Sha256::digest(&data).into();
@@ -129,6 +158,12 @@ pub(super) fn process(
             .and_then(|l| context.classes?.get(l as usize))
             .map(String::as_str),
         transform: TransformMeta::of(&prepared),
+        caption: file.row.as_ref().and_then(|r| r.caption.as_deref()),
+        columns: file
+            .row
+            .as_ref()
+            .map(|r| &r.columns)
+            .filter(|c| !c.is_empty()),
     };
     let json = serde_json::to_vec(&meta).unwrap_or_default();
     if prepared.resized.is_some() {
@@ -189,6 +224,10 @@ fn special_kind(file_type: fs::FileType) -> &'static str {
 
 /// Return a buffer to the pool for the next input (a few per worker are kept).
 pub(super) fn give_back(pool: &Mutex<Vec<Vec<u8>>>, buffer: Vec<u8>, workers: usize) {
+    // One huge input must not keep its buffer for the rest of the run (issue 14).
+    if buffer.capacity() > MAX_POOLED_BYTES {
+        return;
+    }
     let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
     if pool.len() < workers * (WINDOW_PER_WORKER + 2) {
         pool.push(buffer);
@@ -228,5 +267,33 @@ mod tests {
         assert!(special_file(&plain).is_none());
         assert!(special_file(dir.path()).is_none());
         assert!(special_file(&dir.path().join("missing.jpg")).is_none());
+    }
+
+    /// Issue 14: a file larger than the limit, or growing while read, is refused after
+    /// `limit + 1` bytes instead of read without end.
+    #[test]
+    fn inputs_past_the_byte_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.jpg");
+        fs::write(&path, [7u8; 10]).unwrap();
+        let mut data = Vec::new();
+        let reject = read_input(&path, &mut data, 4).unwrap_err();
+        assert_eq!(reject.reason, RejectReason::Unreadable);
+        assert!(
+            reject.detail.starts_with("larger than 4 bytes"),
+            "{reject:?}"
+        );
+        assert_eq!(data.len(), 5, "reads one byte past the limit, no more");
+        data.clear();
+        read_input(&path, &mut data, 10).unwrap();
+        assert_eq!(data, [7u8; 10]);
+        let missing = read_input(&dir.path().join("gone.jpg"), &mut data, 10).unwrap_err();
+        assert_eq!(missing.reason, RejectReason::Unreadable);
+
+        // A buffer that grew past the pool limit is not kept.
+        let pool = Mutex::new(Vec::new());
+        give_back(&pool, Vec::with_capacity(MAX_POOLED_BYTES + 1), 4);
+        give_back(&pool, Vec::with_capacity(16), 4);
+        assert_eq!(pool.lock().unwrap().len(), 1);
     }
 }

@@ -27,6 +27,16 @@ pub enum RejectReason {
     Unlabelled,
     /// Resizing or re-encoding failed after a successful decode.
     TransformFailed,
+    /// A URL-list download answered with an HTTP error status (404, 403, 500 after retries).
+    HttpStatus,
+    /// A URL-list download did not finish within `--timeout` (after retries).
+    Timeout,
+    /// A URL-list download failed to connect or broke (after retries), or the URL is bad.
+    Network,
+    /// The server opted the image out of AI use (`X-Robots-Tag: noai`, ...).
+    OptedOut,
+    /// The download is larger than `--max-download-size`.
+    TooLarge,
 }
 
 impl RejectReason {
@@ -42,6 +52,11 @@ impl RejectReason {
             Self::Corrupt => "corrupt",
             Self::Unlabelled => "unlabelled",
             Self::TransformFailed => "transform_failed",
+            Self::HttpStatus => "http_status",
+            Self::Timeout => "timeout",
+            Self::Network => "network",
+            Self::OptedOut => "opted_out",
+            Self::TooLarge => "too_large",
         }
     }
 }

@@ -33,6 +33,12 @@ pub struct SampleMeta<'a> {
     /// Set when the stored bytes are not the source's own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transform: Option<TransformMeta>,
+    /// The caption of a URL-list entry (also the sample's `.txt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<&'a str>,
+    /// The other columns of a URL-list entry, as the list had them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What a resize did.

@@ -6,10 +6,12 @@
 //! - `index`: seeking with an index equals scanning, for every compression.
 //! - `source`: shard list patterns.
 //! - `steady_state`: no allocation per sample (installs a counting global allocator).
+//! - `properties`: proptest round trips of arbitrary samples (issue 14).
 
 mod util;
 
 mod index;
+mod properties;
 mod reference;
 mod source;
 mod steady_state;

@@ -16,7 +16,7 @@
 //! teacher runs batch statistics without autodiff, a probe runs running statistics with it.
 //! The ViT has no BatchNorm and ignores the mode.
 //!
-//! Not here: classifier heads, feature pyramids, stochastic depth, dilation (`output_stride`)
+//! Not here: classifier heads, feature pyramids, stochastic depth in the CNNs, dilation (`output_stride`)
 //! and timm's other ResNet/RegNet options (deep stems, anti-aliasing, pre-activation).
 
 pub mod batch_norm;
@@ -60,7 +60,8 @@ impl<B: Backend> Backbone<B> {
     pub fn forward_features(&self, images: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 2> {
         match self {
             Backbone::Vit(vit) => {
-                let tokens = vit.forward(images); // [n, 1 + l, d]
+                // Any multiple of the patch size: the position table is resampled if needed.
+                let tokens = vit.forward_all_tokens(images, None, None); // [n, 1 + l, d]
                 let [n, _, d] = tokens.dims();
                 tokens.narrow(1, 0, 1).reshape([n, d])
             }

@@ -151,6 +151,7 @@ fn vit_round_trip_through_timm_keys() {
         depth: 2,
         num_heads: 2,
         mlp_ratio: 2.0,
+        drop_path_rate: 0.0,
     });
     let source = config.init::<B>(&device);
     let entries = source
@@ -182,6 +183,7 @@ fn imported_parameters_stay_trainable_and_the_position_table_does_not() {
         depth: 1,
         num_heads: 2,
         mlp_ratio: 2.0,
+        drop_path_rate: 0.0,
     });
     let entries = config
         .init::<B>(&device)

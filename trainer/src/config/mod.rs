@@ -57,6 +57,10 @@ pub struct ModelSection {
     pub num_heads: Option<usize>,
     /// ViT MLP width / token width. Default: the arch's (4.0).
     pub mlp_ratio: Option<f64>,
+    /// ViT stochastic depth: the drop rate of the last block's residual branches, rising
+    /// linearly from 0 at the first (timm `drop_path_rate`). Default 0 (MAE); DINO ViT-S/16
+    /// 0.1. In `[0, 1)`; high rates slow early training.
+    pub drop_path_rate: Option<f64>,
     /// ResNet only: the CIFAR stem (3x3 convolution, stride 1, no max-pool) for 32-pixel
     /// images, as SimCLR's CIFAR experiments and solo-learn use. Default false.
     pub cifar_stem: Option<bool>,
@@ -163,8 +167,24 @@ pub struct OptimSection {
     pub decay_all: Option<bool>,
     /// LARS trust coefficient `eta`. Default 0.001.
     pub eta: Option<f64>,
-    /// Clip gradients to this global L2 norm; unset = no clipping (MAE pretraining).
+    /// Clip gradients to this L2 norm (see `clip_grad_mode`); unset = no clipping (MAE
+    /// pretraining). DINO: 3.0 per parameter.
     pub clip_grad: Option<f64>,
+    /// What `clip_grad` bounds: `"global"` (default; the norm of all gradients together,
+    /// PyTorch `clip_grad_norm_`) or `"per_parameter"` (each parameter's gradient on its
+    /// own, DINO `utils.clip_gradients`).
+    pub clip_grad_mode: Option<ClipGradMode>,
+}
+
+/// What `[optim] clip_grad` bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipGradMode {
+    /// The L2 norm of all gradients together (PyTorch `clip_grad_norm_`).
+    #[default]
+    Global,
+    /// Each parameter's gradient norm on its own (DINO `utils.clip_gradients`).
+    PerParameter,
 }
 
 impl OptimSection {
@@ -281,12 +301,25 @@ impl TrainerConfig {
     }
 
     /// ViTs take one image size: every view must have it unless the method resamples
-    /// position embeddings (multi-crop methods say so themselves).
+    /// position embeddings (multi-crop methods say so with [`crate::objectives::MethodSpec::MULTI_RESOLUTION`]);
+    /// then every view must be a multiple of the patch size.
     fn check_views(&self, recipe: &Recipe) -> Result<()> {
         if let BackboneConfig::Vit(vit) = &self.backbone {
+            let multi = self.method.multi_resolution();
             for instance in recipe.view_instances() {
                 let spec = &recipe.views[instance.spec];
-                if spec.size as usize != vit.img_size {
+                let size = spec.size as usize;
+                if multi && (size == 0 || !size.is_multiple_of(vit.patch_size)) {
+                    return Err(Error::config(
+                        "model",
+                        "patch_size",
+                        format!(
+                            "{} does not divide view `{}`'s size {size}",
+                            vit.patch_size, spec.name
+                        ),
+                    ));
+                }
+                if !multi && size != vit.img_size {
                     return Err(Error::config(
                         "model",
                         "img_size",
@@ -323,6 +356,7 @@ pub fn backbone(m: &ModelSection) -> Result<BackboneConfig> {
         ("depth", m.depth.is_some()),
         ("num_heads", m.num_heads.is_some()),
         ("mlp_ratio", m.mlp_ratio.is_some()),
+        ("drop_path_rate", m.drop_path_rate.is_some()),
     ];
     match base {
         BackboneConfig::Vit(base) => {
@@ -341,6 +375,7 @@ pub fn backbone(m: &ModelSection) -> Result<BackboneConfig> {
                 depth: m.depth.unwrap_or(base.depth),
                 num_heads: m.num_heads.unwrap_or(base.num_heads),
                 mlp_ratio: m.mlp_ratio.unwrap_or(base.mlp_ratio),
+                drop_path_rate: m.drop_path_rate.unwrap_or(base.drop_path_rate),
             };
             vit.check()
                 .map_err(|(key, msg)| Error::config("model", key, msg))?;
@@ -469,6 +504,13 @@ impl TrainerConfig {
             && !(0.0..1.0).contains(&m)
         {
             return err("optim", "momentum", format!("{m} must be in [0, 1)"));
+        }
+        if o.clip_grad_mode.is_some() && o.clip_grad.is_none() {
+            return err(
+                "optim",
+                "clip_grad_mode",
+                "set without `clip_grad`, the norm to clip to".into(),
+            );
         }
         if let Some(c) = o.clip_grad
             && !(c > 0.0)
@@ -664,6 +706,17 @@ base_lr = 1e-3
             (
                 TINY.replace("accum_steps = 2", "accum_steps = 2\nprecision = \"fp16\""),
                 "precision",
+            ),
+            (
+                TINY.replace("depth = 6", "depth = 6\ndrop_path_rate = 1.5"),
+                "drop_path_rate",
+            ),
+            (
+                TINY.replace(
+                    "base_lr = 1e-3",
+                    "base_lr = 1e-3\nclip_grad_mode = \"per_parameter\"",
+                ),
+                "clip_grad_mode",
             ),
         ];
         for (text, key) in cases {

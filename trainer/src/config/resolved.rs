@@ -118,6 +118,7 @@ impl TrainerConfig {
             },
             optim: optim_settings(o, weight_decay),
             clip_grad: o.clip_grad,
+            clip_grad_mode: o.clip_grad_mode.unwrap_or_default(),
             samples_per_epoch,
             steps_per_epoch,
             checkpoint_every: t.checkpoint_every,
@@ -183,8 +184,11 @@ pub struct ResolvedTrainConfig {
     pub weight_decay: CosineSchedule,
     /// The optimiser and its hyper-parameters (the base weight decay among them).
     pub optim: OptimSettings,
-    /// Global gradient-norm clip, if any.
+    /// Gradient-norm clip, if any.
     pub clip_grad: Option<f64>,
+    /// Whether `clip_grad` bounds the global norm or each parameter's.
+    #[serde(default)]
+    pub clip_grad_mode: super::ClipGradMode,
     /// Samples per epoch per rank, if known.
     pub samples_per_epoch: Option<u64>,
     /// Optimiser steps per epoch (`samples / (micro_batch x accum_steps)`, at least 1), if known.

@@ -115,9 +115,10 @@ impl<B: Backend> StepSync<B> {
         all.push(Tensor::<B, 1>::from_floats(small.as_slice(), device));
 
         // 3. One all-reduce.
-        let summed = self
-            .collective
-            .all_reduce_sum(Tensor::cat(all, 0), &format!("the all-reduce of step {step}"))?;
+        let summed = self.collective.all_reduce_sum(
+            Tensor::cat(all, 0),
+            &format!("the all-reduce of step {step}"),
+        )?;
 
         // 4. Gradients back, divided by the world.
         let scale = 1.0 / world as f64;
@@ -138,7 +139,9 @@ impl<B: Backend> StepSync<B> {
         let pipelines = (0..world)
             .map(|r| {
                 let at = slots_at + r * SLOT;
-                small.get(at..at + SLOT).and_then(|s| unpack(s, mine.pipeline.as_ref(), r, world))
+                small
+                    .get(at..at + SLOT)
+                    .and_then(|s| unpack(s, mine.pipeline.as_ref(), r, world))
             })
             .collect();
         Ok(Agreed {

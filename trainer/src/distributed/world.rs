@@ -91,38 +91,44 @@ impl World {
             Some(p) => parse::<u16>("MASTER_PORT", &p)?,
             None => DEFAULT_PORT,
         };
-        let (rank, world_size, local_rank, host) =
-            if let (Some(rank), Some(world)) = (var("RANK"), var("WORLD_SIZE")) {
-                let local = var("LOCAL_RANK").unwrap_or_else(|| rank.clone());
-                (
-                    parse::<u32>("RANK", &rank)?,
-                    parse::<u32>("WORLD_SIZE", &world)?,
-                    parse::<u32>("LOCAL_RANK", &local)?,
-                    var("MASTER_ADDR"),
-                )
-            } else if let (Some(rank), Some(world)) = (var("SLURM_PROCID"), var("SLURM_NTASKS")) {
-                let local = var("SLURM_LOCALID").unwrap_or_else(|| "0".into());
-                let host = match var("MASTER_ADDR") {
-                    Some(h) => Some(h),
-                    None => match var("SLURM_JOB_NODELIST").or_else(|| var("SLURM_NODELIST")) {
-                        Some(list) => Some(first_host(&list).ok_or_else(|| WorldError::Invalid {
-                            name: "SLURM_JOB_NODELIST".into(),
-                            value: list.clone(),
-                            why: "names no host".into(),
-                        })?),
-                        None => None,
-                    },
-                };
-                (
-                    parse::<u32>("SLURM_PROCID", &rank)?,
-                    parse::<u32>("SLURM_NTASKS", &world)?,
-                    parse::<u32>("SLURM_LOCALID", &local)?,
-                    host,
-                )
-            } else {
-                return Ok(World::single());
+        let (rank, world_size, local_rank, host) = if let (Some(rank), Some(world)) =
+            (var("RANK"), var("WORLD_SIZE"))
+        {
+            let local = var("LOCAL_RANK").unwrap_or_else(|| rank.clone());
+            (
+                parse::<u32>("RANK", &rank)?,
+                parse::<u32>("WORLD_SIZE", &world)?,
+                parse::<u32>("LOCAL_RANK", &local)?,
+                var("MASTER_ADDR"),
+            )
+        } else if let (Some(rank), Some(world)) = (var("SLURM_PROCID"), var("SLURM_NTASKS")) {
+            let local = var("SLURM_LOCALID").unwrap_or_else(|| "0".into());
+            let host = match var("MASTER_ADDR") {
+                Some(h) => Some(h),
+                None => match var("SLURM_JOB_NODELIST").or_else(|| var("SLURM_NODELIST")) {
+                    Some(list) => Some(first_host(&list).ok_or_else(|| WorldError::Invalid {
+                        name: "SLURM_JOB_NODELIST".into(),
+                        value: list.clone(),
+                        why: "names no host".into(),
+                    })?),
+                    None => None,
+                },
             };
-        Self::new(rank, world_size, local_rank, host.map(|host| Master { host, port }))
+            (
+                parse::<u32>("SLURM_PROCID", &rank)?,
+                parse::<u32>("SLURM_NTASKS", &world)?,
+                parse::<u32>("SLURM_LOCALID", &local)?,
+                host,
+            )
+        } else {
+            return Ok(World::single());
+        };
+        Self::new(
+            rank,
+            world_size,
+            local_rank,
+            host.map(|host| Master { host, port }),
+        )
     }
 
     /// A checked world: `rank < world_size`, a master when there is more than one process.

@@ -12,6 +12,10 @@
 //! blocks on `send`, the loader's pool runs dry and the whole pipeline waits (memory stays
 //! flat). The training loop measures the time it blocks in [`Feeder::next_batch`] as *data wait*.
 //!
+//! When the recipe leaves colour jitter, greyscale, blur and solarize to the device
+//! (`[augment] on_device = true`), the batch carries the CPU's draws and [`augment`] applies
+//! them between the cast and the normalisation.
+//!
 //! How a batch becomes device tensors, without a copy and from page-locked memory on CUDA, is
 //! [`Uploader`]'s part (`upload.rs`).
 
@@ -26,6 +30,7 @@ use burn::prelude::*;
 use tessera_pipeline::Batch;
 use tessera_pipeline::loader::{Loader, LoaderError};
 
+pub mod augment;
 mod upload;
 
 pub use upload::{
@@ -43,6 +48,11 @@ pub trait BatchSource: Send + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
     /// The next batch, `None` at the end of the stream.
     fn next_batch(&mut self) -> Option<Result<Batch, Self::Error>>;
+
+    /// The pipeline's live stage counters, for sources that keep them (the loader).
+    fn stats(&self) -> Option<Arc<tessera_pipeline::stats::Stats>> {
+        None
+    }
 }
 
 impl BatchSource for Loader {
@@ -50,6 +60,10 @@ impl BatchSource for Loader {
 
     fn next_batch(&mut self) -> Option<Result<Batch, LoaderError>> {
         Loader::next_batch(self)
+    }
+
+    fn stats(&self) -> Option<Arc<tessera_pipeline::stats::Stats>> {
+        Some(self.stats_handle())
     }
 }
 
@@ -121,6 +135,16 @@ pub enum FeedError {
         keep_len: usize,
         /// Entries in `ids_restore`.
         restore_len: usize,
+    },
+    /// A view's device-augmentation draws do not match its samples.
+    #[error("view {view} carries device-augmentation draws for {draws} samples, not {len}")]
+    AugmentShape {
+        /// Index of the view in the recipe.
+        view: usize,
+        /// Draws in the batch.
+        draws: usize,
+        /// Samples.
+        len: usize,
     },
     /// The uploader thread panicked.
     #[error("the uploader thread stopped unexpectedly")]
@@ -323,6 +347,7 @@ mod tests {
                 world_size: 1,
                 samples_consumed: consumed,
             },
+            augment: None,
         }
     }
 

@@ -31,6 +31,7 @@
 use burn::prelude::*;
 use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use tessera_pipeline::batch::{MaskBatch, ViewBatch};
+use tessera_pipeline::transforms::DeviceDraws;
 use tessera_pipeline::{Batch, Keys, PipelineState};
 
 use super::FeedError;
@@ -120,7 +121,8 @@ pub struct DeviceMask<B: Backend> {
     pub mask: Tensor<B, 2>,
     /// Indices of the visible patches, ascending within a sample.
     pub ids_keep: Tensor<B, 2, Int>,
-    /// Position of each patch in the (keep ++ masked) order.
+    /// Position of each patch in the (keep ++ masked) order (MAE masks; zeros for the
+    /// kinds without indices, block and SimMIM).
     pub ids_restore: Tensor<B, 2, Int>,
 }
 
@@ -155,12 +157,18 @@ impl<B: HostUpload> Uploader<B> {
             labels,
             keys,
             state,
+            augment,
         } = batch;
         let len = views.first().map(|v| v.len).unwrap_or(labels.len());
         let views = views
             .into_iter()
             .enumerate()
-            .map(|(i, view)| self.upload_view(i, view))
+            .map(|(i, view)| {
+                let draws = augment
+                    .as_ref()
+                    .map(|a| a.get(i).map_or(&[][..], Vec::as_slice));
+                self.upload_view(i, view, draws)
+            })
             .collect::<Result<Vec<_>, _>>();
         let masks = masks
             .into_iter()
@@ -180,9 +188,15 @@ impl<B: HostUpload> Uploader<B> {
         })
     }
 
-    /// u8 NHWC → f32 NCHW, normalised, all on the device. The pooled buffer itself is the
+    /// u8 NHWC → f32 NCHW, augmented where the batch left that to the device
+    /// ([`super::augment`]), normalised, all on the device. The pooled buffer itself is the
     /// tensor's host data (see the module doc).
-    fn upload_view(&self, index: usize, view: ViewBatch) -> Result<Tensor<B, 4>, FeedError> {
+    fn upload_view(
+        &self,
+        index: usize,
+        view: ViewBatch,
+        draws: Option<&[DeviceDraws]>,
+    ) -> Result<Tensor<B, 4>, FeedError> {
         let ViewBatch {
             data,
             len,
@@ -211,13 +225,29 @@ impl<B: HostUpload> Uploader<B> {
         );
         let pixels = Tensor::<B, 4, Int>::from_data(host, (&self.device, DType::U8)); // [n, h, w, 3] u8
         let pixels = pixels.float().permute([0, 3, 1, 2]); // [n, 3, h, w]
+        let pixels = match draws {
+            Some(draws) if draws.len() != len => {
+                return Err(FeedError::AugmentShape {
+                    view: index,
+                    draws: draws.len(),
+                    len,
+                });
+            }
+            Some(draws) => super::augment::apply_draws(pixels, draws, &self.device),
+            None => pixels,
+        };
         Ok(pixels * self.scale.clone() + self.shift.clone())
     }
 
     /// The mask vectors become the tensors' host data (moved, not copied).
     fn upload_mask(&self, index: usize, m: MaskBatch) -> Result<DeviceMask<B>, FeedError> {
         let (n, l, k) = (m.len, m.num_patches, m.num_keep);
-        if m.mask.len() != n * l || m.ids_keep.len() != n * k || m.ids_restore.len() != n * l {
+        // Block and SimMIM masks carry no keep/restore indices (empty vectors).
+        let indexed = !m.ids_restore.is_empty();
+        if m.mask.len() != n * l
+            || m.ids_keep.len() != n * k
+            || (indexed && m.ids_restore.len() != n * l)
+        {
             return Err(FeedError::MaskShape {
                 view: index,
                 len: n,
@@ -235,8 +265,11 @@ impl<B: HostUpload> Uploader<B> {
         .float();
         let ids_keep =
             Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_keep, [n, k]), &self.device);
-        let ids_restore =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_restore, [n, l]), &self.device);
+        let ids_restore = if indexed {
+            Tensor::<B, 2, Int>::from_data(TensorData::new(m.ids_restore, [n, l]), &self.device)
+        } else {
+            Tensor::<B, 2, Int>::zeros([n, l], &self.device)
+        };
         Ok(DeviceMask {
             mask,
             ids_keep,

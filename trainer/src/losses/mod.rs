@@ -18,6 +18,7 @@ use burn::tensor::{Bool, Tensor, backend::Backend};
 
 pub mod barlow_twins;
 pub mod cosine;
+pub mod data2vec;
 pub mod dino;
 pub mod ibot;
 pub mod infonce;

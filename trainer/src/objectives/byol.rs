@@ -120,6 +120,10 @@ impl<B: AutodiffBackend> Method<B> for ByolConfig {
         (model, teacher)
     }
 
+    fn teacher_momentum(&self, ctx: &StepContext) -> Option<f64> {
+        Some(teacher_momentum(self.momentum, self.momentum_end, ctx))
+    }
+
     fn backbone(&self, model: &Self::Model) -> Backbone<B> {
         model.backbone.clone()
     }

@@ -579,6 +579,7 @@ pub(crate) mod tests {
                 depth: 1,
                 num_heads: 2,
                 mlp_ratio: 2.0,
+                drop_path_rate: 0.0,
             },
             decoder_embed_dim: 8,
             decoder_depth: 1,

@@ -147,6 +147,14 @@ impl<B: AutodiffBackend> Method<B> for MocoV2Config {
         (model, MocoV2State { teacher, queue })
     }
 
+    fn teacher_momentum(&self, ctx: &StepContext) -> Option<f64> {
+        Some(teacher_momentum(
+            self.momentum,
+            self.momentum_end.unwrap_or(self.momentum),
+            ctx,
+        ))
+    }
+
     fn backbone(&self, model: &Self::Model) -> Backbone<B> {
         model.backbone.clone()
     }

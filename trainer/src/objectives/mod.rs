@@ -32,12 +32,22 @@ use crate::precision::Precision;
 
 pub mod barlow_twins;
 pub mod byol;
+pub mod data2vec;
+pub mod dino;
+pub mod dino_head;
+pub mod ibot;
 pub mod mae;
+pub mod masked_view;
 pub mod moco_v2;
 pub mod moco_v3;
+pub mod msn;
+pub mod multicrop;
+pub mod multicrop_cnn;
 pub mod nnclr;
 pub mod simclr;
+pub mod simmim;
 pub mod simsiam;
+pub mod swav;
 pub mod two_view;
 pub mod vicreg;
 
@@ -56,6 +66,11 @@ pub struct StepContext {
     pub picture_samples: usize,
     /// The normalisation the feeder applied (to draw pictures in true colours).
     pub normalize: Normalize,
+    /// The run's seed: with `step` and `micro_batch` it keys the host-side draws a method
+    /// makes (drop path, [`crate::vit::DropPath::draw`]), so a resumed run repeats them.
+    pub seed: u64,
+    /// Index of the micro-batch within the optimiser step (0 when not accumulating).
+    pub micro_batch: usize,
 }
 
 impl StepContext {
@@ -143,6 +158,12 @@ pub trait Method<B: AutodiffBackend>: Clone + std::fmt::Debug + Send + Sync + 's
         (model, state)
     }
 
+    /// The momentum of the teacher EMA after the step `ctx` describes, for methods with a
+    /// momentum teacher (logged as `train/momentum`). Default: `None`.
+    fn teacher_momentum(&self, _ctx: &StepContext) -> Option<f64> {
+        None
+    }
+
     /// The backbone being pretrained (what `tessera eval` scores and `tessera export` writes).
     fn backbone(&self, model: &Self::Model) -> Backbone<B>;
 
@@ -160,6 +181,10 @@ pub trait MethodSpec: Sized {
     const PAPER: &'static str;
     /// The shipped recipes that use it.
     const RECIPES: &'static [&'static str];
+    /// Whether the method feeds the backbone views of several sizes (multi-crop), so that a
+    /// ViT resamples its position table for views other than `[model] img_size` (see
+    /// [`crate::vit::Vit::forward_all_tokens`]). Default false: every view must be `img_size`.
+    const MULTI_RESOLUTION: bool = false;
 
     /// Checks the keys against the views and the backbone and fills in what they imply.
     fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self>;
@@ -245,6 +270,11 @@ macro_rules! methods {
                 match self { $(Self::$variant(_) => <$config as MethodSpec>::NAME,)* }
             }
 
+            /// [`MethodSpec::MULTI_RESOLUTION`] of the method.
+            pub fn multi_resolution(&self) -> bool {
+                match self { $(Self::$variant(_) => <$config as MethodSpec>::MULTI_RESOLUTION,)* }
+            }
+
             /// Parses `[objective]` (`method = "..."` plus that method's keys) and checks it.
             pub fn parse(table: &toml::Table, ctx: &ResolveContext<'_>) -> Result<Self> {
                 let name = match table.get("method") {
@@ -284,6 +314,12 @@ methods! {
     BarlowTwins(barlow_twins::BarlowTwinsConfig),
     Vicreg(vicreg::VicRegConfig),
     Nnclr(nnclr::NnclrConfig),
+    Dino(dino::DinoConfig),
+    Ibot(ibot::IbotConfig),
+    Swav(swav::SwavConfig),
+    Simmim(simmim::SimMimConfig),
+    Data2vec(data2vec::Data2VecConfig),
+    Msn(msn::MsnConfig),
 }
 
 /// The names `[objective] method` accepts.

@@ -4,11 +4,12 @@
 //! checkpoint::latest(run_dir)? ─► model + optimiser + step + PipelineState
 //!   ─► start the source at that state ─► Feeder (uploader thread) ─► loop {
 //!        train_step: schedule lookup ─► forward ─► non-finite check ─► backward (accumulate)
-//!                    ─► clip ─► optimiser step ─► metrics
-//!        metrics.jsonl ◄─ every step;  pictures/ ◄─ every `picture_every`;
+//!                    ─► clip (global or per parameter) ─► optimiser step ─► metrics
+//!        metrics.jsonl, tb/ ◄─ every step;  pictures/ (and tb/) ◄─ every `picture_every`;
+//!        tb/ pipeline stage shares ◄─ every `log_every`;
 //!        checkpoint ◄─ every `checkpoint_every`, when asked (`checkpoint_now`), at the end,
 //!                      on interrupt, on a non-finite loss
-//!      } ─► loss.png
+//!      } ─► loss.png, timing.json
 //! ```
 //!
 //! Resume is exact: the checkpoint stores the pipeline's state after the last batch a finished
@@ -35,10 +36,12 @@ use tessera_pipeline::PipelineState;
 use crate::checkpoint;
 use crate::config::ResolvedTrainConfig;
 use crate::feeder::{BatchSource, Feeder, HostUpload};
-use crate::metrics::{MetricsLog, RunTotals, StepMetrics, read_metrics};
+use crate::metrics::{MetricsLog, RunTiming, RunTotals, StepMetrics, read_metrics};
 use crate::objectives::{Method, MethodConfig, MethodVisitor};
-use crate::pictures::{loss_curve, save_png};
+use crate::pictures::{encode_png, plot, save_png, write_atomically};
+use crate::tensorboard::RunBoard;
 
+mod clip;
 mod options;
 mod outcome;
 mod step;
@@ -148,8 +151,16 @@ where
         (true, true) => Some(MetricsLog::resume(&metrics_path, first_step)?),
         (true, false) => Some(MetricsLog::create(&metrics_path)?),
     };
+    let recipe = serde_json::to_string_pretty(config).unwrap_or_default();
+    let mut board = if main {
+        Some(RunBoard::open(dir, first_step, &recipe)?)
+    } else {
+        None
+    };
+    let picture_tag = format!("pictures/{}", config.method.name());
 
     let source = start_source(run.pipeline).map_err(|e| TrainError::Source(Box::new(e)))?;
+    let pipeline_stats = source.stats();
     let mut feeder = Feeder::<B::InnerBackend>::start(
         source,
         device.clone(),
@@ -237,6 +248,7 @@ where
             data_wait,
         );
         m.weight_decay = Some(out.weight_decay);
+        m.momentum = out.momentum;
         m.parts = out
             .parts
             .iter()
@@ -245,10 +257,16 @@ where
         if let Some(log) = &mut log {
             log.append(&m)?;
         }
+        if let Some(board) = &mut board {
+            board.step(&m)?;
+        }
         totals.add(&m);
         last_loss = Some(out.loss);
         observer.step(&m);
         if run.step % config.log_every == 0 {
+            if let (Some(stats), Some(board)) = (&pipeline_stats, &mut board) {
+                board.pipeline(m.step, &stats.snapshot())?;
+            }
             tracing::debug!(
                 step = m.step,
                 loss = m.loss,
@@ -262,7 +280,11 @@ where
             let path = dir
                 .join(layout::PICTURES)
                 .join(format!("step_{:07}.png", run.step));
-            save_png(&picture, &path)?;
+            let png = encode_png(&picture)?;
+            write_atomically(&png, &path)?;
+            if let Some(board) = &mut board {
+                board.picture(&picture_tag, m.step, &png, picture.dimensions())?;
+            }
             observer.event(&format!("picture {}", path.display()));
             pictures.push(path);
         }
@@ -295,13 +317,19 @@ where
     let uploader = feeder.timing();
     drop(feeder);
 
+    let timing = RunTiming::new(&totals, &uploader, pipeline_stats.map(|s| s.snapshot()));
+    if main {
+        timing.write(&dir.join(layout::TIMING))?;
+    }
     let loss_path = dir.join(layout::LOSS_CURVE);
     if main {
-        let points: Vec<(u64, f64)> = read_metrics(&metrics_path)?
-            .iter()
-            .map(|m| (m.step, m.loss))
-            .collect();
-        save_png(&loss_curve(&points, 960, 540), &loss_path)?;
+        let records = read_metrics(&metrics_path)?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let plot = plot::loss_plot(
+            &[(name.as_deref().unwrap_or("run"), records.as_slice())],
+            false,
+        );
+        save_png(&plot.png(960, 540)?, &loss_path)?;
     }
 
     Ok(RunSummary {

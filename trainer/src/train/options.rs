@@ -13,7 +13,8 @@ use crate::metrics::StepMetrics;
 /// How a run is driven (what the recipe does not say).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Run directory: `config.json`, `metrics.jsonl`, `checkpoints/`, `pictures/`, `loss.png`.
+    /// Run directory: `config.json`, `metrics.jsonl`, `checkpoints/`, `pictures/`, `tb/`,
+    /// `loss.png`, `timing.json`.
     pub run_dir: PathBuf,
     /// Continue from the newest complete checkpoint in `run_dir` (fresh start when none).
     pub resume: bool,
@@ -88,4 +89,8 @@ pub mod layout {
     pub const PICTURES: &str = "pictures";
     /// The loss curve.
     pub const LOSS_CURVE: &str = "loss.png";
+    /// TensorBoard event files.
+    pub const TENSORBOARD: &str = crate::tensorboard::DIR;
+    /// Where this process's time went (steps, data wait, pipeline stages), at its end.
+    pub const TIMING: &str = "timing.json";
 }

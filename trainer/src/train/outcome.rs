@@ -64,6 +64,9 @@ pub enum TrainError {
     /// The metrics log could not be written.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The TensorBoard event files could not be written.
+    #[error(transparent)]
+    Tensorboard(#[from] crate::tensorboard::TensorboardError),
     /// A picture could not be written.
     #[error(transparent)]
     Picture(#[from] PictureError),

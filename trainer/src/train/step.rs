@@ -10,10 +10,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tessera_pipeline::PipelineState;
 
+use super::clip::clip_grad_per_parameter;
 use super::{Observer, RunOptions, TrainError};
 use crate::backbone::TimmWeights;
 use crate::checkpoint::{self, RngState, Saved, TrainerState};
-use crate::config::ResolvedTrainConfig;
+use crate::config::{ClipGradMode, ResolvedTrainConfig};
 use crate::distributed::{Agreed, Collective, Contribution, StepSync};
 use crate::error::Error;
 use crate::feeder::DeviceBatch;
@@ -58,6 +59,8 @@ pub(super) struct StepOutput {
     pub(super) parts: Vec<(&'static str, f64)>,
     pub(super) lr: f64,
     pub(super) weight_decay: f64,
+    /// The teacher's EMA momentum of this step (teacher methods).
+    pub(super) momentum: Option<f64>,
     pub(super) images: u64,
     pub(super) epoch: u64,
     /// The picture the method drew of the first micro-batch, when one was due.
@@ -242,8 +245,10 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
     }
 
     /// Where the loop is, for the method.
-    fn context(&self, picture: bool, options: &RunOptions) -> StepContext {
+    fn context(&self, picture: bool, micro_batch: usize, options: &RunOptions) -> StepContext {
         StepContext {
+            seed: self.config.seed,
+            micro_batch,
             step: self.step,
             total_steps: self.config.total_steps(),
             steps_per_epoch: self.config.steps_per_epoch,
@@ -274,7 +279,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         let mut picture = None;
         let mut last_state = None;
         for (i, batch) in micro.into_iter().enumerate() {
-            let ctx = self.context(keep_picture && i == 0, options);
+            let ctx = self.context(keep_picture && i == 0, i, options);
             let (len, state) = (batch.len, batch.state);
 
             // 2. Forward.
@@ -344,10 +349,17 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         }
 
         // 6. The method's say on the gradients, clipping (optional), the optimiser step.
-        let ctx = self.context(false, options);
+        let ctx = self.context(false, 0, options);
+        let momentum = self.method.teacher_momentum(&ctx);
         self.method.adjust_gradients(&self.model, &mut grads, &ctx);
-        if let Some(max_norm) = self.config.clip_grad {
-            clip_grad_norm::<B, _>(&self.model, &mut grads, max_norm, &self.device);
+        match (self.config.clip_grad, self.config.clip_grad_mode) {
+            (Some(max_norm), ClipGradMode::Global) => {
+                clip_grad_norm::<B, _>(&self.model, &mut grads, max_norm, &self.device);
+            }
+            (Some(max_norm), ClipGradMode::PerParameter) => {
+                clip_grad_per_parameter::<B, _>(&self.model, &mut grads, max_norm);
+            }
+            (None, _) => {}
         }
         let model = self.optim.step(lr, weight_decay, self.model.clone(), grads);
 
@@ -364,6 +376,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             parts,
             lr,
             weight_decay,
+            momentum,
             images,
             epoch: last_state.map_or(0, |s| s.epoch),
             picture,

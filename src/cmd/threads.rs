@@ -1,0 +1,155 @@
+//! How `tessera train` shares the CPU cores between burn's compute threads and the input
+//! pipeline's workers (issue #11, "Threads").
+//!
+//! On the CPU backend (burn-flex) every matmul, convolution and large element-wise op is a
+//! fork-join over rayon's global pool, so the step is fastest with one compute thread per
+//! core. The pipeline's workers decode and augment ahead of the step into a bounded queue:
+//! they only run while the queue has room, so what they take from the cores is the data
+//! path's share of the work, not their count. On CPU that share is small (decoding and
+//! augmenting a CIFAR image costs about 0.05 ms of CPU, a ViT or ResNet step on it
+//! 1 to 100 ms; `docs/PERFORMANCE.md`), so the split is: compute threads = all cores, and
+//! one pipeline worker per four cores (at least one), which decode several times faster than
+//! the step consumes. On CUDA the host only feeds the device: one core for the training loop
+//! and its rayon pool, the rest for the workers.
+//!
+//! `--threads` and `--workers` replace either number; `RAYON_NUM_THREADS` also sets the
+//! compute threads (rayon reads it). The split is printed at start-up and written into the
+//! run summary.
+
+use serde::Serialize;
+use tessera_trainer::device::DeviceKind;
+
+/// The cores and who gets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ThreadSplit {
+    /// Cores the process may use (`std::thread::available_parallelism`).
+    pub cores: usize,
+    /// Threads of rayon's global pool: burn-flex's kernels run on them.
+    pub compute_threads: usize,
+    /// Input-pipeline workers (0 on synthetic batches: no pipeline).
+    pub pipeline_workers: usize,
+    /// Where the numbers came from: `auto`, `flags` or `RAYON_NUM_THREADS`.
+    pub chosen_by: &'static str,
+}
+
+/// What the user asked for; `None` leaves the number to [`choose`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requested {
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+    /// `RAYON_NUM_THREADS`, when set to a positive number.
+    pub rayon_env: Option<usize>,
+}
+
+impl Requested {
+    /// The flags plus `RAYON_NUM_THREADS` from the environment.
+    pub fn from_env(threads: Option<usize>, workers: Option<usize>) -> Self {
+        let rayon_env = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        Requested {
+            threads,
+            workers,
+            rayon_env,
+        }
+    }
+}
+
+/// The split for `cores` cores on `device`; `pipeline` is false on synthetic batches.
+pub fn choose(cores: usize, device: DeviceKind, pipeline: bool, req: Requested) -> ThreadSplit {
+    let cores = cores.max(1);
+    let (auto_compute, auto_workers) = match device {
+        DeviceKind::Cpu => (cores, cores.div_ceil(4)),
+        DeviceKind::Cuda(_) => (1, (cores - 1).max(1)),
+    };
+    let compute_threads = req.threads.or(req.rayon_env).unwrap_or(auto_compute).max(1);
+    let pipeline_workers = if pipeline {
+        req.workers.unwrap_or(auto_workers).max(1)
+    } else {
+        0
+    };
+    let chosen_by = match (req.threads, req.rayon_env, req.workers) {
+        (Some(_), _, _) | (None, None, Some(_)) => "flags",
+        (None, Some(_), _) => "RAYON_NUM_THREADS",
+        (None, None, None) => "auto",
+    };
+    ThreadSplit {
+        cores,
+        compute_threads,
+        pipeline_workers,
+        chosen_by,
+    }
+}
+
+/// Size rayon's global pool to `split.compute_threads`. The pool can be sized only once per
+/// process: when something already started it, its size stays and is written back into the
+/// split, so that what is reported is what runs.
+pub fn apply(split: &mut ThreadSplit) {
+    let built = rayon::ThreadPoolBuilder::new()
+        .num_threads(split.compute_threads)
+        .thread_name(|i| format!("compute-{i}"))
+        .build_global();
+    if let Err(e) = built {
+        tracing::debug!("rayon's global pool was already running: {e}");
+    }
+    split.compute_threads = rayon::current_num_threads();
+}
+
+/// The cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_gives_compute_every_core_and_the_pipeline_a_quarter() {
+        let s = choose(2, DeviceKind::Cpu, true, Requested::default());
+        assert_eq!(
+            (s.compute_threads, s.pipeline_workers, s.chosen_by),
+            (2, 1, "auto")
+        );
+        let s = choose(16, DeviceKind::Cpu, true, Requested::default());
+        assert_eq!((s.compute_threads, s.pipeline_workers), (16, 4));
+        let s = choose(16, DeviceKind::Cpu, false, Requested::default());
+        assert_eq!(s.pipeline_workers, 0, "synthetic batches need no workers");
+    }
+
+    #[test]
+    fn cuda_gives_the_pipeline_all_but_one_core() {
+        let s = choose(16, DeviceKind::Cuda(0), true, Requested::default());
+        assert_eq!((s.compute_threads, s.pipeline_workers), (1, 15));
+        let s = choose(1, DeviceKind::Cuda(0), true, Requested::default());
+        assert_eq!(s.pipeline_workers, 1);
+    }
+
+    #[test]
+    fn flags_and_environment_replace_the_automatic_numbers() {
+        let req = Requested {
+            threads: None,
+            workers: Some(3),
+            rayon_env: Some(5),
+        };
+        let s = choose(8, DeviceKind::Cpu, true, req);
+        assert_eq!((s.compute_threads, s.pipeline_workers), (5, 3));
+        assert_eq!(s.chosen_by, "RAYON_NUM_THREADS");
+        let req = Requested {
+            threads: Some(2),
+            ..req
+        };
+        let s = choose(8, DeviceKind::Cpu, true, req);
+        assert_eq!((s.compute_threads, s.chosen_by), (2, "flags"));
+        let zero = Requested {
+            threads: Some(0),
+            workers: Some(0),
+            rayon_env: None,
+        };
+        let s = choose(8, DeviceKind::Cpu, true, zero);
+        assert_eq!((s.compute_threads, s.pipeline_workers), (1, 1));
+    }
+}
