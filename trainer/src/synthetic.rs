@@ -232,8 +232,8 @@ mod tests {
                 .flat_map(|b| b.masks[0].as_ref().unwrap().mask.clone())
                 .collect();
             assert_eq!(w.masks[0].as_ref().unwrap().mask, masks);
-            let keys: Vec<String> = parts.iter().flat_map(|b| b.keys.clone()).collect();
-            assert_eq!(w.keys, keys);
+            let keys: Vec<&str> = parts.iter().flat_map(|b| b.keys.iter()).collect();
+            assert_eq!(w.keys.iter().collect::<Vec<_>>(), keys);
         }
     }
 }

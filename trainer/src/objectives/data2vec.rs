@@ -297,12 +297,15 @@ mod tests {
             depth: 3,
             num_heads: 2,
             mlp_ratio: 2.0,
+            drop_path_rate: 0.0,
         }
     }
 
     fn ctx(step: u64, total_steps: u64) -> StepContext {
         StepContext {
             step,
+            seed: 0,
+            micro_batch: 0,
             total_steps,
             steps_per_epoch: None,
             picture: false,

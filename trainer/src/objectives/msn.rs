@@ -381,6 +381,7 @@ mod tests {
             depth: 2,
             num_heads: 2,
             mlp_ratio: 2.0,
+            drop_path_rate: 0.0,
         }
     }
 

@@ -283,6 +283,7 @@ mod tests {
             depth: 1,
             num_heads: 2,
             mlp_ratio: 2.0,
+            drop_path_rate: 0.0,
         }
     }
 
