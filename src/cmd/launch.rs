@@ -111,20 +111,21 @@ pub fn spawn_local(n: u32, dist: &DistArgs) -> anyhow::Result<()> {
             if let Some(status) = child.try_wait().context("waiting for a rank")? {
                 statuses[rank] = Some(status);
                 *slot = None;
-                if !status.success() && status.code() != Some(super::train::EXIT_STOPPED) {
-                    if failed.is_none() {
-                        eprintln!(
-                            "rank {rank} exited with {}: stopping the other ranks",
-                            describe(status)
-                        );
-                        failed = Some((rank, status));
-                        for (r, pid) in pids.iter().enumerate() {
-                            if statuses[r].is_none() {
-                                signal(*pid, libc::SIGTERM);
-                            }
+                if !status.success()
+                    && status.code() != Some(super::train::EXIT_STOPPED)
+                    && failed.is_none()
+                {
+                    eprintln!(
+                        "rank {rank} exited with {}: stopping the other ranks",
+                        describe(status)
+                    );
+                    failed = Some((rank, status));
+                    for (r, pid) in pids.iter().enumerate() {
+                        if statuses[r].is_none() {
+                            signal(*pid, libc::SIGTERM);
                         }
-                        kill_at = Some(Instant::now() + grace);
                     }
+                    kill_at = Some(Instant::now() + grace);
                 }
             }
         }

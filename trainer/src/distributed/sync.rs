@@ -124,13 +124,13 @@ impl<B: Backend> StepSync<B> {
         let scale = 1.0 / world as f64;
         let mut at = 0;
         for slot in &layout {
-            let flat = summed.clone().slice([at..at + slot.len]).mul_scalar(scale);
+            let flat = summed.clone().slice(at..at + slot.len).mul_scalar(scale);
             slot.register(grads, flat);
             at += slot.len;
         }
         debug_assert_eq!(at, grad_len);
         let small: Vec<f32> = summed
-            .slice([grad_len..grad_len + small.len()])
+            .slice(grad_len..grad_len + small.len())
             .into_data()
             .to_vec::<f32>()
             .unwrap_or_default();
