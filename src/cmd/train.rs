@@ -546,18 +546,21 @@ where
     };
     bar.finish();
     let summary = summary.with_context(|| format!("training in {}", options.run_dir.display()))?;
-    eprintln!(
-        "stopped ({:?}) at step {}: {:.1} images/s, data wait {:.1}%; checkpoint {}",
-        summary.stopped,
-        summary.steps_done,
-        summary.images_per_second,
-        summary.data_wait_fraction * 100.0,
-        summary
-            .checkpoint
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "-".into())
-    );
+    // Rank 0 speaks for all: its images/s counts every rank's samples.
+    if options.world.is_main() {
+        eprintln!(
+            "stopped ({:?}) at step {}: {:.1} images/s, data wait {:.1}%; checkpoint {}",
+            summary.stopped,
+            summary.steps_done,
+            summary.images_per_second,
+            summary.data_wait_fraction * 100.0,
+            summary
+                .checkpoint
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
     Ok(summary)
 }
 

@@ -299,7 +299,9 @@ where
         let asked = out.requests.checkpoint;
         if (due || asked) && run.step < last && agreed_stop.is_none() {
             let path = run.save(dir)?;
-            observer.event(&format!("checkpoint {}", path.display()));
+            if main {
+                observer.event(&format!("checkpoint {}", path.display()));
+            }
             checkpoint_path = Some(path);
         }
         // Reset the clock so checkpoint and picture time is not billed to the next step.
@@ -309,7 +311,9 @@ where
     // The end, whatever the reason: a checkpoint of the last finished step (also on Ctrl-C).
     if run.step > first_step || checkpoint::latest(dir)?.is_none() {
         let path = run.save(dir)?;
-        observer.event(&format!("checkpoint {}", path.display()));
+        if main {
+            observer.event(&format!("checkpoint {}", path.display()));
+        }
         checkpoint_path = Some(path);
     } else if checkpoint_path.is_none() {
         checkpoint_path = checkpoint::latest(dir)?;
