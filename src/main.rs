@@ -48,7 +48,13 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // burn-collective logs every tensor transfer at `info` (each step of a
+                // data-parallel run): its warnings and errors only, unless asked.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "info,burn_collective=warn,burn_communication=warn",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

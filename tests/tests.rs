@@ -22,6 +22,8 @@ mod util;
 #[cfg(feature = "train")]
 mod dino;
 #[cfg(feature = "train")]
+mod distributed;
+#[cfg(feature = "train")]
 mod eval;
 mod inspect;
 #[cfg(feature = "train")]

@@ -245,7 +245,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         checkpoint_every: None,
         remote: Default::default(),
         quiet: args.quiet,
+        dist: super::launch::DistArgs::alone(),
         json: false,
+        remote: super::remote::RemoteArgs::defaults(),
     };
     let prepared = super::train::prepare(&train_args)?;
     let stop = AtomicBool::new(false);

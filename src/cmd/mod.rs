@@ -16,6 +16,8 @@ pub mod eval;
 #[cfg(feature = "train")]
 pub mod export;
 #[cfg(feature = "train")]
+pub mod launch;
+#[cfg(feature = "train")]
 pub mod malloc;
 #[cfg(feature = "train")]
 pub mod report;

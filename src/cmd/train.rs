@@ -13,6 +13,11 @@
 //! after printing the summary; a second one exits at once with 128 + the signal (the last
 //! complete checkpoint stays valid). SIGUSR1 (Slurm's `--signal`): a checkpoint after the
 //! step in flight, and the run goes on.
+//!
+//! Data parallel (issue #13; docs/TRAINING.md, "Many devices and machines"): `--devices N`
+//! starts N ranks through [`super::launch`]; a rank (flags or the launch environment) joins
+//! the others before its first step; only rank 0 prints the recipe, writes the run
+//! directory and prints the `--json` summary.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,6 +105,8 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub dist: crate::cmd::launch::DistArgs,
     /// Print the run summary as one JSON object to stdout.
     #[arg(long)]
     pub json: bool,
@@ -121,13 +128,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         list_methods();
         return Ok(());
     }
+    if let Some(n) = args.dist.devices {
+        return crate::cmd::launch::spawn_local(n, &args.dist);
+    }
     args.remote.apply()?;
     let mut prepared = prepare(&args)?;
-    print_resolved(&prepared);
+    if prepared.options.world.is_main() {
+        print_resolved(&prepared);
+    }
     let signals = install_signal_handlers()?;
     prepared.options.checkpoint_now = Arc::clone(&signals.checkpoint);
+    let main = prepared.options.world.is_main();
+    // burn-collective prints its connection attempts on stdout; stdout is for the summary.
+    let stdout = if prepared.options.world.is_distributed() {
+        Some(StdoutToStderr::start()?)
+    } else {
+        None
+    };
     let (summary, threads) = train(&args, prepared, &signals.stop)?;
-    if args.json {
+    if let Some(s) = stdout {
+        s.restore()?;
+    }
+    if args.json && main {
         println!(
             "{}",
             serde_json::to_string_pretty(&Report {
@@ -141,6 +163,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(EXIT_STOPPED);
     }
     Ok(())
+}
+
+/// While it lives, file descriptor 1 points at stderr; [`StdoutToStderr::restore`] puts the
+/// real stdout back.
+struct StdoutToStderr {
+    saved: i32,
+}
+
+impl StdoutToStderr {
+    fn start() -> anyhow::Result<Self> {
+        std::io::stdout().flush()?;
+        // SAFETY: dup/dup2 on the process's own standard descriptors.
+        let saved = unsafe { libc::dup(1) };
+        if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+            bail!("redirecting stdout: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { saved })
+    }
+
+    fn restore(self) -> anyhow::Result<()> {
+        std::io::stdout().flush()?;
+        // SAFETY: as above; `saved` is the descriptor `start` duplicated.
+        if unsafe { libc::dup2(self.saved, 1) } < 0 {
+            bail!("restoring stdout: {}", std::io::Error::last_os_error());
+        }
+        unsafe { libc::close(self.saved) };
+        Ok(())
+    }
 }
 
 /// The printed summary: the run's, and how the cores were shared.
@@ -201,9 +251,11 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
         }
         None => Vec::new(),
     };
-    let samples_per_epoch = count_samples(&shards);
+    let world = args.dist.world()?;
+    // Per rank: each reads every world_size-th shard.
+    let samples_per_epoch = count_samples(&shards).map(|n| n / u64::from(world.world_size));
     let mut resolved = trainer
-        .resolve(&recipe, samples_per_epoch, 1)
+        .resolve(&recipe, samples_per_epoch, world.world_size)
         .with_context(|| format!("recipe `{}`", recipe.source))?;
     if let Some(every) = args.checkpoint_every {
         resolved.checkpoint_every = every;
@@ -218,6 +270,8 @@ pub fn prepare(args: &Args) -> anyhow::Result<Prepared> {
             .unwrap_or_else(|| PathBuf::from("runs").join(name)),
     );
     options.resume = args.resume;
+    options.collective_timeout = Duration::from_secs_f64(args.dist.collective_timeout.max(1.0));
+    options.world = world;
     options.stop_after = args.stop_after;
     options.time_limit = args
         .minutes
@@ -395,18 +449,35 @@ pub fn train(
     prepared: Prepared,
     stop: &AtomicBool,
 ) -> anyhow::Result<(RunSummary, ThreadSplit)> {
-    let kind: DeviceKind = args.device.parse()?;
+    let mut kind: DeviceKind = args.device.parse()?;
+    // `--device cuda` in a data-parallel job: one device per rank of this machine.
+    if args.device == "cuda" && prepared.options.world.is_distributed() {
+        kind = format!("cuda:{}", prepared.options.world.local_rank).parse()?;
+    }
     let requested =
         Requested::from_env(args.threads, args.workers.or(prepared.recipe.data.workers));
-    let mut split = threads::choose(threads::available_cores(), kind, !args.synthetic, requested);
+    // Ranks on one machine share its cores (`--devices` and torchrun set LOCAL_WORLD_SIZE).
+    let local_ranks = if prepared.options.world.is_distributed() {
+        std::env::var("LOCAL_WORLD_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1)
+    } else {
+        1
+    };
+    let cores = (threads::available_cores() / local_ranks).max(1);
+    let mut split = threads::choose(cores, kind, !args.synthetic, requested);
     threads::apply(&mut split);
     if kind == DeviceKind::Cpu {
         super::malloc::keep_freed_buffers();
     }
-    eprintln!(
-        "threads:          {} cores: {} compute threads, {} pipeline workers ({})",
-        split.cores, split.compute_threads, split.pipeline_workers, split.chosen_by
-    );
+    if prepared.options.world.is_main() {
+        eprintln!(
+            "threads:          {} cores: {} compute threads, {} pipeline workers ({})",
+            split.cores, split.compute_threads, split.pipeline_workers, split.chosen_by
+        );
+    }
     let workers = split.pipeline_workers;
     let summary = match kind {
         DeviceKind::Cpu => {
@@ -449,14 +520,26 @@ where
         shards,
         options,
     } = prepared;
-    super::report::Invocation::record(&options.run_dir, &args.device)?;
-    let mut bar = Bar::new(args.quiet);
+    if options.world.is_main() {
+        super::report::Invocation::record(&options.run_dir, &args.device)?;
+    }
+    let mut bar = Bar::new(args.quiet || !options.world.is_main());
+    let (rank, world_size) = (options.world.rank, options.world.world_size);
     let summary = if args.synthetic {
         let seed = resolved.seed;
         train::run::<B, _, std::convert::Infallible>(
             &resolved,
             device,
-            |state| Ok(SyntheticSource::new(&recipe, seed, state, buffer_hook)),
+            |state| {
+                Ok(SyntheticSource::for_rank(
+                    &recipe,
+                    seed,
+                    state,
+                    buffer_hook,
+                    rank,
+                    world_size,
+                ))
+            },
             &options,
             stop,
             &mut bar,
@@ -470,6 +553,8 @@ where
                 opts.graph.workers = workers.max(1);
                 opts.graph.epochs = None; // the schedule decides when to stop
                 opts.graph.ordered = true;
+                opts.graph.rank = rank;
+                opts.graph.world_size = world_size;
                 opts.graph.resume = state;
                 opts.graph.buffer_hook = buffer_hook;
                 Loader::start(opts)
@@ -481,18 +566,21 @@ where
     };
     bar.finish();
     let summary = summary.with_context(|| format!("training in {}", options.run_dir.display()))?;
-    eprintln!(
-        "stopped ({:?}) at step {}: {:.1} images/s, data wait {:.1}%; checkpoint {}",
-        summary.stopped,
-        summary.steps_done,
-        summary.images_per_second,
-        summary.data_wait_fraction * 100.0,
-        summary
-            .checkpoint
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "-".into())
-    );
+    // Rank 0 speaks for all: its images/s counts every rank's samples.
+    if options.world.is_main() {
+        eprintln!(
+            "stopped ({:?}) at step {}: {:.1} images/s, data wait {:.1}%; checkpoint {}",
+            summary.stopped,
+            summary.steps_done,
+            summary.images_per_second,
+            summary.data_wait_fraction * 100.0,
+            summary
+                .checkpoint
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
     Ok(summary)
 }
 

@@ -22,6 +22,7 @@
 pub mod backbone;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -444,6 +444,7 @@ mod tests {
                 world_size: 1,
                 samples_consumed: 100,
             },
+            ranks: Vec::new(),
             rng: RngState::capture(&rand_chacha::ChaCha8Rng::seed_from_u64(0)),
             config: resolved,
         };

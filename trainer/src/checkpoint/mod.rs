@@ -93,6 +93,10 @@ pub struct TrainerState {
     pub step: u64,
     /// The pipeline's position after the last batch consumed by `step` steps.
     pub pipeline: PipelineState,
+    /// Every rank's position, by rank, in a data-parallel run (`pipeline` is rank 0's);
+    /// empty for a single process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<PipelineState>,
     /// The trainer's own RNG.
     pub rng: RngState,
     /// The resolved config of the run that wrote it (the schedule is in it).
@@ -116,6 +120,11 @@ pub struct Restored<B: AutodiffBackend, M: Method<B>> {
 /// The directory name of the checkpoint after `step` steps.
 pub fn dir_name(step: u64) -> String {
     format!("step-{step:08}")
+}
+
+/// Where [`save`] puts the checkpoint after `step` steps of the run in `run_dir`.
+pub fn path_for(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(CHECKPOINTS_DIR).join(dir_name(step))
 }
 
 fn parse_dir_name(name: &str) -> Option<u64> {

@@ -110,6 +110,7 @@ fn state(step: u64, config: &ResolvedTrainConfig, rng: &ChaCha8Rng) -> TrainerSt
             world_size: 1,
             samples_consumed: 2 * step,
         },
+        ranks: Vec::new(),
         rng: RngState::capture(rng),
         config: config.clone(),
     }

@@ -48,7 +48,7 @@ mod step;
 
 pub use options::{Observer, Quiet, RunOptions, layout};
 pub use outcome::{RunSummary, StopReason, TrainError};
-use step::{Run, StepError};
+use step::{Requests, Run, StepError};
 
 /// Train `config`'s method on batches from `start_source` (called with the state to resume
 /// from, `None` for a fresh run). `stop` is polled between steps (the CLI sets it on SIGINT
@@ -130,22 +130,33 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let dir = &options.run_dir;
-    std::fs::create_dir_all(dir.join(layout::PICTURES)).map_err(|source| TrainError::Config {
-        path: dir.join(layout::PICTURES),
-        source,
-    })?;
-    write_config(dir, config)?;
+    // Rank 0 writes the run directory; the other ranks of a data-parallel run only read it.
+    let main = options.world.is_main();
+    if main {
+        std::fs::create_dir_all(dir.join(layout::PICTURES)).map_err(|source| {
+            TrainError::Config {
+                path: dir.join(layout::PICTURES),
+                source,
+            }
+        })?;
+        write_config(dir, config)?;
+    }
 
     let mut run = Run::<B, M>::start(method, config, device, options, observer)?;
+    let distributed = run.sync.is_some();
     let first_step = run.step;
     let metrics_path = dir.join(layout::METRICS);
-    let mut log = if first_step > 0 {
-        MetricsLog::resume(&metrics_path, first_step)?
-    } else {
-        MetricsLog::create(&metrics_path)?
+    let mut log = match (main, first_step > 0) {
+        (false, _) => None,
+        (true, true) => Some(MetricsLog::resume(&metrics_path, first_step)?),
+        (true, false) => Some(MetricsLog::create(&metrics_path)?),
     };
     let recipe = serde_json::to_string_pretty(config).unwrap_or_default();
-    let mut board = RunBoard::open(dir, first_step, &recipe)?;
+    let mut board = if main {
+        Some(RunBoard::open(dir, first_step, &recipe)?)
+    } else {
+        None
+    };
     let picture_tag = format!("pictures/{}", config.method.name());
 
     let source = start_source(run.pipeline).map_err(|e| TrainError::Source(Box::new(e)))?;
@@ -166,6 +177,9 @@ where
     let mut last_loss = None;
     let mut checkpoint_path = None;
     let mut step_began = Instant::now();
+    // With other ranks, stop requests take effect through the step's exchange, so that all
+    // ranks stop after the same step: what they agreed on after the last one.
+    let mut agreed_stop: Option<StopReason> = None;
     let stopped = loop {
         if run.step >= total {
             break StopReason::Finished;
@@ -173,12 +187,21 @@ where
         if run.step >= last {
             break StopReason::StepLimit;
         }
-        if stop.load(Ordering::Relaxed) {
+        if let Some(reason) = agreed_stop {
+            break reason;
+        }
+        let time_up = options.time_limit.is_some_and(|t| started.elapsed() >= t);
+        let stop_asked = stop.load(Ordering::Relaxed);
+        if !distributed && stop_asked {
             break StopReason::Interrupted;
         }
-        if options.time_limit.is_some_and(|t| started.elapsed() >= t) {
+        if !distributed && time_up {
             break StopReason::TimeLimit;
         }
+        let requests = Requests {
+            stop: stop_asked || time_up,
+            checkpoint: options.checkpoint_now.swap(false, Ordering::Relaxed),
+        };
 
         // Data: `accum_steps` uploaded micro-batches, timing the wait for each.
         let mut micro = Vec::with_capacity(config.accum_steps);
@@ -199,7 +222,7 @@ where
         let due_picture = (options.picture_every > 0
             && (run.step + 1) % options.picture_every == 0)
             || run.step + 1 == last;
-        let out = match run.train_step(micro, due_picture, options) {
+        let out = match run.train_step(micro, due_picture, requests, options) {
             Ok(out) => out,
             Err(StepError::NonFinite { loss, lr }) => {
                 let path = run.save(dir)?;
@@ -231,13 +254,17 @@ where
             .iter()
             .map(|(name, value)| (name.to_string(), *value))
             .collect();
-        log.append(&m)?;
-        board.step(&m)?;
+        if let Some(log) = &mut log {
+            log.append(&m)?;
+        }
+        if let Some(board) = &mut board {
+            board.step(&m)?;
+        }
         totals.add(&m);
         last_loss = Some(out.loss);
         observer.step(&m);
         if run.step % config.log_every == 0 {
-            if let Some(stats) = &pipeline_stats {
+            if let (Some(stats), Some(board)) = (&pipeline_stats, &mut board) {
                 board.pipeline(m.step, &stats.snapshot())?;
             }
             tracing::debug!(
@@ -249,21 +276,32 @@ where
             );
         }
 
-        if let Some(picture) = out.picture {
+        if let Some(picture) = out.picture.filter(|_| main) {
             let path = dir
                 .join(layout::PICTURES)
                 .join(format!("step_{:07}.png", run.step));
             let png = encode_png(&picture)?;
             write_atomically(&png, &path)?;
-            board.picture(&picture_tag, m.step, &png, picture.dimensions())?;
+            if let Some(board) = &mut board {
+                board.picture(&picture_tag, m.step, &png, picture.dimensions())?;
+            }
             observer.event(&format!("picture {}", path.display()));
             pictures.push(path);
         }
         let due = config.checkpoint_every > 0 && run.step % config.checkpoint_every == 0;
-        let asked = options.checkpoint_now.swap(false, Ordering::Relaxed);
-        if (due || asked) && run.step < last {
+        if out.requests.stop && distributed {
+            agreed_stop = Some(if stop_asked || !time_up {
+                StopReason::Interrupted
+            } else {
+                StopReason::TimeLimit
+            });
+        }
+        let asked = out.requests.checkpoint;
+        if (due || asked) && run.step < last && agreed_stop.is_none() {
             let path = run.save(dir)?;
-            observer.event(&format!("checkpoint {}", path.display()));
+            if main {
+                observer.event(&format!("checkpoint {}", path.display()));
+            }
             checkpoint_path = Some(path);
         }
         // Reset the clock so checkpoint and picture time is not billed to the next step.
@@ -273,7 +311,9 @@ where
     // The end, whatever the reason: a checkpoint of the last finished step (also on Ctrl-C).
     if run.step > first_step || checkpoint::latest(dir)?.is_none() {
         let path = run.save(dir)?;
-        observer.event(&format!("checkpoint {}", path.display()));
+        if main {
+            observer.event(&format!("checkpoint {}", path.display()));
+        }
         checkpoint_path = Some(path);
     } else if checkpoint_path.is_none() {
         checkpoint_path = checkpoint::latest(dir)?;
@@ -282,15 +322,19 @@ where
     drop(feeder);
 
     let timing = RunTiming::new(&totals, &uploader, pipeline_stats.map(|s| s.snapshot()));
-    timing.write(&dir.join(layout::TIMING))?;
+    if main {
+        timing.write(&dir.join(layout::TIMING))?;
+    }
     let loss_path = dir.join(layout::LOSS_CURVE);
-    let records = read_metrics(&metrics_path)?;
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-    let plot = plot::loss_plot(
-        &[(name.as_deref().unwrap_or("run"), records.as_slice())],
-        false,
-    );
-    save_png(&plot.png(960, 540)?, &loss_path)?;
+    if main {
+        let records = read_metrics(&metrics_path)?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let plot = plot::loss_plot(
+            &[(name.as_deref().unwrap_or("run"), records.as_slice())],
+            false,
+        );
+        save_png(&plot.png(960, 540)?, &loss_path)?;
+    }
 
     Ok(RunSummary {
         first_step,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::distributed::World;
 use crate::feeder::Normalize;
 use crate::metrics::StepMetrics;
 
@@ -34,6 +35,13 @@ pub struct RunOptions {
     /// steps like `stop`; the loop clears it, writes a checkpoint after the step in
     /// flight and carries on.
     pub checkpoint_now: Arc<AtomicBool>,
+    /// This process's place in a data-parallel job ([`World::single`] alone).
+    pub world: World,
+    /// How long to wait for every rank to join the collective.
+    pub join_timeout: Duration,
+    /// How long one step's exchange may wait for the other ranks before this rank stops
+    /// with an error (a rank died or hangs).
+    pub collective_timeout: Duration,
 }
 
 impl RunOptions {
@@ -49,6 +57,9 @@ impl RunOptions {
             feeder_depth: crate::feeder::DEFAULT_DEPTH,
             normalize: Normalize::default(),
             checkpoint_now: Arc::default(),
+            world: World::single(),
+            join_timeout: Duration::from_secs(300),
+            collective_timeout: Duration::from_secs(120),
         }
     }
 }

@@ -70,6 +70,9 @@ pub enum TrainError {
     /// A picture could not be written.
     #[error(transparent)]
     Picture(#[from] PictureError),
+    /// Another rank stopped answering, or the collective failed.
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::CollectiveError),
     /// The batch source could not be started.
     #[error("starting the input pipeline")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),

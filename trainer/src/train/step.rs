@@ -15,6 +15,7 @@ use super::{Observer, RunOptions, TrainError};
 use crate::backbone::TimmWeights;
 use crate::checkpoint::{self, RngState, Saved, TrainerState};
 use crate::config::{ClipGradMode, ResolvedTrainConfig};
+use crate::distributed::{Agreed, Collective, Contribution, StepSync};
 use crate::error::Error;
 use crate::feeder::DeviceBatch;
 use crate::objectives::{Method, StepContext};
@@ -36,6 +37,19 @@ pub(super) struct Run<B: AutodiffBackend, M: Method<B>> {
     /// The trainer's own RNG (no method draws from it yet: masks come with the batches;
     /// saved so that one that does resumes exactly).
     pub(super) rng: ChaCha8Rng,
+    /// The per-step exchange with the other ranks; `None` alone.
+    pub(super) sync: Option<StepSync<B::InnerBackend>>,
+    /// Every rank's pipeline position after the last step (from the exchange).
+    pub(super) rank_pipelines: Vec<Option<PipelineState>>,
+}
+
+/// What this process was asked before a step (polled by the loop).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Requests {
+    /// Stop after this step (signal, time limit).
+    pub(super) stop: bool,
+    /// Write a checkpoint after this step (SIGUSR1).
+    pub(super) checkpoint: bool,
 }
 
 /// What one step produced.
@@ -51,6 +65,8 @@ pub(super) struct StepOutput {
     pub(super) epoch: u64,
     /// The picture the method drew of the first micro-batch, when one was due.
     pub(super) picture: Option<image::RgbImage>,
+    /// What all ranks asked for (this process's requests alone when it is alone).
+    pub(super) requests: Requests,
 }
 
 /// Failures inside a step.
@@ -87,6 +103,43 @@ fn resume_point(run_dir: &Path, observer: &mut dyn Observer) -> Result<Option<Pa
     }
 }
 
+/// Where this rank's stream continues: its own saved position when the checkpoint was
+/// written by as many ranks; otherwise the saved epoch from its start, split for this world
+/// (said to `observer`).
+fn rank_position(
+    state: &TrainerState,
+    world: &crate::distributed::World,
+    observer: &mut dyn Observer,
+) -> PipelineState {
+    let saved_world = state.pipeline.world_size.max(1);
+    if saved_world == world.world_size {
+        if let Some(p) = state.ranks.iter().find(|p| p.rank == world.rank) {
+            return *p;
+        }
+        if world.world_size == 1 {
+            return state.pipeline;
+        }
+    }
+    let epoch = state
+        .ranks
+        .iter()
+        .map(|p| p.epoch)
+        .min()
+        .unwrap_or(state.pipeline.epoch);
+    observer.event(&format!(
+        "the checkpoint was written by {saved_world} rank(s), this run has {}: epoch {epoch} \
+         restarts from its beginning in the new split",
+        world.world_size
+    ));
+    PipelineState {
+        seed: state.pipeline.seed,
+        epoch,
+        rank: world.rank,
+        world_size: world.world_size,
+        samples_consumed: 0,
+    }
+}
+
 impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
     /// The model, optimiser and position from the newest checkpoint in the run directory
     /// when resuming (and there is one), else fresh from the recipe.
@@ -117,6 +170,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
                 }
                 let step = restored.state.step;
                 observer.event(&format!("resuming from {} at step {step}", path.display()));
+                let pipeline = rank_position(&restored.state, &options.world, observer);
                 let rng = restored
                     .state
                     .rng
@@ -132,8 +186,10 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
                     optim: restored.optim,
                     step,
                     // Step 0 has consumed nothing: start the stream from its beginning.
-                    pipeline: (step > 0).then_some(restored.state.pipeline),
+                    pipeline: (step > 0).then_some(pipeline),
                     rng,
+                    sync: None,
+                    rank_pipelines: Vec::new(),
                 }
             }
             None => {
@@ -157,9 +213,34 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
                     step: 0,
                     pipeline: None,
                     rng: ChaCha8Rng::seed_from_u64(config.seed),
+                    sync: None,
+                    rank_pipelines: Vec::new(),
                 }
             }
         };
+        let mut run = run;
+        if options.world.is_distributed() {
+            observer.event(&format!(
+                "rank {} of {}: joining the collective at {}",
+                options.world.rank,
+                options.world.world_size,
+                options
+                    .world
+                    .master
+                    .as_ref()
+                    .map(|m| format!("{}:{}", m.host, m.port))
+                    .unwrap_or_default()
+            ));
+            let collective = Collective::<B::InnerBackend>::join(
+                &options.world,
+                device,
+                options.join_timeout,
+                options.collective_timeout,
+            )?;
+            let sync = StepSync::new(collective, options.world.clone());
+            sync.check_same_weights::<B, _>(&run.model, device)?;
+            run.sync = Some(sync);
+        }
         Ok(run)
     }
 
@@ -182,6 +263,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         &mut self,
         micro: Vec<DeviceBatch<B::InnerBackend>>,
         keep_picture: bool,
+        requests: Requests,
         options: &RunOptions,
     ) -> Result<StepOutput, StepError> {
         let accum = micro.len();
@@ -205,9 +287,10 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
                 .method
                 .forward(&self.model, &mut self.state, batch, &ctx)?;
 
-            // 3. Non-finite check before anything touches the weights.
+            // 3. Non-finite check before anything touches the weights (with other ranks,
+            //    after the exchange, so that all of them stop together).
             let loss_value: f64 = out.loss.clone().into_scalar().elem();
-            if !loss_value.is_finite() {
+            if !loss_value.is_finite() && self.sync.is_none() {
                 return Err(StepError::NonFinite {
                     loss: loss_value,
                     lr,
@@ -231,10 +314,43 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             accumulator.accumulate(&self.model, grads);
         }
 
-        // 5. The method's say on the gradients, clipping (optional), the optimiser step.
+        // 5. With other ranks: mean gradients, mean loss, agreed requests.
+        let mut grads = accumulator.grads();
+        let mut loss = loss_sum / accum as f64;
+        let mut requests = requests;
+        if let Some(sync) = &self.sync {
+            let mine = Contribution {
+                loss,
+                parts: parts.iter().map(|(_, v)| *v).collect(),
+                images,
+                stop: requests.stop,
+                checkpoint: requests.checkpoint,
+                pipeline: last_state,
+            };
+            let agreed: Agreed = sync
+                .exchange::<B, _>(&self.model, &mut grads, &mine, self.step, &self.device)
+                .map_err(|e| StepError::Train(TrainError::Distributed(e)))?;
+            if !agreed.loss.is_finite() {
+                return Err(StepError::NonFinite {
+                    loss: agreed.loss,
+                    lr,
+                });
+            }
+            loss = agreed.loss;
+            for ((_, v), mean) in parts.iter_mut().zip(&agreed.parts) {
+                *v = *mean;
+            }
+            images = agreed.images;
+            requests = Requests {
+                stop: agreed.stop,
+                checkpoint: agreed.checkpoint,
+            };
+            self.rank_pipelines = agreed.pipelines;
+        }
+
+        // 6. The method's say on the gradients, clipping (optional), the optimiser step.
         let ctx = self.context(false, 0, options);
         let momentum = self.method.teacher_momentum(&ctx);
-        let mut grads = accumulator.grads();
         self.method.adjust_gradients(&self.model, &mut grads, &ctx);
         match (self.config.clip_grad, self.config.clip_grad_mode) {
             (Some(max_norm), ClipGradMode::Global) => {
@@ -247,7 +363,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         }
         let model = self.optim.step(lr, weight_decay, self.model.clone(), grads);
 
-        // 6. The method's own updates: teacher EMA, queues, prototypes.
+        // 7. The method's own updates: teacher EMA, queues, prototypes.
         // (A module's clone shares its tensors: nothing is copied.)
         let (model, state) = self.method.after_step(model, self.state.clone(), &ctx);
         self.model = model;
@@ -256,7 +372,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
         self.pipeline = last_state;
 
         Ok(StepOutput {
-            loss: loss_sum / accum as f64,
+            loss,
             parts,
             lr,
             weight_decay,
@@ -264,21 +380,27 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             images,
             epoch: last_state.map_or(0, |s| s.epoch),
             picture,
+            requests,
         })
     }
 
     /// Checkpoint the current state (atomic; older ones pruned to `keep_checkpoints`).
+    /// Only rank 0 writes; the others return the path it writes to.
     pub(super) fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        if self.sync.as_ref().is_some_and(|s| !s.world().is_main()) {
+            return Ok(checkpoint::path_for(dir, self.step));
+        }
         let pipeline = self.pipeline.unwrap_or(PipelineState {
             seed: self.config.seed,
             epoch: 0,
-            rank: 0,
+            rank: self.sync.as_ref().map_or(0, |s| s.world().rank),
             world_size: self.config.world_size,
             samples_consumed: 0,
         });
         let state = TrainerState {
             step: self.step,
             pipeline,
+            ranks: self.rank_pipelines.iter().flatten().copied().collect(),
             rng: RngState::capture(&self.rng),
             config: self.config.clone(),
         };

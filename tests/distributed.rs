@@ -1,0 +1,306 @@
+//! Data-parallel training (issue #13) through `tessera train`: two CPU processes on
+//! 127.0.0.1 against one process with the same global batch, resume of a two-rank run, and
+//! a rank killed mid-run.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::train::{metrics, tiny_recipe};
+use crate::util::*;
+
+fn synthetic_args<'a>(recipe: &'a Path, out: &'a Path, batch: &'a str) -> Vec<&'a str> {
+    with_timeout(recipe, out, batch, "60")
+}
+
+/// [`synthetic_args`] with the collective timeout `timeout` (seconds).
+fn with_timeout<'a>(
+    recipe: &'a Path,
+    out: &'a Path,
+    batch: &'a str,
+    timeout: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--synthetic",
+        "--batch-size",
+        batch,
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--json",
+        "--collective-timeout",
+        timeout,
+    ]
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    metrics(run)
+        .iter()
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_ranks_train_like_one_rank_with_twice_the_batch() {
+    let tmp = tempdir();
+    let recipe = tiny_recipe(tmp.path(), 6, "");
+    let one = tmp.path().join("one");
+    run_ok(&synthetic_args(&recipe, &one, "16"));
+    let two = tmp.path().join("two");
+    let mut args = synthetic_args(&recipe, &two, "8");
+    args.extend(["--devices", "2"]);
+    let out = run_ok(&args);
+    let s = stdout_json(&out);
+    assert_eq!(s["steps_done"], 6);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("micro-batch 8 x accum 1 x ranks 2"),
+        "global batch not reported:\n{stderr}"
+    );
+
+    let (a, b) = (losses(&one), losses(&two));
+    assert_eq!(a.len(), 6);
+    assert_eq!(b.len(), 6, "rank 0 logs one record per step");
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        let tol = 1e-4 * x.abs().max(1.0);
+        assert!(
+            (x - y).abs() <= tol,
+            "step {step}: one rank x 16 gave {x}, two ranks x 8 gave {y}"
+        );
+    }
+
+    // Same weights at the end: the exported encoders agree within float rounding.
+    let export = |run: &Path, name: &str| {
+        let path = tmp.path().join(name);
+        run_ok(&[
+            "export",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        std::fs::read(path).unwrap()
+    };
+    let (ea, eb) = (
+        export(&one, "one.safetensors"),
+        export(&two, "two.safetensors"),
+    );
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&ea).unwrap(),
+        safetensors::SafeTensors::deserialize(&eb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort();
+    assert!(!names.is_empty());
+    for name in names {
+        let (x, y) = (ta.tensor(name).unwrap(), tb.tensor(name).unwrap());
+        assert_eq!(x.shape(), y.shape(), "{name}");
+        let f = |d: &[u8]| -> Vec<f32> {
+            d.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        for (i, (p, q)) in f(x.data()).iter().zip(f(y.data())).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * p.abs().max(1e-2),
+                "{name}[{i}]: {p} vs {q}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_two_rank_run_resumes_exactly() {
+    let tmp = tempdir();
+    let recipe = tiny_recipe(tmp.path(), 6, "");
+    let straight = tmp.path().join("straight");
+    let mut args = synthetic_args(&recipe, &straight, "8");
+    args.extend(["--devices", "2"]);
+    run_ok(&args);
+
+    let resumed = tmp.path().join("resumed");
+    let mut first = synthetic_args(&recipe, &resumed, "8");
+    first.extend(["--devices", "2", "--stop-after", "3"]);
+    assert_eq!(stdout_json(&run_ok(&first))["stopped"], "step_limit");
+    let state = std::fs::read_to_string(resumed.join("checkpoints/step-00000003/state.json"))
+        .expect("a checkpoint after step 3");
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let ranks = state["ranks"].as_array().expect("every rank's position");
+    assert_eq!(ranks.len(), 2);
+    assert_eq!(ranks[1]["rank"], 1);
+    assert_eq!(ranks[1]["samples_consumed"], 24);
+
+    let mut second = synthetic_args(&recipe, &resumed, "8");
+    second.extend(["--devices", "2", "--resume"]);
+    assert_eq!(stdout_json(&run_ok(&second))["first_step"], 3);
+    let (a, b) = (losses(&straight), losses(&resumed));
+    assert_eq!(a.len(), 6);
+    assert_eq!(
+        a, b,
+        "a resumed two-rank run must repeat the uninterrupted losses"
+    );
+}
+
+/// Starts one rank by hand, as torchrun would.
+fn rank(recipe: &Path, out: &Path, rank: u32, port: u16) -> std::process::Child {
+    tessera()
+        .args(with_timeout(recipe, out, "8", "10"))
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a rank")
+}
+
+fn free_port_run(count: u16) -> u16 {
+    loop {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base < 60000
+            && (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_with_an_error_and_an_intact_checkpoint() {
+    let tmp = tempdir();
+    // Long enough that it is still running when rank 1 dies.
+    let recipe = tiny_recipe(tmp.path(), 100_000, "");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("checkpoint_every = 5", "checkpoint_every = 2");
+    std::fs::write(&recipe, text).unwrap();
+    let run = tmp.path().join("run");
+    let port = free_port_run(3);
+    let mut r0 = rank(&recipe, &run, 0, port);
+    let mut r1 = rank(&recipe, &run, 1, port);
+
+    // Wait until a few steps (and a checkpoint) are done, then kill rank 1 outright.
+    let started = Instant::now();
+    while metrics_len(&run) < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the two ranks did not train"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    // A hang guard, not a speed check: rank 0 gives up after its 10 s timeout.
+    let out = wait_within(&mut r0, Duration::from_secs(300));
+    let stderr = out.1;
+    assert!(!out.0.success(), "rank 0 must fail when rank 1 is gone");
+    // Either the timeout or the broken connection ends it; both name the step's all-reduce.
+    assert!(
+        stderr.contains("rank 0: the all-reduce of step"),
+        "the error must say what happened:\n{stderr}"
+    );
+    // The newest checkpoint is complete: the job, restarted, resumes from it.
+    let mut again = synthetic_args(&recipe, &run, "8");
+    let steps = (metrics_len(&run) + 2).to_string();
+    again.extend(["--devices", "2", "--resume", "--stop-after", &steps]);
+    let out = run_ok(&again);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("resuming from") && !stderr.contains("damaged"),
+        "{stderr}"
+    );
+}
+
+fn metrics_len(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Waits for `child` at most `limit`; its status and stderr.
+fn wait_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the surviving rank hung for {limit:?} after its peer died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, err)
+}
+
+/// The child of `parent` whose environment has `RANK=rank`.
+fn child_with_rank(parent: u32, rank: u32) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Field 4 (after the parenthesised name) is the parent pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let want = format!("RANK={rank}");
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_launcher_names_a_rank_that_dies_and_stops_the_others() {
+    let tmp = tempdir();
+    let recipe = tiny_recipe(tmp.path(), 100_000, "");
+    let run = tmp.path().join("run");
+    let mut args = synthetic_args(&recipe, &run, "8");
+    args.extend(["--devices", "2"]);
+    let mut launcher = tessera()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while metrics_len(&run) < 3 {
+        assert!(started.elapsed() < Duration::from_secs(300), "no training");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let victim = child_with_rank(launcher.id(), 1).expect("rank 1 is a child of the launcher");
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    let (status, stderr) = wait_within(&mut launcher, Duration::from_secs(300));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("rank 1 exited with signal 9") && stderr.contains("rank 1 of 2 failed"),
+        "the launcher must name the dead rank:\n{stderr}"
+    );
+}

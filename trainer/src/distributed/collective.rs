@@ -1,0 +1,249 @@
+//! The collective: burn-collective's all-reduce between one process per device, run on a
+//! thread of its own so that a rank that died shows as a timeout, never as a hang.
+//!
+//! burn-collective 0.21 (burn's own collective, the same version as burn) has a local level
+//! (threads of one process) and a global level (processes, over WebSocket, peer-to-peer
+//! tensor transfers, coordinated by an orchestrator). Tessera runs one process per device,
+//! so every process is a "node" with one device: rank 0 also hosts the orchestrator on
+//! `master.port`, and rank `r` serves its tensors on `master.port + 1 + r`.
+//!
+//! burn-collective waits without a deadline. Every operation is handed to a worker thread
+//! and waited for with a timeout: a peer that stopped answering turns into
+//! [`CollectiveError::Timeout`] naming the operation, and the process exits with it (the
+//! worker, blocked for good, does not keep it alive).
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+
+use super::World;
+
+/// A failed collective operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    /// No answer within the timeout: another rank stopped, crashed or hangs.
+    #[error(
+        "rank {rank}: {what} got no answer from the other ranks within {secs} s: a rank stopped, \
+         crashed or hangs (its own log says which and why)",
+        secs = after.as_secs()
+    )]
+    Timeout {
+        /// This rank.
+        rank: u32,
+        /// The operation (`"all-reduce of step 12"`).
+        what: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// burn-collective refused or failed.
+    #[error("rank {rank}: {what} failed in burn-collective: {message}")]
+    Failed {
+        /// This rank.
+        rank: u32,
+        /// The operation.
+        what: String,
+        /// burn-collective's error, formatted.
+        message: String,
+    },
+}
+
+/// One request to the worker thread.
+enum Request<B: Backend> {
+    AllReduce(FloatTensor<B>),
+}
+
+/// The worker's answer: registration first, then one per all-reduce.
+type Reply<B> = Result<Option<FloatTensor<B>>, String>;
+
+/// This process's membership of the collective.
+pub struct Collective<B: Backend> {
+    rank: u32,
+    timeout: Duration,
+    requests: SyncSender<Request<B>>,
+    replies: Receiver<Reply<B>>,
+    _worker: JoinHandle<()>,
+}
+
+impl<B: Backend> std::fmt::Debug for Collective<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collective")
+            .field("rank", &self.rank)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<B: Backend> Collective<B> {
+    /// Joins `world` (rank 0 first starts the orchestrator), waiting up to `join_timeout`
+    /// for every rank to arrive. Operations afterwards time out after `timeout`.
+    pub fn join(
+        world: &World,
+        device: &B::Device,
+        join_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, CollectiveError> {
+        let rank = world.rank;
+        let failed = |message: String| CollectiveError::Failed {
+            rank,
+            what: "joining the collective".into(),
+            message,
+        };
+        let master = world
+            .master
+            .clone()
+            .ok_or_else(|| failed("no master address".into()))?;
+        if world.is_main() {
+            start_orchestrator(master.port).map_err(|e| failed(e.to_string()))?;
+        }
+        let own_host = own_address(&master.host);
+        let data_port = master
+            .port
+            .checked_add(1 + rank as u16)
+            .ok_or_else(|| failed(format!("port {} + 1 + rank overflows", master.port)))?;
+        let parse = |s: String| {
+            s.parse()
+                .map_err(|e: String| failed(format!("address `{s}`: {e}")))
+        };
+        let config = CollectiveConfig::default()
+            .with_num_devices(1)
+            .with_num_nodes(world.world_size)
+            .with_global_address(parse(format!("ws://{}:{}", master.host, master.port))?)
+            .with_node_address(parse(format!("ws://{own_host}:{data_port}"))?)
+            .with_data_service_port(data_port);
+
+        let (requests, inbox) = sync_channel::<Request<B>>(1);
+        let (outbox, replies) = sync_channel::<Reply<B>>(1);
+        let peer = PeerId(0);
+        let device = device.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("tessera-collective-{rank}"))
+            .spawn(move || {
+                let registered = burn_collective::register::<B>(peer, device, config)
+                    .map(|()| None)
+                    .map_err(|e| format!("{e:?}"));
+                if outbox.send(registered).is_err() {
+                    return;
+                }
+                while let Ok(Request::AllReduce(tensor)) = inbox.recv() {
+                    let reply =
+                        burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum)
+                            .map(Some)
+                            .map_err(|e| format!("{e:?}"));
+                    if outbox.send(reply).is_err() {
+                        return;
+                    }
+                }
+                let _ = burn_collective::finish_collective::<B>(peer);
+            })
+            .map_err(|e| failed(format!("starting the worker thread: {e}")))?;
+        let collective = Collective {
+            rank,
+            timeout,
+            requests,
+            replies,
+            _worker: worker,
+        };
+        collective.wait("joining the collective", join_timeout)?;
+        Ok(collective)
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// The element-wise sum of `tensor` over all ranks. `what` names the operation in
+    /// errors.
+    pub fn all_reduce_sum(
+        &self,
+        tensor: Tensor<B, 1>,
+        what: &str,
+    ) -> Result<Tensor<B, 1>, CollectiveError> {
+        let primitive = tensor.into_primitive().tensor();
+        if self.requests.send(Request::AllReduce(primitive)).is_err() {
+            return Err(CollectiveError::Failed {
+                rank: self.rank,
+                what: what.into(),
+                message: "the collective's worker thread is gone".into(),
+            });
+        }
+        match self.wait(what, self.timeout)? {
+            Some(out) => Ok(Tensor::from_primitive(TensorPrimitive::Float(out))),
+            None => Err(CollectiveError::Failed {
+                rank: self.rank,
+                what: what.into(),
+                message: "the worker answered without a tensor".into(),
+            }),
+        }
+    }
+
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Option<FloatTensor<B>>, CollectiveError> {
+        match self.replies.recv_timeout(timeout) {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(message)) => Err(CollectiveError::Failed {
+                rank: self.rank,
+                what: what.into(),
+                message,
+            }),
+            Err(RecvTimeoutError::Timeout) => Err(CollectiveError::Timeout {
+                rank: self.rank,
+                what: what.into(),
+                after: timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(CollectiveError::Failed {
+                rank: self.rank,
+                what: what.into(),
+                message: "the collective's worker thread stopped (a panic inside \
+                          burn-collective: a peer's connection broke)"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// Starts burn-collective's orchestrator on a thread with its own runtime.
+///
+/// The orchestrator stops accepting connections on SIGINT/SIGTERM (burn-collective listens
+/// for them itself); the runtime is kept alive after that so that the ranks' open
+/// connections carry the last step and the checkpoint of a graceful stop.
+fn start_orchestrator(port: u16) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("tessera-orchestrator")
+        .build()?;
+    std::thread::Builder::new()
+        .name("tessera-orchestrator".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                burn_collective::start_global_orchestrator(port).await;
+                std::future::pending::<()>().await;
+            });
+        })?;
+    Ok(())
+}
+
+/// The address other ranks reach this process at: the local address of a socket towards
+/// the master (no packet is sent), `127.0.0.1` when the master is this machine or the
+/// route cannot be found.
+fn own_address(master_host: &str) -> String {
+    if matches!(master_host, "127.0.0.1" | "localhost" | "::1") {
+        return "127.0.0.1".into();
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect((master_host, 9)).map(|()| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => "127.0.0.1".into(),
+    }
+}
