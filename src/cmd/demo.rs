@@ -247,7 +247,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         quiet: args.quiet,
         dist: super::launch::DistArgs::alone(),
         json: false,
-        remote: super::remote::RemoteArgs::defaults(),
     };
     let prepared = super::train::prepare(&train_args)?;
     let stop = AtomicBool::new(false);

@@ -41,15 +41,6 @@ impl Default for RemoteArgs {
 }
 
 impl RemoteArgs {
-    /// The flags' defaults, for commands that train without these flags (`demo`).
-    pub fn defaults() -> Self {
-        use clap::{Args, FromArgMatches};
-        let matches =
-            Self::augment_args(clap::Command::new("defaults")).get_matches_from(["defaults"]);
-        // Every flag has a default or is optional: an empty command line always parses.
-        Self::from_arg_matches(&matches).expect("RemoteArgs' defaults parse")
-    }
-
     /// Check the flags and make them the process's remote options.
     pub fn apply(&self) -> anyhow::Result<()> {
         anyhow::ensure!(

@@ -304,8 +304,6 @@ mod tests {
     fn ctx(step: u64, total_steps: u64) -> StepContext {
         StepContext {
             step,
-            seed: 0,
-            micro_batch: 0,
             total_steps,
             steps_per_epoch: None,
             picture: false,

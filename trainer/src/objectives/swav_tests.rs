@@ -19,8 +19,6 @@ type I = Flex;
 fn ctx(step: u64, steps_per_epoch: Option<u64>) -> StepContext {
     StepContext {
         step,
-        seed: 0,
-        micro_batch: 0,
         total_steps: 100,
         steps_per_epoch,
         picture: false,
