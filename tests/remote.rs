@@ -521,3 +521,68 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A Parquet URL list (written by pyarrow, as LAION's metadata is): every row with a URL
+/// becomes one sample with its caption as `.txt`, and the other columns keep their types in
+/// the `.json`; a row without a URL is skipped, not an error.
+#[test]
+fn parquet_url_list_keeps_captions_and_typed_columns() {
+    let Some(python) = crate::util::python() else {
+        return;
+    };
+    let tmp = tempdir();
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(crate::util::shared().join("datasets/cifar10-jpg.tar.gz"))
+        .arg("-C")
+        .arg(&served)
+        .args(["--wildcards", "train/cat/000[0-4].jpg"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = HttpServer::start(&served);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let list = tmp.path().join("urls.parquet");
+    let script = format!(
+        "import pyarrow as pa, pyarrow.parquet as pq\n\
+         urls = ['{base}/train/cat/000%d.jpg' % i for i in range(5)] + [None]\n\
+         pq.write_table(pa.table({{'url': urls, \
+         'caption': ['cat %d, sitting' % i for i in range(6)], \
+         'width': list(range(32, 38)), 'similarity': [0.25] * 6}}), r'{}')\n",
+        list.display()
+    );
+    let status = std::process::Command::new(python)
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pyarrow wrote no list");
+    let out_dir = tmp.path().join("out");
+    let report = stdout_json(&run_ok(&[
+        "shard",
+        "--urls",
+        list.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(report["outcomes"]["ok"], 5, "{report}");
+    let mut seen = Vec::new();
+    let mut sample = Sample::default();
+    for shard in local_shards(&out_dir) {
+        let mut reader = ShardReader::open(&shard).unwrap();
+        while reader.read_into(&mut sample).unwrap() {
+            let caption = String::from_utf8(sample.field("txt").unwrap().to_vec()).unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(sample.field("json").unwrap()).unwrap();
+            let i: i64 = caption[4..5].parse().unwrap();
+            assert_eq!(caption, format!("cat {i}, sitting"));
+            assert_eq!(json["columns"]["width"], 32 + i, "{json}");
+            assert_eq!(json["columns"]["similarity"], 0.25, "{json}");
+            seen.push(i);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2, 3, 4]);
+}

@@ -22,9 +22,9 @@ pub struct Args {
     #[arg(required_unless_present = "urls", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
     /// Lists of image URLs to download (img2dataset's job): `.txt` (one URL a line),
-    /// `.csv`/`.tsv`/`.jsonl` with a `url` column, an optional `caption` column (written as
-    /// each sample's `.txt`) and other columns (kept in its `.json`). Each URL ends in one
-    /// outcome: a sample, or a reason counted in the manifest.
+    /// `.csv`/`.tsv`/`.jsonl`/`.parquet` with a `url` column, an optional `caption` column
+    /// (written as each sample's `.txt`) and other columns (kept in its `.json`). Each URL
+    /// ends in one outcome: a sample, or a reason counted in the manifest.
     #[arg(long = "urls", value_name = "FILE")]
     pub urls: Vec<PathBuf>,
     /// Seconds one download attempt may take (`--urls`).

@@ -31,12 +31,12 @@ pub enum BuildError {
         reason: String,
     },
 
-    /// A line of a `--urls` list is malformed.
-    #[error("url list {} line {line}: {reason}", path.display())]
+    /// A line (a row of a Parquet list) of a `--urls` list is malformed, or the whole list.
+    #[error("url list {}{}: {reason}", path.display(), line_of(*line))]
     UrlList {
         /// The list file.
         path: PathBuf,
-        /// 1-based line number.
+        /// 1-based line (Parquet: row) number; 0 when the whole file is at fault.
         line: usize,
         /// What is wrong.
         reason: String,
@@ -92,4 +92,13 @@ pub enum BuildError {
     /// A worker thread died (a bug: decoders' panics are caught per input).
     #[error("a shard worker thread panicked")]
     WorkerPanicked,
+}
+
+/// ` line N` for [`BuildError::UrlList`], nothing for line 0 (the whole file).
+fn line_of(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" line {line}")
+    }
 }

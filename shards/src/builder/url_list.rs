@@ -6,10 +6,9 @@
 //!   name contains `url`), the caption column `caption` (or `text`, `alt`); every other
 //!   column is kept in the sample's `.json` under `columns`.
 //! - `.jsonl`: one object a line, the same column names.
-//!
-//! Parquet is not read: the `parquet` crate (with `arrow`) would more than double the
-//! build of this crate for one input format; convert with
-//! `python -c "import pandas as p; p.read_parquet('x.parquet').to_json('x.jsonl', orient='records', lines=True)"`.
+//! - `.parquet`: the same column names (LAION's and img2dataset's metadata files); the other
+//!   columns keep their types in the `.json` (numbers stay numbers); rows without a URL are
+//!   skipped. Read row group by row group with the `parquet` crate's row reader.
 //!
 //! URLs keep their list order (no sorting), so `--part I/N` slices the list as given.
 
@@ -40,10 +39,10 @@ fn bad(list: &Path, line: usize, reason: impl Into<String>) -> BuildError {
 
 /// Read the URL list `list` (input number `root`) into `files`.
 pub fn read(list: &Path, root: usize, files: &mut Vec<InputFile>) -> Result<(), BuildError> {
-    let text = std::fs::read_to_string(list).map_err(|source| BuildError::Input {
+    let input_error = |source| BuildError::Input {
         path: list.to_path_buf(),
         source,
-    })?;
+    };
     let ext = list
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -58,6 +57,11 @@ pub fn read(list: &Path, root: usize, files: &mut Vec<InputFile>) -> Result<(), 
             row: Some(Arc::new(row)),
         });
     };
+    if ext == "parquet" {
+        let file = std::fs::File::open(list).map_err(input_error)?;
+        return read_parquet(list, file, &mut push);
+    }
+    let text = std::fs::read_to_string(list).map_err(input_error)?;
     match ext.as_str() {
         "csv" | "tsv" => {
             let mut reader = csv::ReaderBuilder::new()
@@ -139,6 +143,68 @@ pub fn read(list: &Path, root: usize, files: &mut Vec<InputFile>) -> Result<(), 
     Ok(())
 }
 
+/// The rows of a Parquet URL list. `line` in its errors is the row number, from 1.
+fn read_parquet(
+    list: &Path,
+    file: std::fs::File,
+    push: &mut impl FnMut(String, UrlRow),
+) -> Result<(), BuildError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| bad(list, 0, format!("not a readable Parquet file: {e}")))?;
+    let names: Vec<String> = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    let (url_col, caption_col) = columns(&names).ok_or_else(|| {
+        bad(
+            list,
+            0,
+            format!("no URL column among {names:?} (name one `url`)"),
+        )
+    })?;
+    let rows = reader
+        .get_row_iter(None)
+        .map_err(|e| bad(list, 0, e.to_string()))?;
+    for (i, row) in rows.enumerate() {
+        let row = row.map_err(|e| bad(list, i + 1, e.to_string()))?;
+        let mut url = None;
+        let mut out = UrlRow::default();
+        for (k, (name, field)) in row.get_column_iter().enumerate() {
+            match (k, field) {
+                (k, Field::Str(text)) if k == url_col => url = Some(text.trim().to_string()),
+                (k, Field::Null) if k == url_col => {}
+                (k, other) if k == url_col => {
+                    return Err(bad(
+                        list,
+                        i + 1,
+                        format!("the URL is not a string: {other}"),
+                    ));
+                }
+                (k, Field::Str(text)) if Some(k) == caption_col => {
+                    out.caption = Some(text.clone());
+                }
+                (k, Field::Null) if Some(k) == caption_col => {}
+                (k, other) if Some(k) == caption_col => out.caption = Some(other.to_string()),
+                (_, other) => {
+                    out.columns.insert(name.clone(), other.to_json_value());
+                }
+            }
+        }
+        if let Some(url) = url.filter(|u| !u.is_empty()) {
+            push(url, out);
+        }
+    }
+    Ok(())
+}
+
 /// The URL column and the caption column (if any) among `names`.
 fn columns(names: &[String]) -> Option<(usize, Option<usize>)> {
     let find = |pred: &dyn Fn(&str) -> bool| names.iter().position(|n| pred(&n.to_lowercase()));
@@ -189,5 +255,15 @@ mod tests {
         );
         assert_eq!(jsonl[0].0, "http://h/3.jpg");
         assert_eq!(jsonl[0].1.columns["id"], 7);
+    }
+
+    #[test]
+    fn a_broken_parquet_list_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("urls.parquet");
+        std::fs::write(&path, "url\nhttp://h/1.jpg\n").unwrap();
+        let err = read(&path, 0, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("urls.parquet"), "{err}");
+        assert!(err.contains("not a readable Parquet file"), "{err}");
     }
 }
