@@ -73,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         #[cfg(feature = "train")]
         Command::Attention(args) => cmd::attention::run(args),
+        #[cfg(feature = "train")]
         Command::Report(args) => cmd::report::run(args),
         #[cfg(feature = "train")]
         Command::Demo(args) => cmd::demo::run(args),
