@@ -6,6 +6,34 @@ use std::path::Path;
 
 use crate::util::*;
 
+/// A quick `tessera eval` of `run` (kNN with k = 5, a one-epoch probe) on `shards` for both
+/// memory and queries, `extra` flags added; asserts the kNN accuracy is a fraction and
+/// returns the report.
+pub(crate) fn quick_knn(run: &Path, shards: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--train-shards",
+        shards,
+        "--val-shards",
+        shards,
+        "--knn-k",
+        "5",
+        "--probe-epochs",
+        "1",
+        "--workers",
+        "2",
+        "--json",
+        "--quiet",
+    ];
+    args.extend(extra);
+    let report = stdout_json(&run_ok(&args));
+    let acc = report["knn_top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{report}");
+    report
+}
+
 /// CIFAR-10 images of `split` matching `member_glob` (e.g. `train/*/00[0-2]?.jpg`), sharded
 /// 50 a shard with `--labels labels`; returns the shard glob.
 fn cifar_split_shards(dir: &Path, split: &str, member_glob: &str, labels: &str) -> String {
