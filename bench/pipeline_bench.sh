@@ -19,7 +19,11 @@
 # usage: bench/pipeline_bench.sh [WORKERS=2] [SECONDS=12] [BATCH=32] [ROUNDS=3]
 # env:   PEERS="pillow torch" (default: pillow, plus torch when it imports),
 #        PYTHON=... (default: bench/.venv/bin/python, made with the peers' packages),
-#        CARGO_TARGET_DIR (default target-light), SHARD_DIR (default $CARGO_TARGET_DIR/bench-shards).
+#        CARGO_TARGET_DIR (default target-light), SHARD_DIR (default $CARGO_TARGET_DIR/bench-shards),
+#        BEFORE=<git revision or tessera binary>: also measure that revision (built here,
+#        `--no-default-features`) or that binary as `tessera-before`, in the same interleaved
+#        rounds (the before/after rows),
+#        REUSE=1: measure the binaries already in $CARGO_TARGET_DIR/bench-bin (no builds).
 # Shards: 512 ImageNet-like JPEGs (~500x375, q90) in 4 shards (bench/make_pipeline_shards.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,12 +45,23 @@ fi
 
 BIN=$TARGET/bench-bin
 mkdir -p "$BIN"
-CARGO_TARGET_DIR=$TARGET cargo build --release --no-default-features --quiet
-cp "$TARGET/release/tessera" "$BIN/tessera-default"
-TESSERA_JPEG=zune CARGO_TARGET_DIR=$TARGET cargo build --release --no-default-features --quiet
-cp "$TARGET/release/tessera" "$BIN/tessera-zune"
-# Leave the target's binary as the default build again.
-CARGO_TARGET_DIR=$TARGET cargo build --release --no-default-features --quiet
+if [ "${REUSE:-0}" != 1 ]; then
+  CARGO_TARGET_DIR=$TARGET cargo build --release --no-default-features --quiet
+  cp "$TARGET/release/tessera" "$BIN/tessera-default"
+  TESSERA_JPEG=zune CARGO_TARGET_DIR=$TARGET cargo build --release --no-default-features --quiet
+  cp "$TARGET/release/tessera" "$BIN/tessera-zune"
+  # Leave the target's binary as the default build again.
+  CARGO_TARGET_DIR=$TARGET cargo build --release --no-default-features --quiet
+  if [ -f "${BEFORE:-}" ]; then
+    cp "$BEFORE" "$BIN/tessera-before"
+  elif [ -n "${BEFORE:-}" ]; then
+    before_tree=$(mktemp -d)
+    git worktree add --detach --quiet "$before_tree" "$BEFORE"
+    (target=$(realpath "$TARGET") && cd "$before_tree" && CARGO_TARGET_DIR=$target/before cargo build --release --no-default-features --quiet)
+    cp "$TARGET/before/release/tessera" "$BIN/tessera-before"
+    git worktree remove --force "$before_tree"
+  fi
+fi
 SHARD_DIR=${SHARD_DIR:-$TARGET/bench-shards}
 if [ ! -f "$SHARD_DIR/bench-000003.tar" ]; then
   "$PYTHON" bench/make_pipeline_shards.py "$SHARD_DIR" --samples 512 --shards 4
@@ -65,6 +80,10 @@ for build in default zune; do
   add "tessera-$build mae" "$BIN/tessera-$build profile --recipe mae $T"
   add "tessera-$build decode-only" "$BIN/tessera-$build profile --recipe mae --decode-only $T"
 done
+if [ -n "${BEFORE:-}" ]; then
+  add "tessera-before dino" "$BIN/tessera-before profile --recipe dino $T"
+  add "tessera-before mae" "$BIN/tessera-before profile --recipe mae $T"
+fi
 add "tessera-default dino on-device" "$BIN/tessera-default profile --recipe dino --augment-on-device $T"
 P="--shards $SHARDS --workers $WORKERS --batch-size $BATCH --seconds $SECONDS_PER_RUN --json"
 for peer in $PEERS; do
@@ -128,4 +147,6 @@ ratio("tessera-default mae", "pillow decode", 1.0)
 ratio("tessera-zune mae", "pillow decode", 1.0)
 ratio("tessera-default mae", "tessera-default decode-only", 0.9)
 ratio("tessera-default dino on-device", "tessera-default dino", 1.0)
+ratio("tessera-default dino", "tessera-before dino", 1.0)
+ratio("tessera-default mae", "tessera-before mae", 1.0)
 PY
