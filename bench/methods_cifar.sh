@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# Each method on CIFAR-10 for a fixed wall-clock budget, then its kNN accuracy next to the
-# same backbone at random initialisation (docs/METHODS.md, "CIFAR-10 after a fixed budget").
+# Every method on CIFAR-10 for the same fixed budget of optimiser steps, then its kNN accuracy
+# next to the same backbone at random initialisation (docs/METHODS.md, "CIFAR-10 after a
+# fixed budget").
 #
-#   bench/methods_cifar.sh                      # 3 minutes a method, batch 64
-#   MINUTES=30 METHODS="simclr byol" bench/methods_cifar.sh
+#   bench/methods_cifar.sh                           # every method, 25 steps of 64 images
+#   STEPS=300 METHODS="simclr dino" bench/methods_cifar.sh
 #
-# Every method trains a ResNet-18 with the CIFAR stem on the recipe `simclr_resnet18_cifar`'s
-# views (two crops of 32 px, flip, colour jitter, greyscale); the four methods that ship a
-# CIFAR recipe use it, the others get the same views with their ImageNet recipe's
-# `[objective]` and `[optim]`. kNN: k = 20 over MAX_TRAIN training images (10,000), scored on
-# MAX_VAL test images (2,000) (`tessera eval`, features of the frozen backbone). Every method
-# starts from the same random ResNet-18 (same seed), whose kNN is measured once. One line
-# per method on stdout.
+# The budget is in steps, not minutes, so that a busy machine changes how long the table
+# takes but not what it says; each line also gives the wall time the training took.
+# `--steps` makes the run that long (warm-up and cosine scaled to it), `--batch-size` rescales
+# the learning rate (lr = base_lr x batch / 256).
+#
+# Recipes: the method's CIFAR recipe where it has one (ResNet-18 with the CIFAR stem for the
+# two-view and SwAV methods, a 6-block ViT-Tiny with patch 4 for the ViT methods); MoCo v2,
+# MoCo v3, Barlow Twins and VICReg, which have only ImageNet recipes, get
+# `simclr_resnet18_cifar`'s data and views with their recipe's `[objective]` and `[optim]`.
+# kNN: k = 20 over MAX_TRAIN training images, scored on MAX_VAL test images (`tessera eval`,
+# features of the frozen backbone; the momentum teacher is not used). Random init: the
+# recipe's backbone before its first step (same seed for every method), measured once per
+# backbone. One line per method on stdout; run directories stay in WORK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MINUTES=${MINUTES:-3}
+STEPS=${STEPS:-25}
 BATCH=${BATCH:-64}
-METHODS=${METHODS:-"simclr moco_v2 moco_v3 byol simsiam barlow_twins vicreg nnclr"}
-MAX_TRAIN=${MAX_TRAIN:-10000}
-MAX_VAL=${MAX_VAL:-2000}
+METHODS=${METHODS:-"simclr moco_v2 moco_v3 byol simsiam barlow_twins vicreg nnclr swav dino ibot msn mae simmim data2vec"}
+MAX_TRAIN=${MAX_TRAIN:-5000}
+MAX_VAL=${MAX_VAL:-1000}
 WORK=${WORK:-$(mktemp -d)}
 cargo build --release --quiet
 BIN=target/release/tessera
@@ -30,17 +37,13 @@ if [ ! -d "$WORK/shards-train" ]; then
   "$BIN" shard "$WORK/test" --out "$WORK/shards-test" --labels folders --max-samples 5000 >/dev/null
 fi
 
-# The recipe of `method`: its CIFAR recipe, or simclr_resnet18_cifar's data and views with
-# the [objective] and [optim] of its ImageNet recipe and the CIFAR [train] length.
+# The recipe file of `method`.
 recipe() {
-  local method=$1 out=$WORK/$1.toml
+  local method=$1 out=$WORK/$1.toml source
   case $method in
-    simclr) cp configs/simclr_resnet18_cifar.toml "$out" ;;
-    byol) cp configs/byol_resnet18_cifar.toml "$out" ;;
-    simsiam) cp configs/simsiam_resnet18_cifar.toml "$out" ;;
-    nnclr) cp configs/nnclr_resnet18_cifar.toml "$out" ;;
-    *)
-      local source
+    simclr | byol | simsiam | nnclr | swav) cp "configs/${method}_resnet18_cifar.toml" "$out" ;;
+    dino | ibot | msn | mae | simmim | data2vec) cp "configs/${method}_vit_tiny_cifar.toml" "$out" ;;
+    moco_v2 | moco_v3 | barlow_twins | vicreg)
       case $method in
         moco_v2) source=configs/mocov2_resnet50.toml ;;
         moco_v3) source=configs/mocov3_vit_small.toml ;;
@@ -50,28 +53,52 @@ recipe() {
       sed -n '/^\[model\]/q;p' configs/simclr_resnet18_cifar.toml > "$out"
       printf '[model]\narch = "resnet18"\ncifar_stem = true\n\n' >> "$out"
       sed -n '/^\[objective\]/,/^\[train\]/p' "$source" | sed '$d' >> "$out"
-      printf '[train]\nepochs = 1000\nwarmup_epochs = 10\ncheckpoint_every = 1000\n\n' >> "$out"
+      printf '[train]\nepochs = 1000\nwarmup_epochs = 10\n\n' >> "$out"
       sed -n '/^\[optim\]/,$p' "$source" >> "$out"
       ;;
+    *) echo "methods_cifar: unknown method $method" >&2; exit 2 ;;
   esac
   echo "$out"
+}
+
+# The backbone of a recipe: its [model] section without comments and drop path (a training
+# setting), as a name for the random-init cache.
+backbone() {
+  sed -n '/^\[model\]/,/^\[/p' "$1" | sed -e 's/#.*//' -e '/^\[/d' -e '/drop_path/d' -e '/^\s*$/d' \
+    | tr -d ' "' | paste -sd, | tr '=' '-'
 }
 
 knn() {
   "$BIN" eval --checkpoint "$1" --train-shards "$WORK/shards-train/*.tar" \
     --val-shards "$WORK/shards-test/*.tar" --max-train "$MAX_TRAIN" --max-val "$MAX_VAL" \
-    --probe-epochs 1 --json --quiet | python3 -c 'import json,sys; print(json.load(sys.stdin)["knn_top1"])'
+    --probe-epochs 1 --json --quiet | python3 -c 'import json,sys; print(round(100 * json.load(sys.stdin)["knn_top1"], 1))'
 }
 
-first=$(recipe simclr)
-"$BIN" train --config "$first" --shards "$WORK/shards-train/*.tar" --out "$WORK/init" \
-  --batch-size "$BATCH" --stop-after 0 --quiet > /dev/null 2>&1
-printf '%-13s %8s %10s %10s\n' method steps images knn_top1
-printf '%-13s %8s %10s %10s\n' random_init 0 0 "$(knn "$WORK/init")"
+train() { # train RECIPE OUT [flags...]: prints the --json summary's file
+  local r=$1 out=$2
+  shift 2
+  rm -rf "$out"
+  "$BIN" train --config "$r" --shards "$WORK/shards-train/*.tar" --out "$out" \
+    --batch-size "$BATCH" --json --quiet "$@" > "$out.json" 2> "$out.log"
+}
+field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $STEPS steps of $BATCH; kNN k=20 over $MAX_TRAIN train, $MAX_VAL test images"
+printf '%-13s %-40s %6s %7s %9s %9s %9s %8s\n' method backbone steps images "train_s" first_loss last_loss "knn_%"
+declare -A random_knn
 for method in $METHODS; do
   r=$(recipe "$method")
-  "$BIN" train --config "$r" --shards "$WORK/shards-train/*.tar" --out "$WORK/run-$method" \
-    --batch-size "$BATCH" --minutes "$MINUTES" --quiet > "$WORK/$method.json" 2>/dev/null
-  steps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["steps_done"])' "$WORK/$method.json")
-  printf '%-13s %8s %10s %10s\n' "$method" "$steps" $((steps * BATCH)) "$(knn "$WORK/run-$method")"
+  b=$(backbone "$r")
+  if [ -z "${random_knn[$b]:-}" ]; then
+    train "$r" "$WORK/init-$method" --stop-after 0
+    random_knn[$b]=$(knn "$WORK/init-$method")
+    printf '%-13s %-40s %6s %7s %9s %9s %9s %8s\n' "random_init" "$b" 0 0 - - - "${random_knn[$b]}"
+  fi
+  start=$(date +%s)
+  train "$r" "$WORK/run-$method" --steps "$STEPS"
+  seconds=$(($(date +%s) - start))
+  steps=$(field "$WORK/run-$method.json" steps_done)
+  first=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).readline())["loss"], 3))' "$WORK/run-$method/metrics.jsonl")
+  last=$(python3 -c 'import sys; print(round(float(sys.argv[1]), 3))' "$(field "$WORK/run-$method.json" last_loss)")
+  printf '%-13s %-40s %6s %7s %9s %9s %9s %8s\n' "$method" "$b" "$steps" $((steps * BATCH)) "$seconds" "$first" "$last" "$(knn "$WORK/run-$method")"
 done

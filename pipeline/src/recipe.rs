@@ -70,6 +70,10 @@ pub const BUILTIN_RECIPES: &[(&str, &str)] = &[
         include_str!("../../configs/ibot_vit_small.toml"),
     ),
     (
+        "ibot_vit_tiny_cifar",
+        include_str!("../../configs/ibot_vit_tiny_cifar.toml"),
+    ),
+    (
         "simclr_resnet18_cifar",
         include_str!("../../configs/simclr_resnet18_cifar.toml"),
     ),

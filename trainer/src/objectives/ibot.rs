@@ -48,7 +48,7 @@ impl MethodSpec for IbotConfig {
     const NAME: &'static str = "ibot";
     const PAPER: &'static str =
         "Zhou et al. 2022, iBOT: Image BERT Pre-Training with Online Tokenizer";
-    const RECIPES: &'static [&'static str] = &["ibot_vit_small"];
+    const RECIPES: &'static [&'static str] = &["ibot_vit_small", "ibot_vit_tiny_cifar"];
     const MULTI_RESOLUTION: bool = true;
 
     fn resolve(self, ctx: &ResolveContext<'_>) -> Result<Self> {
