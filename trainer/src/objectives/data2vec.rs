@@ -21,7 +21,7 @@
 //! `--layer_results end`); the paper's text prefers the FFN output before the last
 //! residual, which this ViT does not expose.
 
-use burn::module::{AutodiffModule, Initializer, Module, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, backend::Backend};
@@ -164,11 +164,7 @@ impl<B: Backend> Data2VecModel<B> {
     pub fn new(encoder: Vit<B>, device: &B::Device) -> Self {
         let d = encoder.embed_dim;
         Self {
-            mask_token: Initializer::Normal {
-                mean: 0.0,
-                std: 0.02,
-            }
-            .init([1, 1, d], device),
+            mask_token: MaskTokens::init_token(d, device),
             final_proj: init_linear(d, d, device),
             encoder,
         }
@@ -179,13 +175,10 @@ impl<B: Backend> Data2VecModel<B> {
     /// # Shapes
     /// `images` `[n, 3, H, W]`, `mask` `[n, l]` (1 = masked) -> `[n, l, d]`.
     pub fn predict(&self, images: Tensor<B, 4>, mask: Tensor<B, 2>) -> Tensor<B, 3> {
-        let tokens = MaskTokens {
-            mask,
-            token: self.mask_token.val(),
-        };
-        let z = self.encoder.forward_all_tokens(images, Some(tokens), None); // [n, 1 + l, d]
-        let [n, t, d] = z.dims();
-        self.final_proj.forward(z.slice([0..n, 1..t, 0..d])) // [n, l, d]
+        let z = self
+            .encoder
+            .forward_masked_patches(images, mask, self.mask_token.val()); // [n, l, d]
+        self.final_proj.forward(z) // [n, l, d]
     }
 }
 

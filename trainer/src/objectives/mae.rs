@@ -526,8 +526,9 @@ impl<B: AutodiffBackend> Method<B> for MaeMethod {
     }
 }
 
-/// The MAE paper's figure: original, masked and reconstructed, for the first samples.
-fn reconstruction<B: Backend>(
+/// The MAE paper's figure: original, masked and reconstructed, for the first samples
+/// (`pred` in patches, as MAE's decoder gives them; SimMIM draws with it too).
+pub(super) fn reconstruction<B: Backend>(
     images: Tensor<B, 4>,
     pred: Tensor<B, 3>,
     mask: Tensor<B, 2>,

@@ -19,19 +19,19 @@
 //! Not the paper's: SimMIM's ViT uses relative position bias and layer scale; this one
 //! keeps Tessera's ViT (absolute sin-cos position embedding), as for MAE.
 
-use burn::module::{Initializer, Module, Param};
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
+use super::mae::{patchify, reconstruction};
 use super::masked_view::{mask_grid, reject_derived, single_masked_view, take_masked};
 use super::{Method, MethodOutput, MethodSpec, NoState, ResolveContext, StepContext};
 use crate::backbone::Backbone;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::losses::simmim::simmim;
-use crate::pictures::Reconstruction;
 use crate::precision::Precision;
 use crate::vit::{MaskTokens, Vit, init_linear};
 
@@ -107,11 +107,7 @@ impl<B: Backend> SimMimModel<B> {
     pub fn new(encoder: Vit<B>, device: &B::Device) -> Self {
         let shape = encoder.shape();
         Self {
-            mask_token: Initializer::Normal {
-                mean: 0.0,
-                std: 0.02,
-            }
-            .init([1, 1, shape.embed_dim], device),
+            mask_token: MaskTokens::init_token(shape.embed_dim, device),
             decoder: init_linear(shape.embed_dim, shape.patch_dim(), device),
             patch_size: shape.patch_size,
             encoder,
@@ -123,13 +119,10 @@ impl<B: Backend> SimMimModel<B> {
     /// # Shapes
     /// `images` `[n, 3, H, W]`, `mask` `[n, l]` (1 = masked) -> `[n, l, p*p*3]`.
     pub fn predict(&self, images: Tensor<B, 4>, mask: Tensor<B, 2>) -> Tensor<B, 3> {
-        let tokens = MaskTokens {
-            mask,
-            token: self.mask_token.val(),
-        };
-        let z = self.encoder.forward_all_tokens(images, Some(tokens), None); // [n, 1 + l, d]
-        let [n, t, d] = z.dims();
-        self.decoder.forward(z.slice([0..n, 1..t, 0..d])) // [n, l, p*p*3]
+        let z = self
+            .encoder
+            .forward_masked_patches(images, mask, self.mask_token.val()); // [n, l, d]
+        self.decoder.forward(z) // [n, l, p*p*3]
     }
 
     /// The reconstruction from per-patch predictions, and its loss against `images`.
@@ -186,13 +179,19 @@ impl<B: AutodiffBackend> Method<B> for SimMimConfig {
         let kept = ctx.picture.then(|| (images.clone(), mask.mask.clone()));
         let out = model.forward(Tensor::from_inner(images), Tensor::from_inner(mask.mask))?;
         let picture = match kept {
-            Some((images, mask)) => Some(picture(
-                images,
-                out.x_rec.clone().inner(),
-                mask,
-                model.patch_size,
-                ctx,
-            )?),
+            // Original, masked and reconstructed: the MAE figure.
+            Some((images, mask)) => {
+                let k = ctx.picture_samples.clamp(1, mask.dims()[0]);
+                let pred = patchify(out.x_rec.clone().inner().narrow(0, 0, k), model.patch_size);
+                Some(reconstruction(
+                    images,
+                    pred,
+                    mask,
+                    model.patch_size,
+                    false,
+                    ctx,
+                )?)
+            }
             None => None,
         };
         Ok(MethodOutput {
@@ -207,41 +206,10 @@ impl<B: AutodiffBackend> Method<B> for SimMimConfig {
     }
 }
 
-/// Original, masked and reconstructed, for the first samples (the MAE figure's layout).
-fn picture<B: Backend>(
-    images: Tensor<B, 4>,
-    x_rec: Tensor<B, 4>,
-    mask: Tensor<B, 2>,
-    patch: usize,
-    ctx: &StepContext,
-) -> Result<image::RgbImage> {
-    let [n, _, h, w] = images.dims();
-    let k = ctx.picture_samples.min(n).max(1);
-    let host = |data: TensorData, name: &str| {
-        data.convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| Error::TensorData {
-                name: name.to_string(),
-                message: format!("{e:?}"),
-            })
-    };
-    let pred = super::mae::patchify(x_rec.narrow(0, 0, k), patch); // [k, l, p*p*3]
-    let recon = Reconstruction {
-        n: k,
-        height: h,
-        width: w,
-        patch,
-        images: host(images.narrow(0, 0, k).into_data(), "images")?,
-        pred: host(pred.into_data(), "pred")?,
-        mask: host(mask.narrow(0, 0, k).into_data(), "mask")?,
-        norm_pix: false,
-    };
-    Ok(recon.render(ctx.normalize)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
     use crate::goldens::Golden;
     use crate::vit::VitConfig;
     use burn::backend::{Autodiff, Flex};

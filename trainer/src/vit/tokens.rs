@@ -12,6 +12,7 @@
 //! `dynamic_img_size`; [`crate::pos_embed`] is checked against timm). DINO's own code
 //! resizes with plain bicubic and a `+0.1` scale offset; the two differ only in the filter.
 
+use burn::module::{Initializer, Param};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use super::{DropPath, Vit};
@@ -30,7 +31,39 @@ pub struct MaskTokens<B: Backend> {
     pub token: Tensor<B, 3>,
 }
 
+impl<B: Backend> MaskTokens<B> {
+    /// A learnable mask token of width `d`, drawn from N(0, 0.02^2) (SimMIM's and data2vec's
+    /// initialisation).
+    ///
+    /// # Shapes
+    /// returns `[1, 1, d]`.
+    pub fn init_token(d: usize, device: &B::Device) -> Param<Tensor<B, 3>> {
+        Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        }
+        .init([1, 1, d], device)
+    }
+}
+
 impl<B: Backend> Vit<B> {
+    /// The last layer's patch tokens (class token dropped) with the `mask`ed patches replaced
+    /// by `token` at the input: what SimMIM's and data2vec's heads read.
+    ///
+    /// # Shapes
+    /// `images` `[n, c, H, W]`, `mask` `[n, l]` (1 = masked), `token` `[1, 1, d]` ->
+    /// `[n, l, d]`.
+    pub fn forward_masked_patches(
+        &self,
+        images: Tensor<B, 4>,
+        mask: Tensor<B, 2>,
+        token: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let z = self.forward_all_tokens(images, Some(MaskTokens { mask, token }), None); // [n, 1 + l, d]
+        let [n, t, d] = z.dims();
+        z.slice([0..n, 1..t, 0..d]) // [n, l, d]
+    }
+
     /// The position table for a `grid_h x grid_w` patch grid, class-token row first: the
     /// model's own when the grid is its own, else resampled (see the module docs).
     ///
