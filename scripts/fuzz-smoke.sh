@@ -6,8 +6,9 @@
 #   scripts/fuzz-smoke.sh --seconds 3600 decode tar_reader   # long runs of some targets
 #
 # Targets (fuzz/fuzz_targets/): tar_reader, tar_roundtrip, shard_index, shard_pattern,
-# recipe, decode (zune-jpeg), and decode again built with libjpeg-turbo (`decode+turbo`:
-# crop-aware and DCT-scaled JPEG decoding; needs nasm). Each run: one target at a time,
+# recipe, decode (the default build's JPEG decoder: libjpeg-turbo, crop-aware and DCT-scaled,
+# where nasm is installed), and decode again on the pure-Rust zune-jpeg (`decode+zune`: the
+# pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt). Each run: one target at a time,
 # -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
 # A failure leaves the input in fuzz/artifacts/TARGET/ and exits non-zero; reproduce with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`. Corpora grow in
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-all=(tar_reader tar_roundtrip shard_index shard_pattern recipe decode decode+turbo)
+all=(tar_reader tar_roundtrip shard_index shard_pattern recipe decode decode+zune)
 if [ ${#targets[@]} -eq 0 ]; then targets=("${all[@]}"); fi
 
 testdata=../shared/testdata
@@ -77,14 +78,20 @@ printf '%s\n' '{"format":"tessera-shard-index","version":1,"kind":"stream","comp
 flags=(-rss_limit_mb=2048 -timeout=10 -max_total_time="$seconds" -print_final_stats=1)
 for t in "${targets[@]}"; do
   case "$t" in
-    decode+turbo) name=decode; features=(--features libjpeg-turbo) ;;
-    *) name="$t"; features=() ;;
+    decode+zune) name=decode; jpeg=zune ;;
+    *) name="$t"; jpeg=default ;;
   esac
   echo "==> fuzz $t for ${seconds}s"
   start=$(date +%s)
   set +e
-  # Absolute corpus path: shard_pattern changes its working directory.
-  cargo +nightly fuzz run "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
+  # Absolute corpus path: shard_pattern changes its working directory. Targets without
+  # seeds start from an empty corpus (libFuzzer refuses a missing directory).
+  mkdir -p "fuzz/corpus/$name"
+  if [ "$jpeg" = zune ]; then
+    TESSERA_JPEG=zune cargo +nightly fuzz run "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
+  else
+    env -u TESSERA_JPEG cargo +nightly fuzz run "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
+  fi
   status=$?
   set -e
   grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "fuzz/last-$t.log" || true
