@@ -311,6 +311,7 @@ mod tests {
             normalize: crate::feeder::Normalize::default(),
             seed: 0,
             micro_batch: 0,
+            global: None,
         }
     }
 

@@ -26,6 +26,7 @@ fn ctx(step: u64, steps_per_epoch: Option<u64>) -> StepContext {
         normalize: Normalize::default(),
         seed: 0,
         micro_batch: 0,
+        global: None,
     }
 }
 
