@@ -1,6 +1,7 @@
 //! Data-parallel training (issue #13) through `tessera train`: two CPU processes on
-//! 127.0.0.1 against one process with the same global batch, resume of a two-rank run, and
-//! a rank killed mid-run.
+//! 127.0.0.1 against one process with the same global batch (MAE; the batch-coupled
+//! methods with their global-batch gathers and SyncBatchNorm), resume of a two-rank run,
+//! and a rank killed mid-run.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -74,7 +75,8 @@ fn assert_same_losses(one: &Path, two: &Path, steps: usize) {
         let tol = 1e-4 * x.abs().max(1.0);
         assert!(
             (x - y).abs() <= tol,
-            "step {step}: one rank x 2B gave {x}, two ranks x B gave {y}"
+            "{}, step {step}: one rank x 2B gave {x}, two ranks x B gave {y}",
+            two.display()
         );
     }
 }
@@ -180,14 +182,48 @@ fn simclr_and_byol_on_two_ranks_train_like_one_rank_with_twice_the_batch() {
     for (name, objective) in methods {
         let tmp = tempdir();
         let recipe = two_view_recipe(tmp.path(), name, objective, 3);
-        let one = tmp.path().join("one");
+        let one = tmp.path().join(format!("{name}-one"));
         run_ok(&synthetic_args(&recipe, &one, "8"));
-        let two = tmp.path().join("two");
+        let two = tmp.path().join(format!("{name}-two"));
         let mut args = synthetic_args(&recipe, &two, "4");
         args.extend(["--devices", "2"]);
         assert_eq!(stdout_json(&run_ok(&args))["steps_done"], 3, "{name}");
         assert_same_losses(&one, &two, 3);
         assert_same_exports(tmp.path(), &one, &two);
+    }
+}
+
+/// Issue #13: the other two-view methods that couple a batch's samples (Barlow Twins' and
+/// VICReg's statistics, MoCo v3's keys, MoCo v2's queue, NNCLR's negatives and support set),
+/// with SyncBatchNorm: two ranks x 4 give the losses of one rank x 8.
+#[test]
+fn batch_coupled_two_view_methods_on_two_ranks_match_one_rank() {
+    let methods = [
+        ("barlow_twins", "method = \"barlow_twins\"\nproj_dim = 32"),
+        ("vicreg", "method = \"vicreg\"\nproj_dim = 32"),
+        (
+            "moco_v3",
+            "method = \"moco_v3\"\nproj_hidden_dim = 32\nproj_output_dim = 16",
+        ),
+        (
+            "moco_v2",
+            "method = \"moco_v2\"\nproj_hidden_dim = 32\nproj_output_dim = 16\nqueue_size = 64",
+        ),
+        (
+            "nnclr",
+            "method = \"nnclr\"\nproj_hidden_dim = 32\nproj_output_dim = 16\npred_hidden_dim = 32\nqueue_size = 64",
+        ),
+    ];
+    for (name, objective) in methods {
+        let tmp = tempdir();
+        let recipe = two_view_recipe(tmp.path(), name, objective, 3);
+        let one = tmp.path().join(format!("{name}-one"));
+        run_ok(&synthetic_args(&recipe, &one, "8"));
+        let two = tmp.path().join(format!("{name}-two"));
+        let mut args = synthetic_args(&recipe, &two, "4");
+        args.extend(["--devices", "2"]);
+        run_ok(&args);
+        assert_same_losses(&one, &two, 3);
     }
 }
 

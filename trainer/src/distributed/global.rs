@@ -140,9 +140,9 @@ impl GlobalBatch {
         };
         match summed {
             Some(t) => Tensor::from_primitive(TensorPrimitive::Float(*t)),
-            None => panic!(
-                "a global-batch all-reduce on a backend the run's collective does not serve"
-            ),
+            None => {
+                panic!("a global-batch all-reduce on a backend the run's collective does not serve")
+            }
         }
     }
 

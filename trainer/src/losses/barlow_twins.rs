@@ -86,9 +86,8 @@ pub fn barlow_twins_global<B: Backend>(
     let count = stats.clone().slice(4..5); // [1, d], every entry the global N
     let standardise = |z: Tensor<B, 2>, row: usize| {
         let mean = stats.clone().slice(row..row + 1) / count.clone(); // [1, d]
-        let var = (stats.clone().slice(row + 1..row + 2) / count.clone()
-            - mean.clone().square())
-        .clamp_min(0.0); // [1, d], biased
+        let var = (stats.clone().slice(row + 1..row + 2) / count.clone() - mean.clone().square())
+            .clamp_min(0.0); // [1, d], biased
         (z - mean) / var.add_scalar(BATCH_NORM_EPS).sqrt() // [n, d]
     };
     let c = all_reduce(standardise(z1, 0).transpose().matmul(standardise(z2, 2))) // [d, d]
@@ -131,11 +130,16 @@ mod tests {
         let x = inputs(&golden);
         let (z1, z2) = (x["z1"].clone(), x["z2"].clone());
         let lambda = golden.param("lambda");
-        let one = barlow_twins::<B>(z1.clone(), z2.clone(), lambda).0.into_scalar();
+        let one = barlow_twins::<B>(z1.clone(), z2.clone(), lambda)
+            .0
+            .into_scalar();
         let identity = |t: Tensor<B, 2>| t;
         let global = barlow_twins_global::<B>(z1, z2, lambda, Some(&identity))
             .0
             .into_scalar();
-        assert!((one - global).abs() <= 1e-4 * one.abs().max(1.0), "{one} vs {global}");
+        assert!(
+            (one - global).abs() <= 1e-4 * one.abs().max(1.0),
+            "{one} vs {global}"
+        );
     }
 }

@@ -98,7 +98,10 @@ pub fn sinkhorn_global<B: Backend>(
     let q = (scores.detach().sub_scalar(1.0) / epsilon).exp(); // [n, K]
     // Column sums and row counts of all ranks in one all-reduce.
     let first = all_reduce(Tensor::cat(
-        vec![q.clone().sum_dim(0), Tensor::full([1, k], n as f64, &device)],
+        vec![
+            q.clone().sum_dim(0),
+            Tensor::full([1, k], n as f64, &device),
+        ],
         0,
     )); // [2, K]
     let total = first.clone().slice(0..1).sum().reshape([1, 1]); // [1, 1]

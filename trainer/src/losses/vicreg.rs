@@ -138,7 +138,8 @@ pub fn vicreg_global<B: Backend>(
         0,
     )); // [3, d]
     let count = sums.clone().slice(2..3); // [1, d], every entry the global N
-    let centred = |z: Tensor<B, 2>, row: usize| z - sums.clone().slice(row..row + 1) / count.clone();
+    let centred =
+        |z: Tensor<B, 2>, row: usize| z - sums.clone().slice(row..row + 1) / count.clone();
     let (c1, c2) = (centred(z1, 0), centred(z2, 1)); // [n, d] each
     let grams = all_reduce(Tensor::cat(
         vec![

@@ -118,10 +118,12 @@ impl StepContext {
     /// global forms (`barlow_twins_global`, `vicreg_global`, `dino_global`); `None` alone,
     /// where those losses take their single-process path.
     #[allow(clippy::type_complexity)]
-    pub fn sum_over_ranks<B: Backend>(&self) -> Option<Box<dyn Fn(Tensor<B, 2>) -> Tensor<B, 2> + '_>> {
-        self.global
-            .as_ref()
-            .map(|g| Box::new(move |t| g.all_reduce_sum(t)) as Box<dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>)
+    pub fn sum_over_ranks<B: Backend>(
+        &self,
+    ) -> Option<Box<dyn Fn(Tensor<B, 2>) -> Tensor<B, 2> + '_>> {
+        self.global.as_ref().map(|g| {
+            Box::new(move |t| g.all_reduce_sum(t)) as Box<dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>
+        })
     }
 
     /// The sum of `x` over the ranks, differentiable on the autodiff backend (detach `x`

@@ -9,7 +9,7 @@ use tessera_pipeline::Recipe;
 use super::*;
 use crate::backbone::ResNetConfig;
 use crate::feeder::Normalize;
-use crate::losses::swav::sinkhorn;
+use crate::losses::swav::{sinkhorn, swav};
 use crate::objectives::MethodConfig;
 use crate::optim::{Optim, OptimSettings};
 

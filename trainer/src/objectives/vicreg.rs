@@ -104,7 +104,12 @@ impl<B: AutodiffBackend> Method<B> for VicRegConfig {
         };
         // Variance and covariance over the global batch with several ranks.
         let sum = ctx.sum_over_ranks::<B>();
-        let out = vicreg_global(model.project(x1), model.project(x2), weights, sum.as_deref());
+        let out = vicreg_global(
+            model.project(x1),
+            model.project(x2),
+            weights,
+            sum.as_deref(),
+        );
         Ok(MethodOutput {
             parts: vec![
                 ("invariance", part(&out.invariance)),

@@ -337,14 +337,14 @@ where
         save_png(&plot.png(960, 540)?, &loss_path)?;
     }
 
-    let communication_seconds_per_step = run
-        .sync
-        .as_ref()
-        .zip(communication_before)
-        .map(|(sync, before)| {
-            let spent = sync.collective().time_spent().saturating_sub(before);
-            spent.as_secs_f64() / (run.step - first_step).max(1) as f64
-        });
+    let communication_seconds_per_step =
+        run.sync
+            .as_ref()
+            .zip(communication_before)
+            .map(|(sync, before)| {
+                let spent = sync.collective().time_spent().saturating_sub(before);
+                spent.as_secs_f64() / (run.step - first_step).max(1) as f64
+            });
     Ok(RunSummary {
         first_step,
         steps_done: run.step,
