@@ -1,6 +1,7 @@
 //! Data-parallel training (issue #13) through `tessera train`: two CPU processes on
-//! 127.0.0.1 against one process with the same global batch, resume of a two-rank run, and
-//! a rank killed mid-run.
+//! 127.0.0.1 against one process with the same global batch (MAE; the batch-coupled
+//! methods with their global-batch gathers and SyncBatchNorm), resume of a two-rank run,
+//! and a rank killed mid-run.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -61,20 +62,29 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch() {
         "global batch not reported:\n{stderr}"
     );
 
-    let (a, b) = (losses(&one), losses(&two));
-    assert_eq!(a.len(), 6);
-    assert_eq!(b.len(), 6, "rank 0 logs one record per step");
+    assert_same_losses(&one, &two, 6);
+    assert_same_exports(tmp.path(), &one, &two);
+}
+
+/// The loss of every step agrees (relative 1e-4) between a one-rank and a two-rank run.
+fn assert_same_losses(one: &Path, two: &Path, steps: usize) {
+    let (a, b) = (losses(one), losses(two));
+    assert_eq!(a.len(), steps);
+    assert_eq!(b.len(), steps, "rank 0 logs one record per step");
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         let tol = 1e-4 * x.abs().max(1.0);
         assert!(
             (x - y).abs() <= tol,
-            "step {step}: one rank x 16 gave {x}, two ranks x 8 gave {y}"
+            "{}, step {step}: one rank x 2B gave {x}, two ranks x B gave {y}",
+            two.display()
         );
     }
+}
 
-    // Same weights at the end: the exported encoders agree within float rounding.
+/// The exported encoders of two runs agree within float rounding.
+fn assert_same_exports(tmp: &Path, one: &Path, two: &Path) {
     let export = |run: &Path, name: &str| {
-        let path = tmp.path().join(name);
+        let path = tmp.join(name);
         run_ok(&[
             "export",
             "--checkpoint",
@@ -85,8 +95,8 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch() {
         std::fs::read(path).unwrap()
     };
     let (ea, eb) = (
-        export(&one, "one.safetensors"),
-        export(&two, "two.safetensors"),
+        export(one, "one.safetensors"),
+        export(two, "two.safetensors"),
     );
     let (ta, tb) = (
         safetensors::SafeTensors::deserialize(&ea).unwrap(),
@@ -109,6 +119,111 @@ fn two_ranks_train_like_one_rank_with_twice_the_batch() {
                 "{name}[{i}]: {p} vs {q}"
             );
         }
+    }
+}
+
+/// A two-view recipe on a ResNet-18 (CIFAR stem) at 16 px with small heads: BatchNorm in
+/// the backbone and the projector.
+fn two_view_recipe(dir: &Path, name: &str, objective: &str, steps: u64) -> std::path::PathBuf {
+    let text = format!(
+        r#"[data]
+batch_size = 8
+seed = 5
+
+[[views]]
+name = "view"
+count = 2
+size = 16
+scale = [0.3, 1.0]
+[[views.transforms]]
+op = "horizontal_flip"
+p = 0.5
+
+[model]
+arch = "resnet18"
+cifar_stem = true
+
+[objective]
+{objective}
+
+[train]
+steps = {steps}
+warmup_steps = 1
+checkpoint_every = 0
+
+[optim]
+optimizer = "sgd"
+lr = 0.05
+momentum = 0.9
+weight_decay = 1e-4
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Issue #13: the batch-coupled methods see the global batch. SimCLR takes its negatives
+/// from every rank (gathered with their gradients) and BYOL's student and momentum teacher
+/// normalise with global BatchNorm statistics (SyncBatchNorm, backbone and heads): two
+/// ranks x 4 give the losses and weights of one rank x 8.
+#[test]
+fn simclr_and_byol_on_two_ranks_train_like_one_rank_with_twice_the_batch() {
+    let methods = [
+        (
+            "simclr",
+            "method = \"simclr\"\ntemperature = 0.5\nproj_hidden_dim = 32\nproj_output_dim = 16",
+        ),
+        (
+            "byol",
+            "method = \"byol\"\nproj_hidden_dim = 32\nproj_output_dim = 16\npred_hidden_dim = 32",
+        ),
+    ];
+    for (name, objective) in methods {
+        let tmp = tempdir();
+        let recipe = two_view_recipe(tmp.path(), name, objective, 3);
+        let one = tmp.path().join(format!("{name}-one"));
+        run_ok(&synthetic_args(&recipe, &one, "8"));
+        let two = tmp.path().join(format!("{name}-two"));
+        let mut args = synthetic_args(&recipe, &two, "4");
+        args.extend(["--devices", "2"]);
+        assert_eq!(stdout_json(&run_ok(&args))["steps_done"], 3, "{name}");
+        assert_same_losses(&one, &two, 3);
+        assert_same_exports(tmp.path(), &one, &two);
+    }
+}
+
+/// Issue #13: the other two-view methods that couple a batch's samples (Barlow Twins' and
+/// VICReg's statistics, MoCo v3's keys, MoCo v2's queue, NNCLR's negatives and support set),
+/// with SyncBatchNorm: two ranks x 4 give the losses of one rank x 8.
+#[test]
+fn batch_coupled_two_view_methods_on_two_ranks_match_one_rank() {
+    let methods = [
+        ("barlow_twins", "method = \"barlow_twins\"\nproj_dim = 32"),
+        ("vicreg", "method = \"vicreg\"\nproj_dim = 32"),
+        (
+            "moco_v3",
+            "method = \"moco_v3\"\nproj_hidden_dim = 32\nproj_output_dim = 16",
+        ),
+        (
+            "moco_v2",
+            "method = \"moco_v2\"\nproj_hidden_dim = 32\nproj_output_dim = 16\nqueue_size = 64",
+        ),
+        (
+            "nnclr",
+            "method = \"nnclr\"\nproj_hidden_dim = 32\nproj_output_dim = 16\npred_hidden_dim = 32\nqueue_size = 64",
+        ),
+    ];
+    for (name, objective) in methods {
+        let tmp = tempdir();
+        let recipe = two_view_recipe(tmp.path(), name, objective, 3);
+        let one = tmp.path().join(format!("{name}-one"));
+        run_ok(&synthetic_args(&recipe, &one, "8"));
+        let two = tmp.path().join(format!("{name}-two"));
+        let mut args = synthetic_args(&recipe, &two, "4");
+        args.extend(["--devices", "2"]);
+        run_ok(&args);
+        assert_same_losses(&one, &two, 3);
     }
 }
 

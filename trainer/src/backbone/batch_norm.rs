@@ -12,6 +12,14 @@
 //! `running = (1 - momentum) * running + momentum * batch`. In [`NormMode::Eval`] the running
 //! statistics are used and nothing changes.
 //!
+//! SyncBatchNorm: in a data-parallel run (while the loop has entered
+//! [`crate::distributed::GlobalBatch::enter_batch_norm`], `[train] sync_batch_norm`), train
+//! mode takes its statistics over the global batch, as PyTorch's `SyncBatchNorm`: each rank
+//! sums `[sum x, sum x^2, count]` per channel, one differentiable all-reduce adds them up
+//! ([`crate::distributed::GlobalBatch::all_reduce_sum`]), and the mean and biased variance
+//! (`E[x^2] - mean^2`) of all ranks' samples normalise the local ones; the running
+//! statistics move towards the global mean and unbiased variance. Alone, nothing changes.
+//!
 //! Parameter names are PyTorch's (`weight`, `bias`, `running_mean`, `running_var`), so a
 //! timm state dict maps onto the module paths as they are. The running statistics are
 //! burn [`RunningState`]s (like burn's own `BatchNorm`): saved in records, visited as float
@@ -24,7 +32,7 @@
 //! module and `load_record` the original's record into it.
 
 use burn::module::{Initializer, Module, Param, RunningState};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{ElementConversion, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 /// PyTorch's `BatchNorm` epsilon.
@@ -118,8 +126,18 @@ impl<B: Backend> BatchNorm<B> {
         let c = dims[1];
         let mut stat_shape = [1; D]; // [1, c, 1, 1]
         stat_shape[1] = c;
-        let (centered, var) = match mode {
-            NormMode::Train => {
+        let global = match mode {
+            NormMode::Train => crate::distributed::batch_norm_ranks(),
+            NormMode::Eval => None,
+        };
+        let (centered, var) = match (mode, global) {
+            (NormMode::Train, Some(global)) => {
+                let (mean, var, count) = global_statistics(x.clone(), &global);
+                let (mean, var) = (mean.reshape(stat_shape), var.reshape(stat_shape));
+                self.update_running(mean.clone(), var.clone(), count);
+                (x - mean, var)
+            }
+            (NormMode::Train, None) => {
                 let mean = mean_but_channels(x.clone()); // [1, c, 1, 1]
                 let centered = x - mean.clone();
                 let var = mean_but_channels(centered.clone().square()); // biased
@@ -127,7 +145,7 @@ impl<B: Backend> BatchNorm<B> {
                 self.update_running(mean, var.clone(), count);
                 (centered, var)
             }
-            NormMode::Eval => {
+            (NormMode::Eval, _) => {
                 let device = x.device();
                 let mean = self.running_mean.value_sync().to_device(&device);
                 let var = self.running_var.value_sync().to_device(&device);
@@ -168,6 +186,32 @@ impl<B: Backend> BatchNorm<B> {
         let _ = self.running_mean.value_sync();
         let _ = self.running_var.value_sync();
     }
+}
+
+/// Mean, biased variance (both `[c]`) and sample count per channel of every rank's `x`
+/// together, through one all-reduce of `[sum x, sum x^2, count]` (differentiable).
+///
+/// # Shapes
+/// `x`: `[n, c, ...]`; returns `[c]`, `[c]` and a count.
+fn global_statistics<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    global: &crate::distributed::GlobalBatch,
+) -> (Tensor<B, 1>, Tensor<B, 1>, usize) {
+    let dims = x.dims();
+    let c = dims[1];
+    let local_count = dims.iter().product::<usize>() / c.max(1);
+    let sum_but_channels =
+        |t: Tensor<B, D>| (0..D).filter(|&d| d != 1).fold(t, |t, d| t.sum_dim(d));
+    let sum = sum_but_channels(x.clone()).reshape([1, c]); // [1, c]
+    let squares = sum_but_channels(x.square()).reshape([1, c]); // [1, c]
+    let count = Tensor::full([1, c], local_count as f64, &sum.device()); // [1, c]
+    let total = global.all_reduce_sum(Tensor::cat(vec![sum, squares, count], 0)); // [3, c]
+    let n = total.clone().slice(2..3).reshape([c]); // [c]
+    // Every channel has the same count; exact in f32 up to 2^24 samples per channel.
+    let count = n.clone().slice(0..1).into_scalar().elem::<f64>().round() as usize;
+    let mean = total.clone().slice(0..1).reshape([c]) / n.clone(); // [c]
+    let var = (total.slice(1..2).reshape([c]) / n - mean.clone().square()).clamp_min(0.0); // [c]
+    (mean, var, count)
 }
 
 /// Mean over every dimension but 1, keeping them: `[n, c, h, w]` -> `[1, c, 1, 1]`.

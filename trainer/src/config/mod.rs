@@ -118,6 +118,17 @@ pub struct TrainSection {
     /// Optimiser steps between metric lines. Default 10.
     #[serde(default = "default_log_every")]
     pub log_every: u64,
+    /// With several ranks, BatchNorm in train mode (backbone, heads, momentum teachers)
+    /// normalises with the statistics of the global batch, as PyTorch's `SyncBatchNorm`:
+    /// one all-reduce per BatchNorm layer per forward pass (and one in the backward).
+    /// Default true; false keeps per-rank statistics (faster, but W ranks x B then differ
+    /// from one process with batch W x B). No effect in a single process.
+    #[serde(default = "default_sync_batch_norm")]
+    pub sync_batch_norm: bool,
+}
+
+fn default_sync_batch_norm() -> bool {
+    true
 }
 
 /// The optimisers `[optim] optimizer` names.

@@ -126,6 +126,7 @@ impl TrainerConfig {
             seed: t.seed.unwrap_or(recipe.data.seed),
             precision: t.precision,
             log_every: t.log_every.max(1),
+            sync_batch_norm: t.sync_batch_norm,
         })
     }
 }
@@ -203,6 +204,9 @@ pub struct ResolvedTrainConfig {
     pub precision: Precision,
     /// Optimiser steps between metric lines.
     pub log_every: u64,
+    /// BatchNorm over the global batch when there are several ranks (SyncBatchNorm).
+    #[serde(default = "super::default_sync_batch_norm")]
+    pub sync_batch_norm: bool,
 }
 
 impl ResolvedTrainConfig {

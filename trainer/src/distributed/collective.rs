@@ -12,9 +12,11 @@
 //! [`CollectiveError::Timeout`] naming the operation, and the process exits with it (the
 //! worker, blocked for good, does not keep it alive).
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -24,7 +26,7 @@ use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use super::World;
 
 /// A failed collective operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CollectiveError {
     /// No answer within the timeout: another rank stopped, crashed or hangs.
     #[error(
@@ -61,12 +63,25 @@ enum Request<B: Backend> {
 type Reply<B> = Result<Option<FloatTensor<B>>, String>;
 
 /// This process's membership of the collective.
+///
+/// Shared (`&self`, `Sync`): the step's gradient exchange and the global-batch operations
+/// inside the forward and backward passes ([`super::GlobalBatch`]) use the same one, one
+/// operation at a time. The first failure poisons it: every later operation returns that
+/// error at once instead of waiting out another timeout.
 pub struct Collective<B: Backend> {
     rank: u32,
     timeout: Duration,
+    channel: Mutex<Channel<B>>,
+    failure: Mutex<Option<CollectiveError>>,
+    /// Wall time spent in all-reduces so far, in nanoseconds.
+    spent_ns: AtomicU64,
+    _worker: JoinHandle<()>,
+}
+
+/// The two ends of the worker's channels, used under one lock.
+struct Channel<B: Backend> {
     requests: SyncSender<Request<B>>,
     replies: Receiver<Reply<B>>,
-    _worker: JoinHandle<()>,
 }
 
 impl<B: Backend> std::fmt::Debug for Collective<B> {
@@ -144,11 +159,15 @@ impl<B: Backend> Collective<B> {
         let collective = Collective {
             rank,
             timeout,
-            requests,
-            replies,
+            channel: Mutex::new(Channel { requests, replies }),
+            failure: Mutex::new(None),
+            spent_ns: AtomicU64::new(0),
             _worker: worker,
         };
-        collective.wait("joining the collective", join_timeout)?;
+        {
+            let channel = collective.lock_channel();
+            collective.wait(&channel, "joining the collective", join_timeout)?;
+        }
         Ok(collective)
     }
 
@@ -164,30 +183,68 @@ impl<B: Backend> Collective<B> {
         tensor: Tensor<B, 1>,
         what: &str,
     ) -> Result<Tensor<B, 1>, CollectiveError> {
+        if let Some(failure) = self.failure() {
+            return Err(failure);
+        }
+        let channel = self.lock_channel();
+        let began = Instant::now();
         let primitive = tensor.into_primitive().tensor();
-        if self.requests.send(Request::AllReduce(primitive)).is_err() {
-            return Err(CollectiveError::Failed {
+        let result = if channel
+            .requests
+            .send(Request::AllReduce(primitive))
+            .is_err()
+        {
+            Err(CollectiveError::Failed {
                 rank: self.rank,
                 what: what.into(),
                 message: "the collective's worker thread is gone".into(),
-            });
+            })
+        } else {
+            match self.wait(&channel, what, self.timeout) {
+                Ok(Some(out)) => Ok(Tensor::from_primitive(TensorPrimitive::Float(out))),
+                Ok(None) => Err(CollectiveError::Failed {
+                    rank: self.rank,
+                    what: what.into(),
+                    message: "the worker answered without a tensor".into(),
+                }),
+                Err(e) => Err(e),
+            }
+        };
+        let spent = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.spent_ns.fetch_add(spent, Ordering::Relaxed);
+        if let Err(e) = &result {
+            let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            failure.get_or_insert_with(|| e.clone());
         }
-        match self.wait(what, self.timeout)? {
-            Some(out) => Ok(Tensor::from_primitive(TensorPrimitive::Float(out))),
-            None => Err(CollectiveError::Failed {
-                rank: self.rank,
-                what: what.into(),
-                message: "the worker answered without a tensor".into(),
-            }),
-        }
+        result
+    }
+
+    /// Wall time spent in all-reduces since joining (waiting for the slowest rank
+    /// included): the communication time of the run so far.
+    pub fn time_spent(&self) -> Duration {
+        Duration::from_nanos(self.spent_ns.load(Ordering::Relaxed))
+    }
+
+    /// The first operation that failed, if one did: the collective is unusable after it.
+    pub fn failure(&self) -> Option<CollectiveError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn lock_channel(&self) -> std::sync::MutexGuard<'_, Channel<B>> {
+        // A panic while holding the lock leaves the channel as it was: keep using it.
+        self.channel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn wait(
         &self,
+        channel: &Channel<B>,
         what: &str,
         timeout: Duration,
     ) -> Result<Option<FloatTensor<B>>, CollectiveError> {
-        match self.replies.recv_timeout(timeout) {
+        match channel.replies.recv_timeout(timeout) {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(message)) => Err(CollectiveError::Failed {
                 rank: self.rank,

@@ -11,6 +11,8 @@
 //! are drawn at random when a model is built, so they differ between processes.
 //! A pipeline position travels as 16-bit pieces, which f32 sums carry exactly.
 
+use std::sync::Arc;
+
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -59,14 +61,23 @@ pub struct Agreed {
 /// The per-step exchange of a data-parallel run.
 #[derive(Debug)]
 pub struct StepSync<B: Backend> {
-    collective: Collective<B>,
+    collective: Arc<Collective<B>>,
     world: World,
 }
 
 impl<B: Backend> StepSync<B> {
     /// Around a joined collective.
     pub fn new(collective: Collective<B>, world: World) -> Self {
-        Self { collective, world }
+        Self {
+            collective: Arc::new(collective),
+            world,
+        }
+    }
+
+    /// The collective, shared with the step's global-batch operations
+    /// ([`super::GlobalBatch::new`]).
+    pub fn collective(&self) -> &Arc<Collective<B>> {
+        &self.collective
     }
 
     /// The world this exchange spans.

@@ -51,6 +51,52 @@ pub fn barlow_twins<B: Backend>(
     (on_diagonal + off_diagonal.mul_scalar(lambda), c)
 }
 
+/// [`barlow_twins`] over the global batch of a data-parallel run, as one process with all
+/// ranks' rows would compute it: the standardisation uses every rank's mean and variance
+/// (one all-reduce of `[sum z, sum z^2, count]` per view) and `c` sums every rank's
+/// `bn(z1)^T bn(z2)` before dividing by the global `N` (a second all-reduce). Every rank
+/// gets the same loss. `all_reduce` is a differentiable sum over the ranks
+/// ([`crate::objectives::StepContext::all_reduce_sum`]); `None` alone, which is
+/// [`barlow_twins`] itself.
+///
+/// # Shapes
+/// `z1`, `z2`: `[n, d]`; returns the loss `[1]` and `c` `[d, d]`.
+pub fn barlow_twins_global<B: Backend>(
+    z1: Tensor<B, 2>,
+    z2: Tensor<B, 2>,
+    lambda: f64,
+    all_reduce: Option<&dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let Some(all_reduce) = all_reduce else {
+        return barlow_twins(z1, z2, lambda);
+    };
+    let [n, d] = z1.dims();
+    let device = z1.device();
+    let stats = Tensor::cat(
+        vec![
+            z1.clone().sum_dim(0),
+            z1.clone().square().sum_dim(0),
+            z2.clone().sum_dim(0),
+            z2.clone().square().sum_dim(0),
+            Tensor::full([1, d], n as f64, &device),
+        ],
+        0,
+    ); // [5, d]
+    let stats = all_reduce(stats); // [5, d]
+    let count = stats.clone().slice(4..5); // [1, d], every entry the global N
+    let standardise = |z: Tensor<B, 2>, row: usize| {
+        let mean = stats.clone().slice(row..row + 1) / count.clone(); // [1, d]
+        let var = (stats.clone().slice(row + 1..row + 2) / count.clone() - mean.clone().square())
+            .clamp_min(0.0); // [1, d], biased
+        (z - mean) / var.add_scalar(BATCH_NORM_EPS).sqrt() // [n, d]
+    };
+    let c = all_reduce(standardise(z1, 0).transpose().matmul(standardise(z2, 2))) // [d, d]
+        / count.clone().transpose(); // row i over N: [d, 1] broadcast
+    let on_diagonal = diagonal(c.clone()).sub_scalar(1.0).square().sum();
+    let off_diagonal = off_diagonal_sum_squares(c.clone());
+    (on_diagonal + off_diagonal.mul_scalar(lambda), c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +120,26 @@ mod tests {
     #[test]
     fn matches_lightly() {
         check("barlow_twins_lightly");
+    }
+
+    /// With a sum over one "rank" (the identity) the global form computes the same loss
+    /// through its own arithmetic (`E[z^2] - mean^2`, a summed `c`).
+    #[test]
+    fn the_global_form_alone_is_the_loss() {
+        let golden = Golden::load("barlow_twins");
+        let x = inputs(&golden);
+        let (z1, z2) = (x["z1"].clone(), x["z2"].clone());
+        let lambda = golden.param("lambda");
+        let one = barlow_twins::<B>(z1.clone(), z2.clone(), lambda)
+            .0
+            .into_scalar();
+        let identity = |t: Tensor<B, 2>| t;
+        let global = barlow_twins_global::<B>(z1, z2, lambda, Some(&identity))
+            .0
+            .into_scalar();
+        assert!(
+            (one - global).abs() <= 1e-4 * one.abs().max(1.0),
+            "{one} vs {global}"
+        );
     }
 }

@@ -62,6 +62,27 @@ pub fn dino<B: Backend>(
     center: Tensor<B, 2>,
     teacher_temp: f64,
 ) -> Result<(Tensor<B, 1>, Tensor<B, 2>)> {
+    dino_global(loss, teacher, student, center, teacher_temp, None)
+}
+
+/// [`dino`] in a data-parallel run: the centre moves toward the mean teacher output of the
+/// global batch, as the official `update_center` all-reduces it. `all_reduce` sums over the
+/// ranks ([`crate::objectives::StepContext::all_reduce_sum`]; no gradient is involved);
+/// `None` alone, which is [`dino`]. The loss is this rank's.
+///
+/// # Shapes
+/// As [`dino`].
+///
+/// # Errors
+/// As [`dino`].
+pub fn dino_global<B: Backend>(
+    loss: &DinoLoss,
+    teacher: &[Tensor<B, 2>],
+    student: &[Tensor<B, 2>],
+    center: Tensor<B, 2>,
+    teacher_temp: f64,
+    all_reduce: Option<&dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>,
+) -> Result<(Tensor<B, 1>, Tensor<B, 2>)> {
     let (n_teacher, n_student) = (teacher.len(), student.len());
     let n_pairs = n_teacher * n_student - n_teacher.min(n_student);
     if n_teacher == 0 || n_pairs == 0 {
@@ -104,7 +125,15 @@ pub fn dino<B: Backend>(
     let total = (pair_ce * off_diagonal).sum() / (n_pairs * b) as f64; // [1]
 
     // Centre EMA over every teacher output of the batch.
-    let batch_center = teacher.mean_dim(0); // [1, K]
+    let batch_center = match all_reduce {
+        None => teacher.mean_dim(0), // [1, K]
+        Some(all_reduce) => {
+            let [rows, _] = teacher.dims();
+            let count = Tensor::full([1, k], rows as f64, &device); // [1, K]
+            let sums = all_reduce(Tensor::cat(vec![teacher.sum_dim(0), count], 0)); // [2, K]
+            sums.clone().slice(0..1) / sums.slice(1..2) // [1, K]
+        }
+    };
     let new_center = center * loss.center_momentum + batch_center * (1.0 - loss.center_momentum);
     Ok((total, new_center))
 }

@@ -15,7 +15,9 @@
 //! is the cross-entropy of `norm(q) norm(k)^T / temperature` with the diagonal as labels,
 //! multiplied by `2 * temperature` as the official code does; the loss is
 //! `ctr(q1, k2) + ctr(q2, k1)`. Matches facebookresearch/moco-v3 `builder.py`
-//! `MoCo.contrastive_loss` and `forward` on one process (golden `moco_v3`).
+//! `MoCo.contrastive_loss` and `forward` on one process (golden `moco_v3`); with several
+//! ranks [`moco_v3_global`] takes the negatives from every rank's keys, as the official
+//! `concat_all_gather` does.
 //!
 //! Keys and queue come from the momentum encoder and carry no gradient: both losses detach
 //! them.
@@ -51,18 +53,26 @@ pub fn moco_v2<B: Backend>(
 }
 
 /// MoCo v3's `contrastive_loss`: cross-entropy of `norm(q) norm(k)^T / temperature` with
-/// label `i` for row `i`, times `2 * temperature`. `k` is detached.
+/// label `first_row + i` for row `i`, times `2 * temperature`. `k` (all ranks' keys, this
+/// rank's from `first_row`) is detached.
 ///
 /// # Shapes
-/// `q`, `k`: `[n, d]`; returns `[1]`.
-fn contrastive<B: Backend>(q: Tensor<B, 2>, k: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
+/// `q`: `[n, d]`; `k`: `[m, d]`, `m >= first_row + n`; returns `[1]`.
+fn contrastive<B: Backend>(
+    q: Tensor<B, 2>,
+    k: Tensor<B, 2>,
+    temperature: f64,
+    first_row: usize,
+) -> Tensor<B, 1> {
+    let [n, _d] = q.dims();
     let q = normalize(q, 1); // [n, d]
-    let k = normalize(k.detach(), 1); // [n, d]
-    let positives = (q.clone() * k.clone())
+    let k = normalize(k.detach(), 1); // [m, d]
+    let own = k.clone().slice(first_row..first_row + n); // [n, d]
+    let positives = (q.clone() * own)
         .sum_dim(1)
         .div_scalar(temperature)
         .squeeze_dim(1); // [n]
-    let logits = q.matmul(k.transpose()).div_scalar(temperature); // [n, n]
+    let logits = q.matmul(k.transpose()).div_scalar(temperature); // [n, m]
     (log_sum_exp(logits) - positives)
         .mean()
         .mul_scalar(2.0 * temperature)
@@ -85,7 +95,27 @@ pub fn moco_v3<B: Backend>(
     k2: Tensor<B, 2>,
     temperature: f64,
 ) -> Tensor<B, 1> {
-    contrastive(q1, k2, temperature) + contrastive(q2, k1, temperature)
+    moco_v3_global(q1, q2, k1, k2, temperature, 0)
+}
+
+/// [`moco_v3`] with the keys of the whole global batch, as the official code's
+/// `concat_all_gather`: `k1`, `k2` hold every rank's keys, this rank's from `first_row`, and
+/// row `i`'s label is `first_row + i`. The mean is over this rank's queries.
+///
+/// # Shapes
+/// `q1`, `q2`: `[n, d]`; `k1`, `k2`: `[m, d]`; returns `[1]`.
+///
+/// # Panics
+/// When the widths differ or `first_row + n > m`.
+pub fn moco_v3_global<B: Backend>(
+    q1: Tensor<B, 2>,
+    q2: Tensor<B, 2>,
+    k1: Tensor<B, 2>,
+    k2: Tensor<B, 2>,
+    temperature: f64,
+    first_row: usize,
+) -> Tensor<B, 1> {
+    contrastive(q1, k2, temperature, first_row) + contrastive(q2, k1, temperature, first_row)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use super::normalize;
-use super::ntxent::nt_xent;
+use super::ntxent::nt_xent_global;
 
 /// Each row of `z`'s nearest neighbour by cosine similarity among the rows of `support`,
 /// and its index there. Neither carries a gradient.
@@ -56,9 +56,31 @@ pub fn nnclr<B: Backend>(
     support: Tensor<B, 2>,
     temperature: f64,
 ) -> Tensor<B, 1> {
+    nnclr_global(p0, p1, z0, z1, support, temperature, &|z| z, 0)
+}
+
+/// [`nnclr`] with the NT-Xent negatives of the whole global batch
+/// ([`super::ntxent::nt_xent_global`]: `gather` makes every rank's rows, this rank's from
+/// `first_row`). The identity and 0 alone, which is [`nnclr`].
+///
+/// # Shapes
+/// `p0`, `p1`, `z0`, `z1`: `[n, d]`; `support`: `[m, d]`; returns `[1]`.
+#[allow(clippy::too_many_arguments)]
+pub fn nnclr_global<B: Backend>(
+    p0: Tensor<B, 2>,
+    p1: Tensor<B, 2>,
+    z0: Tensor<B, 2>,
+    z1: Tensor<B, 2>,
+    support: Tensor<B, 2>,
+    temperature: f64,
+    gather: &dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>,
+    first_row: usize,
+) -> Tensor<B, 1> {
     let (nn0, _) = nearest_neighbours(z0, support.clone());
     let (nn1, _) = nearest_neighbours(z1, support);
-    (nt_xent(nn0, p1, temperature) + nt_xent(nn1, p0, temperature)).mul_scalar(0.5)
+    (nt_xent_global(nn0, p1, temperature, gather, first_row)
+        + nt_xent_global(nn1, p0, temperature, gather, first_row))
+    .mul_scalar(0.5)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! (goldens `simclr_ntxent_t0.1`, `simclr_ntxent_t0.5`). The row's own similarity is masked
 //! with `-inf` rather than cut out, which leaves the softmax over the others unchanged.
 
-use burn::tensor::{Bool, Tensor, backend::Backend};
+use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
 
 use super::{log_sum_exp, normalize};
 
@@ -24,6 +24,28 @@ use super::{log_sum_exp, normalize};
 /// # Panics
 /// When `z0` and `z1` differ in shape.
 pub fn nt_xent<B: Backend>(z0: Tensor<B, 2>, z1: Tensor<B, 2>, temperature: f64) -> Tensor<B, 1> {
+    nt_xent_global(z0, z1, temperature, &|z| z, 0)
+}
+
+/// [`nt_xent`] of this rank's rows against the negatives of the whole global batch (data
+/// parallel, as SimCLR's TPU code gathers them): `gather` makes every rank's `[n, d]` rows
+/// into `[m, d]` (the identity alone), in which this rank's rows start at `first_row`.
+/// The mean is over this rank's `2n` rows; averaged over the ranks it is the loss of one
+/// process with the whole batch (see [`crate::distributed::GlobalBatch`] for the
+/// gradient). With `gather` the identity and `first_row` 0 this is [`nt_xent`].
+///
+/// # Shapes
+/// `z0`, `z1`: `[n, d]`; `gather`: `[n, d]` -> `[m, d]`; returns `[1]`.
+///
+/// # Panics
+/// When `z0` and `z1` differ in shape, or `first_row + n > m`.
+pub fn nt_xent_global<B: Backend>(
+    z0: Tensor<B, 2>,
+    z1: Tensor<B, 2>,
+    temperature: f64,
+    gather: &dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>,
+    first_row: usize,
+) -> Tensor<B, 1> {
     let [n, _d] = z0.dims();
     let device = z0.device();
     let z0 = normalize(z0, 1); // [n, d]
@@ -34,12 +56,25 @@ pub fn nt_xent<B: Backend>(z0: Tensor<B, 2>, z1: Tensor<B, 2>, temperature: f64)
     let positives = Tensor::cat(vec![positives.clone(), positives], 0).squeeze_dim(1); // [2n]
 
     let z = Tensor::cat(vec![z0, z1], 0); // [2n, d]
-    let itself = Tensor::<B, 2, Bool>::diag_mask([2 * n, 2 * n], 0, &device).bool_not();
+    // Columns: view 0 of every image of the global batch, then view 1.
+    let columns = gather(z.clone().slice(0..n)); // [m, d]
+    let [m, _] = columns.dims();
+    let columns = Tensor::cat(vec![columns, gather(z.clone().slice(n..2 * n))], 0); // [2m, d]
+    // Row i's own column: first_row + i for view 0, m + first_row + i for view 1.
+    let itself = if m == n && first_row == 0 {
+        Tensor::<B, 2, Bool>::diag_mask([2 * n, 2 * n], 0, &device).bool_not()
+    } else {
+        let mut mask = vec![false; 2 * n * 2 * m];
+        for i in 0..n {
+            mask[i * 2 * m + first_row + i] = true;
+            mask[(n + i) * 2 * m + m + first_row + i] = true;
+        }
+        Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [2 * n, 2 * m]), &device)
+    };
     let logits = z
-        .clone()
-        .matmul(z.transpose())
+        .matmul(columns.transpose())
         .div_scalar(temperature)
-        .mask_fill(itself, f32::NEG_INFINITY); // [2n, 2n]
+        .mask_fill(itself, f32::NEG_INFINITY); // [2n, 2m]
 
     (log_sum_exp(logits) - positives).mean()
 }
@@ -69,6 +104,46 @@ mod tests {
     #[test]
     fn simclr_t05_matches_lightly() {
         check("simclr_ntxent_t0.5");
+    }
+
+    /// Two "ranks" of one process: each rank's rows against the gathered columns (the other
+    /// rank's detached), averaged, give the loss of the whole batch. (The gradients need
+    /// the real gather's backward: `tests/distributed.rs`.)
+    #[test]
+    fn rank_halves_against_the_gathered_batch_average_to_the_whole_loss() {
+        let golden = Golden::load("simclr_ntxent_t0.5");
+        let x = inputs(&golden);
+        let t = golden.param("temperature");
+        let (z0, z1): (Tensor<B, 2>, Tensor<B, 2>) = (x["z0"].clone(), x["z1"].clone());
+        let [n, _] = z0.dims();
+        assert!(n % 2 == 0 && n >= 4, "the golden has {n} rows");
+        let h = n / 2;
+        let whole = nt_xent(z0.clone(), z1.clone(), t).into_scalar();
+        // Rank r's gather: its own rows (with gradient) in its slot, the other rank's
+        // normalised rows (detached: the other process's) elsewhere.
+        let halves = |r: usize| {
+            let (a0, a1) = (z0.clone(), z1.clone());
+            let own0 = a0.clone().slice(r * h..(r + 1) * h);
+            let own1 = a1.clone().slice(r * h..(r + 1) * h);
+            let all = Tensor::cat(vec![normalize(a0, 1), normalize(a1, 1)], 0).detach();
+            // nt_xent_global gathers view 0, then view 1.
+            let calls = std::cell::Cell::new(0);
+            let gather = |z: Tensor<B, 2>| {
+                let base = calls.replace(calls.get() + 1) * n;
+                let mut parts = Vec::new();
+                if r > 0 {
+                    parts.push(all.clone().slice(base..base + h));
+                }
+                parts.push(z);
+                if r == 0 {
+                    parts.push(all.clone().slice(base + h..base + n));
+                }
+                Tensor::cat(parts, 0)
+            };
+            nt_xent_global(own0, own1, t, &gather, r * h).into_scalar()
+        };
+        let mean = (halves(0) + halves(1)) / 2.0;
+        assert!((mean - whole).abs() < 1e-5, "{mean} vs {whole}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! is small next to `K`, so that equipartition over one batch is not too strong a constraint.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{ElementConversion, Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -72,6 +72,54 @@ pub fn sinkhorn<B: Backend>(scores: Tensor<B, 2>, epsilon: f64, iterations: usiz
     q * n as f64
 }
 
+/// [`sinkhorn`] over the global batch of a data-parallel run (`distributed_sinkhorn` on
+/// several processes): the total mass and every prototype's weight are summed over the
+/// ranks, each sample's row stays on its rank, and `n` is the global row count. `all_reduce`
+/// sums over the ranks (no gradient is involved); `None` alone, which is [`sinkhorn`].
+///
+/// The constant subtracted before `exp` is 1 rather than the maximum (the scores are
+/// cosine similarities, at most 1, so `exp` cannot overflow): one constant for all ranks,
+/// which the normalisation cancels exactly.
+///
+/// # Shapes
+/// - `scores`: `[n, K]` (this rank's rows)
+/// - returns `[n, K]`
+pub fn sinkhorn_global<B: Backend>(
+    scores: Tensor<B, 2>,
+    epsilon: f64,
+    iterations: usize,
+    all_reduce: Option<&dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>,
+) -> Tensor<B, 2> {
+    let Some(all_reduce) = all_reduce else {
+        return sinkhorn(scores, epsilon, iterations);
+    };
+    let [n, k] = scores.dims();
+    let device = scores.device();
+    let q = (scores.detach().sub_scalar(1.0) / epsilon).exp(); // [n, K]
+    // Column sums and row counts of all ranks in one all-reduce.
+    let first = all_reduce(Tensor::cat(
+        vec![
+            q.clone().sum_dim(0),
+            Tensor::full([1, k], n as f64, &device),
+        ],
+        0,
+    )); // [2, K]
+    let total = first.clone().slice(0..1).sum().reshape([1, 1]); // [1, 1]
+    let rows: f64 = first
+        .slice([1..2, 0..1])
+        .into_scalar()
+        .elem::<f64>()
+        .round();
+    let mut q = q / total;
+    for _ in 0..iterations {
+        // Each prototype gets total weight 1/K over all ranks' samples.
+        q = q.clone() / all_reduce(q.sum_dim(0)) / k as f64; // [n, K]
+        // Each sample gets total weight 1/N.
+        q = q.clone() / q.sum_dim(1) / rows; // [n, K]
+    }
+    q * rows
+}
+
 /// The SwAV loss (`main_swav.py` training loop, lightly `SwaVLoss`) as a `[1]` tensor.
 ///
 /// Codes come from the high-resolution views only; every view (high and low) predicts them.
@@ -91,6 +139,24 @@ pub fn swav<B: Backend>(
     high: &[Tensor<B, 2>],
     low: &[Tensor<B, 2>],
     queue: Option<&[Tensor<B, 2>]>,
+) -> Result<Tensor<B, 1>> {
+    swav_global(loss, high, low, queue, None)
+}
+
+/// [`swav`] with the codes balanced over the global batch ([`sinkhorn_global`]; each
+/// rank's queue joins its own rows, as in `main_swav.py`). `None` alone, which is [`swav`].
+///
+/// # Shapes
+/// As [`swav`].
+///
+/// # Errors
+/// As [`swav`].
+pub fn swav_global<B: Backend>(
+    loss: &SwavLoss,
+    high: &[Tensor<B, 2>],
+    low: &[Tensor<B, 2>],
+    queue: Option<&[Tensor<B, 2>]>,
+    all_reduce: Option<&dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>,
 ) -> Result<Tensor<B, 1>> {
     let n_views = high.len() + low.len();
     if high.is_empty() || n_views < 2 {
@@ -124,8 +190,13 @@ pub fn swav<B: Backend>(
             Some(queue) => Tensor::cat(vec![scores.clone(), queue[i].clone()], 0),
             None => scores.clone(),
         };
-        let codes =
-            sinkhorn(scores, loss.sinkhorn_epsilon, loss.sinkhorn_iterations).slice([0..n, 0..k]); // [n, K]
+        let codes = sinkhorn_global(
+            scores,
+            loss.sinkhorn_epsilon,
+            loss.sinkhorn_iterations,
+            all_reduce,
+        )
+        .slice([0..n, 0..k]); // [n, K]
         // Every other view predicts them.
         let mut swapped = Tensor::<B, 1>::zeros([1], &total.device());
         for (v, log_p) in log_probs.iter().enumerate() {

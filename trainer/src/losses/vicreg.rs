@@ -16,7 +16,7 @@
 use burn::tensor::{Tensor, activation::relu, backend::Backend};
 use serde::{Deserialize, Serialize};
 
-use super::off_diagonal_sum_squares;
+use super::{diagonal, off_diagonal_sum_squares};
 
 /// The epsilon under the square root of the variance term (`1e-4` in the official code).
 pub const VICREG_EPS: f64 = 1e-4;
@@ -107,6 +107,69 @@ pub fn vicreg<B: Backend>(
     }
 }
 
+/// [`vicreg`] over the global batch of a data-parallel run, as the official code computes
+/// it on all ranks' gathered embeddings: the variance and covariance terms use every
+/// rank's rows (one all-reduce of `[sum z1, sum z2, count]`, one of the centred Gram
+/// matrices `(z - mean)^T (z - mean)` of both views), so every rank gets the same value;
+/// the invariance term is this rank's mean, which averages over the ranks to the global
+/// one. `all_reduce` is a differentiable sum over the ranks; `None` alone, which is
+/// [`vicreg`] itself.
+///
+/// # Shapes
+/// `z1`, `z2`: `[n, d]`; every term `[1]`.
+pub fn vicreg_global<B: Backend>(
+    z1: Tensor<B, 2>,
+    z2: Tensor<B, 2>,
+    weights: VicRegWeights,
+    all_reduce: Option<&dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>,
+) -> VicRegLoss<B> {
+    let Some(all_reduce) = all_reduce else {
+        return vicreg(z1, z2, weights);
+    };
+    let [n, d] = z1.dims();
+    let device = z1.device();
+    let invariance = (z1.clone() - z2.clone()).square().mean();
+    let sums = all_reduce(Tensor::cat(
+        vec![
+            z1.clone().sum_dim(0),
+            z2.clone().sum_dim(0),
+            Tensor::full([1, d], n as f64, &device),
+        ],
+        0,
+    )); // [3, d]
+    let count = sums.clone().slice(2..3); // [1, d], every entry the global N
+    let centred =
+        |z: Tensor<B, 2>, row: usize| z - sums.clone().slice(row..row + 1) / count.clone();
+    let (c1, c2) = (centred(z1, 0), centred(z2, 1)); // [n, d] each
+    let grams = all_reduce(Tensor::cat(
+        vec![
+            c1.clone().transpose().matmul(c1),
+            c2.clone().transpose().matmul(c2),
+        ],
+        0,
+    )); // [2d, d]
+    let unbiased = count.sub_scalar(1.0).transpose(); // [1, d] -> [d, 1]
+    let terms = |cov: Tensor<B, 2>| {
+        let std = diagonal(cov.clone()).add_scalar(VICREG_EPS).sqrt(); // [d]
+        let variance = relu(std.neg().add_scalar(1.0)).mean();
+        let covariance = off_diagonal_sum_squares(cov).div_scalar(d as f64);
+        (variance, covariance)
+    };
+    let (v1, k1) = terms(grams.clone().slice(0..d) / unbiased.clone()); // [d, d]
+    let (v2, k2) = terms(grams.slice(d..2 * d) / unbiased);
+    let variance = (v1 + v2).mul_scalar(0.5);
+    let covariance = k1 + k2;
+    let total = invariance.clone().mul_scalar(weights.invariance)
+        + variance.clone().mul_scalar(weights.variance)
+        + covariance.clone().mul_scalar(weights.covariance);
+    VicRegLoss {
+        total,
+        invariance,
+        variance,
+        covariance,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +197,27 @@ mod tests {
             "{parts} vs {total}"
         );
         loss_and_grads(&golden, loss.total, &x);
+    }
+
+    /// With a sum over one "rank" (the identity) the global form computes the same terms
+    /// through its own arithmetic (global mean, summed Gram matrices).
+    #[test]
+    fn the_global_form_alone_is_the_loss() {
+        let golden = Golden::load("vicreg");
+        let x = inputs(&golden);
+        let (z1, z2) = (x["z1"].clone(), x["z2"].clone());
+        let w = VicRegWeights::default();
+        let one = vicreg::<B>(z1.clone(), z2.clone(), w);
+        let identity = |t: Tensor<B, 2>| t;
+        let global = vicreg_global::<B>(z1, z2, w, Some(&identity));
+        for (a, b) in [
+            (one.invariance, global.invariance),
+            (one.variance, global.variance),
+            (one.covariance, global.covariance),
+            (one.total, global.total),
+        ] {
+            let (a, b) = (a.into_scalar(), b.into_scalar());
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
     }
 }

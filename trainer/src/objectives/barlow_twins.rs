@@ -20,7 +20,7 @@ use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
-use crate::losses::barlow_twins::barlow_twins;
+use crate::losses::barlow_twins::barlow_twins_global;
 
 /// `[objective]` of `method = "barlow_twins"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,10 +85,13 @@ impl<B: AutodiffBackend> Method<B> for BarlowTwinsConfig {
         model: &Self::Model,
         _state: &mut Self::State,
         batch: DeviceBatch<B::InnerBackend>,
-        _ctx: &StepContext,
+        ctx: &StepContext,
     ) -> Result<MethodOutput<B>> {
         let (y1, y2) = two_views::<B>(batch)?;
-        let (loss, _c) = barlow_twins(model.project(y1), model.project(y2), self.lambda);
+        // Standardisation and cross-correlation over the global batch with several ranks.
+        let sum = ctx.sum_over_ranks::<B>();
+        let (z1, z2) = (model.project(y1), model.project(y2));
+        let (loss, _c) = barlow_twins_global(z1, z2, self.lambda, sum.as_deref());
         Ok(MethodOutput::loss(loss))
     }
 

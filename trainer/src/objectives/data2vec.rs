@@ -304,6 +304,7 @@ mod tests {
             normalize: crate::feeder::Normalize::default(),
             seed: 0,
             micro_batch: 0,
+            global: None,
         }
     }
 

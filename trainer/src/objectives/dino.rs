@@ -34,7 +34,7 @@ use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext, part}
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
-use crate::losses::dino::{DinoLoss, dino};
+use crate::losses::dino::{DinoLoss, dino_global};
 use crate::precision::Precision;
 
 /// `[objective]` of `method = "dino"`: see [`DistillConfig`] for the keys.
@@ -141,12 +141,13 @@ impl<B: AutodiffBackend> Method<B> for DinoConfig {
             center_momentum: c.center_momentum,
         };
         let t_logits: Vec<Tensor<B, 2>> = t_logits.into_iter().map(Tensor::from_inner).collect();
-        let (loss, new_center) = dino(
+        let (loss, new_center) = dino_global(
             &settings,
             &t_logits,
             &s_logits,
             Tensor::from_inner(center),
             temp,
+            ctx.sum_over_ranks::<B>().as_deref(),
         )?;
         state.center = Param::initialized(state.center.id, new_center.inner());
         let kl = part(&loss) - entropy.clone();

@@ -34,7 +34,7 @@ use super::{Method, MethodOutput, MethodSpec, ResolveContext, StepContext, part}
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
-use crate::losses::dino::{DinoLoss, dino};
+use crate::losses::dino::{DinoLoss, dino_global};
 use crate::losses::ibot::{IbotPatchLoss, ibot_patch};
 use crate::precision::Precision;
 use tessera_pipeline::masks::MaskSpec;
@@ -190,12 +190,13 @@ impl<B: AutodiffBackend> Method<B> for IbotConfig {
             student_temp: c.student_temp,
             center_momentum: c.center_momentum,
         };
-        let (cls_loss, new_center) = dino(
+        let (cls_loss, new_center) = dino_global(
             &cls_settings,
             &t_cls,
             &s_cls,
             Tensor::from_inner(center),
             temp,
+            ctx.sum_over_ranks::<B>().as_deref(),
         )?;
         state.center = Param::initialized(state.center.id, new_center.inner());
 

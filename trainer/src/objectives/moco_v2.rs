@@ -119,7 +119,7 @@ impl<B: AutodiffBackend> Method<B> for MocoV2Config {
         model: &Self::Model,
         state: &mut Self::State,
         batch: DeviceBatch<B::InnerBackend>,
-        _ctx: &StepContext,
+        ctx: &StepContext,
     ) -> Result<MethodOutput<B>> {
         let (x_q, x_k) = two_views::<B>(batch)?;
         let k = normalize(state.teacher.project(x_k.inner()), 1); // [n, d], no grad
@@ -130,7 +130,9 @@ impl<B: AutodiffBackend> Method<B> for MocoV2Config {
             Tensor::from_inner(state.queue.rows()),
             self.temperature,
         );
-        state.queue.enqueue(k)?;
+        // Every rank's keys join the queue (the official `concat_all_gather`), so all ranks
+        // keep the same queue: the one of a single process with the global batch.
+        state.queue.enqueue(ctx.gather_rows(k))?; // [W n, d]
         Ok(MethodOutput::loss(loss))
     }
 

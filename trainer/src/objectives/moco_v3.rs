@@ -23,7 +23,7 @@ use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
-use crate::losses::infonce::moco_v3;
+use crate::losses::infonce::moco_v3_global;
 
 /// `[objective]` of `method = "moco_v3"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,19 +95,22 @@ impl<B: AutodiffBackend> Method<B> for MocoV3Config {
         model: &Self::Model,
         teacher: &mut Self::State,
         batch: DeviceBatch<B::InnerBackend>,
-        _ctx: &StepContext,
+        ctx: &StepContext,
     ) -> Result<MethodOutput<B>> {
         let (x1, x2) = two_views::<B>(batch)?;
-        let k1 = Tensor::from_inner(teacher.project(x1.clone().inner())); // [n, out]
-        let k2 = Tensor::from_inner(teacher.project(x2.clone().inner()));
+        // Keys of every rank (no gradient), this rank's from `first_row`.
+        let k1 = Tensor::from_inner(ctx.gather_rows(teacher.project(x1.clone().inner()))); // [W n, out]
+        let k2 = Tensor::from_inner(ctx.gather_rows(teacher.project(x2.clone().inner())));
         let q1 = model.predict(model.project(x1)); // [n, out]
         let q2 = model.predict(model.project(x2));
-        Ok(MethodOutput::loss(moco_v3(
+        let [n, _] = q1.dims();
+        Ok(MethodOutput::loss(moco_v3_global(
             q1,
             q2,
             k1,
             k2,
             self.temperature,
+            ctx.first_row(n),
         )))
     }
 

@@ -21,11 +21,12 @@ use std::marker::PhantomData;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 use tessera_pipeline::Recipe;
 
 use crate::backbone::{Backbone, BackboneConfig};
+use crate::distributed::GlobalBatch;
 use crate::error::{Error, Result};
 use crate::feeder::{DeviceBatch, Normalize};
 use crate::precision::Precision;
@@ -71,6 +72,10 @@ pub struct StepContext {
     pub seed: u64,
     /// Index of the micro-batch within the optimiser step (0 when not accumulating).
     pub micro_batch: usize,
+    /// The other ranks of a data-parallel run (`None` alone). Methods use it through
+    /// [`StepContext::gather_rows`] and [`StepContext::all_reduce_sum`], which are the
+    /// identity alone, so that a loss over the global batch is one code path.
+    pub global: Option<GlobalBatch>,
 }
 
 impl StepContext {
@@ -84,6 +89,53 @@ impl StepContext {
     pub fn epoch(&self) -> Option<f64> {
         self.steps_per_epoch
             .map(|per| self.step as f64 / per.max(1) as f64)
+    }
+
+    /// Data-parallel ranks (1 alone).
+    pub fn world_size(&self) -> usize {
+        self.global.as_ref().map_or(1, GlobalBatch::world_size)
+    }
+
+    /// Index in the global batch of this rank's first row, for a local batch of `n` rows:
+    /// `rank n` (0 alone). Rows of [`StepContext::gather_rows`] are laid out rank by rank.
+    pub fn first_row(&self, n: usize) -> usize {
+        self.global.as_ref().map_or(0, |g| g.rank() * n)
+    }
+
+    /// Every rank's rows, rank by rank (`[n, d]` in, `[W n, d]` out), differentiable; `z`
+    /// itself alone. See [`GlobalBatch::gather_rows`].
+    ///
+    /// # Shapes
+    /// `z`: `[n, d]`; returns `[world_size n, d]`.
+    pub fn gather_rows<B: Backend>(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.global {
+            Some(g) => g.gather_rows(z),
+            None => z,
+        }
+    }
+
+    /// [`StepContext::all_reduce_sum`] of `[r, c]` tensors as a function for the losses'
+    /// global forms (`barlow_twins_global`, `vicreg_global`, `dino_global`); `None` alone,
+    /// where those losses take their single-process path.
+    #[allow(clippy::type_complexity)]
+    pub fn sum_over_ranks<B: Backend>(
+        &self,
+    ) -> Option<Box<dyn Fn(Tensor<B, 2>) -> Tensor<B, 2> + '_>> {
+        self.global.as_ref().map(|g| {
+            Box::new(move |t| g.all_reduce_sum(t)) as Box<dyn Fn(Tensor<B, 2>) -> Tensor<B, 2>>
+        })
+    }
+
+    /// The sum of `x` over the ranks, differentiable on the autodiff backend (detach `x`
+    /// for a statistic without gradient); `x` itself alone.
+    ///
+    /// # Shapes
+    /// `x`: any shape, the same on every rank; returns that shape.
+    pub fn all_reduce_sum<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.global {
+            Some(g) => g.all_reduce_sum(x),
+            None => x,
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::backbone::Backbone;
 use crate::error::Result;
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
-use crate::losses::nearest_neighbour::nnclr;
+use crate::losses::nearest_neighbour::nnclr_global;
 use crate::losses::queue::FeatureQueue;
 
 /// `[objective]` of `method = "nnclr"`.
@@ -114,15 +114,20 @@ impl<B: AutodiffBackend> Method<B> for NnclrConfig {
         model: &Self::Model,
         state: &mut Self::State,
         batch: DeviceBatch<B::InnerBackend>,
-        _ctx: &StepContext,
+        ctx: &StepContext,
     ) -> Result<MethodOutput<B>> {
         let (x0, x1) = two_views::<B>(batch)?;
         let (z0, z1) = (model.project(x0), model.project(x1)); // [n, d]
         let (p0, p1) = (model.predict(z0.clone()), model.predict(z1.clone()));
         let support = Tensor::from_inner(state.support.rows());
         let z1_detached = z1.clone().inner();
-        let loss = nnclr(p0, p1, z0, z1, support, self.temperature);
-        state.support.enqueue(z1_detached)?;
+        let [n, _] = z0.dims();
+        // Negatives from the global batch; every rank's projections join the support set,
+        // so all ranks keep the same one.
+        let gather = |z| ctx.gather_rows(z);
+        let first = ctx.first_row(n);
+        let loss = nnclr_global(p0, p1, z0, z1, support, self.temperature, &gather, first);
+        state.support.enqueue(ctx.gather_rows(z1_detached))?; // [W n, d]
         Ok(MethodOutput::loss(loss))
     }
 

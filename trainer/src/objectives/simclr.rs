@@ -9,6 +9,9 @@
 //! The projection head follows the official TF code and lightly's `SimCLRProjectionHead`
 //! (Linear, BatchNorm, ReLU, Linear). Optimiser in the recipes: LARS, lr 0.3 x batch / 256.
 //! The loss is [`crate::losses::ntxent::nt_xent`], checked against lightly's `NTXentLoss`.
+//! With several ranks the negatives come from the global batch (every rank's projections,
+//! gathered with their gradients, as the paper's TPU code does) and the projector's
+//! BatchNorm is synchronised: W ranks x B train as one process with batch W x B.
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -19,7 +22,7 @@ use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
-use crate::losses::ntxent::nt_xent;
+use crate::losses::ntxent::nt_xent_global;
 
 /// `[objective]` of `method = "simclr"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,11 +102,15 @@ impl<B: AutodiffBackend> Method<B> for SimClrConfig {
         model: &Self::Model,
         _state: &mut Self::State,
         batch: DeviceBatch<B::InnerBackend>,
-        _ctx: &StepContext,
+        ctx: &StepContext,
     ) -> Result<MethodOutput<B>> {
         let (x1, x2) = two_views::<B>(batch)?;
         let (z1, z2) = (model.project(x1), model.project(x2)); // [n, out] each
-        Ok(MethodOutput::loss(nt_xent(z1, z2, self.temperature)))
+        let [n, _] = z1.dims();
+        // Negatives from the global batch (every rank's rows; this rank's alone when alone).
+        let gather = |z| ctx.gather_rows(z);
+        let loss = nt_xent_global(z1, z2, self.temperature, &gather, ctx.first_row(n));
+        Ok(MethodOutput::loss(loss))
     }
 
     fn backbone(&self, model: &Self::Model) -> Backbone<B> {

@@ -52,7 +52,7 @@ use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHead, MlpHeadConfig};
 use crate::losses::normalize;
 use crate::losses::queue::FeatureQueue;
-use crate::losses::swav::{SwavLoss, swav};
+use crate::losses::swav::{SwavLoss, swav_global};
 
 /// `[objective]` of `method = "swav"`. Names follow `main_swav.py`'s flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,7 +202,9 @@ impl SwavConfig {
                 .map(|q| Tensor::from_inner(q.rows().matmul(c.clone()))) // [q, K]
                 .collect()
         });
-        let loss = swav(&self.loss(), high, low, queued.as_deref())?;
+        // Codes balanced over the global batch with several ranks.
+        let sum = ctx.sum_over_ranks::<B>();
+        let loss = swav_global(&self.loss(), high, low, queued.as_deref(), sum.as_deref())?;
         if filling {
             let z = z.inner();
             for (i, queue) in state.queues.iter_mut().enumerate() {

@@ -9,7 +9,7 @@ use tessera_pipeline::Recipe;
 use super::*;
 use crate::backbone::ResNetConfig;
 use crate::feeder::Normalize;
-use crate::losses::swav::sinkhorn;
+use crate::losses::swav::{sinkhorn, swav};
 use crate::objectives::MethodConfig;
 use crate::optim::{Optim, OptimSettings};
 
@@ -26,6 +26,7 @@ fn ctx(step: u64, steps_per_epoch: Option<u64>) -> StepContext {
         normalize: Normalize::default(),
         seed: 0,
         micro_batch: 0,
+        global: None,
     }
 }
 

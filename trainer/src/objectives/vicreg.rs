@@ -20,7 +20,7 @@ use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::feeder::DeviceBatch;
 use crate::heads::{LastNorm, MlpHeadConfig};
-use crate::losses::vicreg::{VicRegWeights, vicreg};
+use crate::losses::vicreg::{VicRegWeights, vicreg_global};
 
 /// `[objective]` of `method = "vicreg"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ impl<B: AutodiffBackend> Method<B> for VicRegConfig {
         model: &Self::Model,
         _state: &mut Self::State,
         batch: DeviceBatch<B::InnerBackend>,
-        _ctx: &StepContext,
+        ctx: &StepContext,
     ) -> Result<MethodOutput<B>> {
         let (x1, x2) = two_views::<B>(batch)?;
         let weights = VicRegWeights {
@@ -102,7 +102,14 @@ impl<B: AutodiffBackend> Method<B> for VicRegConfig {
             variance: self.variance,
             covariance: self.covariance,
         };
-        let out = vicreg(model.project(x1), model.project(x2), weights);
+        // Variance and covariance over the global batch with several ranks.
+        let sum = ctx.sum_over_ranks::<B>();
+        let out = vicreg_global(
+            model.project(x1),
+            model.project(x2),
+            weights,
+            sum.as_deref(),
+        );
         Ok(MethodOutput {
             parts: vec![
                 ("invariance", part(&out.invariance)),

@@ -144,6 +144,7 @@ where
 
     let mut run = Run::<B, M>::start(method, config, device, options, observer)?;
     let distributed = run.sync.is_some();
+    let communication_before = run.sync.as_ref().map(|s| s.collective().time_spent());
     let first_step = run.step;
     let metrics_path = dir.join(layout::METRICS);
     let mut log = match (main, first_step > 0) {
@@ -336,6 +337,14 @@ where
         save_png(&plot.png(960, 540)?, &loss_path)?;
     }
 
+    let communication_seconds_per_step =
+        run.sync
+            .as_ref()
+            .zip(communication_before)
+            .map(|(sync, before)| {
+                let spent = sync.collective().time_spent().saturating_sub(before);
+                spent.as_secs_f64() / (run.step - first_step).max(1) as f64
+            });
     Ok(RunSummary {
         first_step,
         steps_done: run.step,
@@ -343,6 +352,7 @@ where
         last_loss,
         images_per_second: totals.images_per_second(),
         data_wait_fraction: totals.data_wait_fraction(),
+        communication_seconds_per_step,
         checkpoint: checkpoint_path,
         pictures,
         loss_curve: loss_path,

@@ -39,6 +39,10 @@ pub struct RunSummary {
     pub images_per_second: f64,
     /// Share of this process's step time spent waiting for data.
     pub data_wait_fraction: f64,
+    /// With several ranks: mean wall time per step this process spent in all-reduces
+    /// (the gradient exchange and the global-batch operations, waiting for the slowest
+    /// rank included), in seconds. `None` alone.
+    pub communication_seconds_per_step: Option<f64>,
     /// The last checkpoint written.
     pub checkpoint: Option<PathBuf>,
     /// Reconstruction pictures written by this process.

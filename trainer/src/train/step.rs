@@ -15,7 +15,7 @@ use super::{Observer, RunOptions, TrainError};
 use crate::backbone::TimmWeights;
 use crate::checkpoint::{self, RngState, Saved, TrainerState};
 use crate::config::{ClipGradMode, ResolvedTrainConfig};
-use crate::distributed::{Agreed, Collective, Contribution, StepSync};
+use crate::distributed::{Agreed, Collective, Contribution, GlobalBatch, StepSync};
 use crate::error::Error;
 use crate::feeder::DeviceBatch;
 use crate::objectives::{Method, StepContext};
@@ -41,6 +41,8 @@ pub(super) struct Run<B: AutodiffBackend, M: Method<B>> {
     pub(super) sync: Option<StepSync<B::InnerBackend>>,
     /// Every rank's pipeline position after the last step (from the exchange).
     pub(super) rank_pipelines: Vec<Option<PipelineState>>,
+    /// The other ranks, for the methods' global-batch operations; `None` alone.
+    pub(super) global: Option<GlobalBatch>,
 }
 
 /// What this process was asked before a step (polled by the loop).
@@ -190,6 +192,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
                     rng,
                     sync: None,
                     rank_pipelines: Vec::new(),
+                    global: None,
                 }
             }
             None => {
@@ -215,6 +218,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
                     rng: ChaCha8Rng::seed_from_u64(config.seed),
                     sync: None,
                     rank_pipelines: Vec::new(),
+                    global: None,
                 }
             }
         };
@@ -239,6 +243,11 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             )?;
             let sync = StepSync::new(collective, options.world.clone());
             sync.check_same_weights::<B, _>(&run.model, device)?;
+            run.global = Some(GlobalBatch::new(
+                sync.collective().clone(),
+                &options.world,
+                config.sync_batch_norm,
+            ));
             run.sync = Some(sync);
         }
         Ok(run)
@@ -255,6 +264,7 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             picture,
             picture_samples: options.picture_samples,
             normalize: options.normalize,
+            global: self.global.clone(),
         }
     }
 
@@ -282,10 +292,15 @@ impl<B: AutodiffBackend, M: Method<B>> Run<B, M> {
             let ctx = self.context(keep_picture && i == 0, i, options);
             let (len, state) = (batch.len, batch.state);
 
-            // 2. Forward.
+            // 2. Forward (BatchNorm over the global batch, with other ranks).
+            if let Some(global) = &self.global {
+                global.set_step(self.step);
+            }
+            let bn_scope = self.global.as_ref().map(GlobalBatch::enter_batch_norm);
             let out = self
                 .method
                 .forward(&self.model, &mut self.state, batch, &ctx)?;
+            drop(bn_scope);
 
             // 3. Non-finite check before anything touches the weights (with other ranks,
             //    after the exchange, so that all of them stop together).
