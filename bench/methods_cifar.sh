@@ -18,7 +18,9 @@
 # kNN: k = 20 over MAX_TRAIN training images, scored on MAX_VAL test images (`tessera eval`,
 # features of the frozen backbone; the momentum teacher is not used). Random init: the
 # recipe's backbone before its first step (same seed for every method), measured once per
-# backbone. One line per method on stdout; run directories stay in WORK.
+# backbone. One line per method on stdout; run directories stay in WORK, and a second run of
+# the script with the same WORK reuses the finished ones (several copies with different
+# METHODS may share one WORK, e.g. to fill both cores when one run scales poorly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,18 +87,21 @@ field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.ar
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $STEPS steps of $BATCH; kNN k=20 over $MAX_TRAIN train, $MAX_VAL test images"
 printf '%-13s %-40s %6s %7s %9s %9s %9s %8s\n' method backbone steps images "train_s" first_loss last_loss "knn_%"
-declare -A random_knn
 for method in $METHODS; do
   r=$(recipe "$method")
   b=$(backbone "$r")
-  if [ -z "${random_knn[$b]:-}" ]; then
+  # Random init, once per backbone (kept in WORK for later runs of the script).
+  if [ ! -s "$WORK/random-$b.knn" ]; then
     train "$r" "$WORK/init-$method" --stop-after 0
-    random_knn[$b]=$(knn "$WORK/init-$method")
-    printf '%-13s %-40s %6s %7s %9s %9s %9s %8s\n' "random_init" "$b" 0 0 - - - "${random_knn[$b]}"
+    knn "$WORK/init-$method" > "$WORK/random-$b.knn"
   fi
-  start=$(date +%s)
-  train "$r" "$WORK/run-$method" --steps "$STEPS"
-  seconds=$(($(date +%s) - start))
+  printf '%-13s %-40s %6s %7s %9s %9s %9s %8s\n' "random_init" "$b" 0 0 - - - "$(cat "$WORK/random-$b.knn")"
+  if [ "$(field "$WORK/run-$method.json" steps_done 2>/dev/null)" != "$STEPS" ]; then
+    start=$(date +%s)
+    train "$r" "$WORK/run-$method" --steps "$STEPS"
+    echo $(($(date +%s) - start)) > "$WORK/run-$method.seconds"
+  fi
+  seconds=$(cat "$WORK/run-$method.seconds" 2>/dev/null || echo "?")
   steps=$(field "$WORK/run-$method.json" steps_done)
   first=$(python3 -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).readline())["loss"], 3))' "$WORK/run-$method/metrics.jsonl")
   last=$(python3 -c 'import sys; print(round(float(sys.argv[1]), 3))' "$(field "$WORK/run-$method.json" last_loss)")

@@ -10,21 +10,27 @@
 #   else with the pure-Rust zune-jpeg. When the default is libjpeg-turbo, the pipeline's
 #   tests run a second time on the pure-Rust path (`TESSERA_JPEG=zune`). With
 #   `--libjpeg-turbo` (CI), a missing nasm is an error instead of a skipped path.
-# - With `--cuda-check` (CI), also proves the `cuda` feature compiles without a GPU.
+# - With `--cuda-check` (CI), also proves that the `cuda` feature and the data-only build
+#   (`--no-default-features`: shard, profile, preview without burn) compile, without a GPU
+#   (`cargo check`: type-checks everything; no second optimised build of burn).
+# - With `--fuzz-smoke` (CI), last, runs every fuzz target briefly (scripts/fuzz-smoke.sh:
+#   nightly toolchain and cargo-fuzz, installed if missing; its own instrumented build).
 # - With `--lint` (CI), first checks formatting (`cargo fmt`) and lints (`cargo clippy`,
 #   warnings are errors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cuda_check=0
+fuzz_smoke=0
 lint=0
 libjpeg_turbo=auto
 for arg in "$@"; do
   case "$arg" in
     --cuda-check) cuda_check=1 ;;
+    --fuzz-smoke) fuzz_smoke=1 ;;
     --libjpeg-turbo) libjpeg_turbo=1 ;;
     --lint) lint=1 ;;
-    *) echo "usage: scripts/test.sh [--lint] [--libjpeg-turbo] [--cuda-check]" >&2; exit 2 ;;
+    *) echo "usage: scripts/test.sh [--lint] [--libjpeg-turbo] [--cuda-check] [--fuzz-smoke]" >&2; exit 2 ;;
   esac
 done
 
@@ -73,6 +79,12 @@ else
 fi
 
 if [ "$cuda_check" = 1 ]; then
-  echo "==> cargo build --release --features cuda (compile only: no GPU needed)"
-  CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" cargo build --release --features cuda
+  echo "==> cargo check --release --features cuda; --no-default-features (compile only: no GPU needed)"
+  CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-13000}" cargo check --release --features cuda
+  cargo check --release --no-default-features
+fi
+
+if [ "$fuzz_smoke" = 1 ]; then
+  echo "==> scripts/fuzz-smoke.sh --seconds 15 (every fuzz target briefly)"
+  scripts/fuzz-smoke.sh --seconds 15
 fi

@@ -1,8 +1,11 @@
 //! Every image decode path on arbitrary bytes, with the pixel limit on: the format is
 //! sniffed from the bytes (JPEG, PNG, WebP, GIF), EXIF orientation applied. JPEG goes
-//! through zune-jpeg, or, when built with `--features libjpeg-turbo`, through
-//! libjpeg-turbo, whose crop-aware and DCT-scaled decode [`Decoder::decode_for_crop`]
-//! exercises. Contract: no panic escapes (a decoder's own panic is caught and becomes
+//! through the decoder the pipeline was built with: libjpeg-turbo where nasm is installed
+//! (its crop-aware and DCT-scaled decode is what [`Decoder::decode_for_crop`] exercises), or
+//! zune-jpeg when built with `TESSERA_JPEG=zune`. libjpeg-turbo's C code is not compiled
+//! with AddressSanitizer, so a memory error inside it shows only when it crashes.
+//!
+//! Contract: no panic escapes (a decoder's own panic is caught and becomes
 //! `DecodeError::Panicked`, which libFuzzer still reports, so decoder bugs surface too),
 //! no hang, no allocation past the limit; a decoded image is exactly
 //! `width * height * 3` bytes within the limit, and the crop lies inside it; a failed
