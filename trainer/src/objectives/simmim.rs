@@ -209,11 +209,11 @@ impl<B: AutodiffBackend> Method<B> for SimMimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::TensorData;
     use crate::goldens::Golden;
     use crate::vit::VitConfig;
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::Distribution;
+    use burn::tensor::TensorData;
 
     type A = Autodiff<Flex>;
 
