@@ -3,7 +3,7 @@
 //! methods with their global-batch gathers and SyncBatchNorm), resume of a two-rank run,
 //! and a rank killed mid-run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,7 @@ fn assert_same_exports(tmp: &Path, one: &Path, two: &Path) {
 
 /// A two-view recipe on a ResNet-18 (CIFAR stem) at 16 px with small heads: BatchNorm in
 /// the backbone and the projector.
-fn two_view_recipe(dir: &Path, name: &str, objective: &str, steps: u64) -> std::path::PathBuf {
+fn two_view_recipe(dir: &Path, name: &str, objective: &str, steps: u64) -> PathBuf {
     let text = format!(
         r#"[data]
 batch_size = 8
@@ -181,16 +181,23 @@ fn simclr_and_byol_on_two_ranks_train_like_one_rank_with_twice_the_batch() {
     ];
     for (name, objective) in methods {
         let tmp = tempdir();
-        let recipe = two_view_recipe(tmp.path(), name, objective, 3);
-        let one = tmp.path().join(format!("{name}-one"));
-        run_ok(&synthetic_args(&recipe, &one, "8"));
-        let two = tmp.path().join(format!("{name}-two"));
-        let mut args = synthetic_args(&recipe, &two, "4");
-        args.extend(["--devices", "2"]);
-        assert_eq!(stdout_json(&run_ok(&args))["steps_done"], 3, "{name}");
-        assert_same_losses(&one, &two, 3);
+        let (one, two) = one_rank_and_two_ranks(tmp.path(), name, objective);
         assert_same_exports(tmp.path(), &one, &two);
     }
+}
+
+/// `name` with `objective` for 3 steps as one rank x 8 and as two ranks x 4; asserts the
+/// same losses and returns the two run directories.
+fn one_rank_and_two_ranks(dir: &Path, name: &str, objective: &str) -> (PathBuf, PathBuf) {
+    let recipe = two_view_recipe(dir, name, objective, 3);
+    let one = dir.join(format!("{name}-one"));
+    run_ok(&synthetic_args(&recipe, &one, "8"));
+    let two = dir.join(format!("{name}-two"));
+    let mut args = synthetic_args(&recipe, &two, "4");
+    args.extend(["--devices", "2"]);
+    assert_eq!(stdout_json(&run_ok(&args))["steps_done"], 3, "{name}");
+    assert_same_losses(&one, &two, 3);
+    (one, two)
 }
 
 /// Issue #13: the other two-view methods that couple a batch's samples (Barlow Twins' and
@@ -216,14 +223,7 @@ fn batch_coupled_two_view_methods_on_two_ranks_match_one_rank() {
     ];
     for (name, objective) in methods {
         let tmp = tempdir();
-        let recipe = two_view_recipe(tmp.path(), name, objective, 3);
-        let one = tmp.path().join(format!("{name}-one"));
-        run_ok(&synthetic_args(&recipe, &one, "8"));
-        let two = tmp.path().join(format!("{name}-two"));
-        let mut args = synthetic_args(&recipe, &two, "4");
-        args.extend(["--devices", "2"]);
-        run_ok(&args);
-        assert_same_losses(&one, &two, 3);
+        one_rank_and_two_ranks(tmp.path(), name, objective);
     }
 }
 

@@ -249,16 +249,7 @@ fn shard_to_s3_reads_back_and_resumes() {
     let env = s3.env();
     let tmp = tempdir();
     let images = tmp.path().join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(crate::util::shared().join("datasets/cifar10-jpg.tar.gz"))
-        .arg("-C")
-        .arg(&images)
-        .args(["--wildcards", "train/*/00[0-1]?.jpg"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::util::cifar_jpegs(&images, "train/*/00[0-1]?.jpg");
     let shard = |staging: &Path| {
         let mut cmd = tessera();
         cmd.args(["shard", images.join("train").to_str().unwrap()])
@@ -397,16 +388,7 @@ fn training_from_s3_reproduces_training_from_disk() {
 fn url_list_gives_one_outcome_per_url_through_faults() {
     let tmp = tempdir();
     let served = tmp.path().join("served");
-    std::fs::create_dir_all(&served).unwrap();
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(crate::util::shared().join("datasets/cifar10-jpg.tar.gz"))
-        .arg("-C")
-        .arg(&served)
-        .args(["--wildcards", "train/*/000[0-3].jpg"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::util::cifar_jpegs(&served, "train/*/000[0-3].jpg");
     let mut images: Vec<String> = walk_files(&served.join("train"))
         .into_iter()
         .map(|p| format!("/{}", p.strip_prefix(&served).unwrap().display()))
@@ -532,16 +514,7 @@ fn parquet_url_list_keeps_captions_and_typed_columns() {
     };
     let tmp = tempdir();
     let served = tmp.path().join("served");
-    std::fs::create_dir_all(&served).unwrap();
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(crate::util::shared().join("datasets/cifar10-jpg.tar.gz"))
-        .arg("-C")
-        .arg(&served)
-        .args(["--wildcards", "train/cat/000[0-4].jpg"])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::util::cifar_jpegs(&served, "train/cat/000[0-4].jpg");
     let server = HttpServer::start(&served);
     let base = format!("http://127.0.0.1:{}", server.port);
     let list = tmp.path().join("urls.parquet");

@@ -137,6 +137,21 @@ pub fn python() -> Option<PathBuf> {
     None
 }
 
+/// Extract the CIFAR-10 JPEGs matching `member_glob` (e.g. `train/cat/000[0-4].jpg`) from
+/// the shared archive into `dest` (made if missing), keeping their `split/class/` folders.
+pub fn cifar_jpegs(dest: &std::path::Path, member_glob: &str) {
+    std::fs::create_dir_all(dest).unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(shared().join("datasets/cifar10-jpg.tar.gz"))
+        .arg("-C")
+        .arg(dest)
+        .args(["--wildcards", member_glob])
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "extracting CIFAR-10 images");
+}
+
 /// Extract the CIFAR-10 JPEGs matching `member_glob` (e.g. `train/*/00[0-2]?.jpg`) from
 /// the shared archive and shard the `split` folder with `tessera shard --labels <labels>`,
 /// `samples_per_shard` to a shard; returns the shards' glob. Each (split, labels) pair gets
@@ -149,16 +164,7 @@ pub fn cifar_shards(
     samples_per_shard: usize,
 ) -> String {
     let images = dir.join(format!("cifar-{split}-{labels}"));
-    std::fs::create_dir_all(&images).unwrap();
-    let status = Command::new("tar")
-        .arg("-xzf")
-        .arg(shared().join("datasets/cifar10-jpg.tar.gz"))
-        .arg("-C")
-        .arg(&images)
-        .args(["--wildcards", member_glob])
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "extracting CIFAR-10 images");
+    cifar_jpegs(&images, member_glob);
     let shards = dir.join(format!("shards-{split}-{labels}"));
     run_ok(&[
         "shard",

@@ -81,6 +81,26 @@ fn covariance_term<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 1> {
     off_diagonal_sum_squares(cov).div_scalar(d as f64)
 }
 
+impl<B: Backend> VicRegLoss<B> {
+    /// The three terms and their weighted sum.
+    fn weighted(
+        invariance: Tensor<B, 1>,
+        variance: Tensor<B, 1>,
+        covariance: Tensor<B, 1>,
+        weights: VicRegWeights,
+    ) -> Self {
+        let total = invariance.clone().mul_scalar(weights.invariance)
+            + variance.clone().mul_scalar(weights.variance)
+            + covariance.clone().mul_scalar(weights.covariance);
+        Self {
+            total,
+            invariance,
+            variance,
+            covariance,
+        }
+    }
+}
+
 /// The VICReg loss of two views' projections, with its terms.
 ///
 /// # Shapes
@@ -96,15 +116,7 @@ pub fn vicreg<B: Backend>(
     let invariance = (z1.clone() - z2.clone()).square().mean();
     let variance = (variance_term(z1.clone()) + variance_term(z2.clone())).mul_scalar(0.5);
     let covariance = covariance_term(z1) + covariance_term(z2);
-    let total = invariance.clone().mul_scalar(weights.invariance)
-        + variance.clone().mul_scalar(weights.variance)
-        + covariance.clone().mul_scalar(weights.covariance);
-    VicRegLoss {
-        total,
-        invariance,
-        variance,
-        covariance,
-    }
+    VicRegLoss::weighted(invariance, variance, covariance, weights)
 }
 
 /// [`vicreg`] over the global batch of a data-parallel run, as the official code computes
@@ -159,15 +171,7 @@ pub fn vicreg_global<B: Backend>(
     let (v2, k2) = terms(grams.slice(d..2 * d) / unbiased);
     let variance = (v1 + v2).mul_scalar(0.5);
     let covariance = k1 + k2;
-    let total = invariance.clone().mul_scalar(weights.invariance)
-        + variance.clone().mul_scalar(weights.variance)
-        + covariance.clone().mul_scalar(weights.covariance);
-    VicRegLoss {
-        total,
-        invariance,
-        variance,
-        covariance,
-    }
+    VicRegLoss::weighted(invariance, variance, covariance, weights)
 }
 
 #[cfg(test)]
