@@ -81,11 +81,13 @@ impl RgbImage {
         image
     }
 
-    /// Set the size, reusing the allocation; pixel contents are unspecified afterwards.
+    /// Set the size, reusing the allocation unless it is far larger than needed (then it
+    /// is freed: one huge image must not pin its size in a worker for the rest of a run);
+    /// pixel contents are unspecified afterwards.
     pub fn resize(&mut self, width: u32, height: u32) {
         self.width = width;
         self.height = height;
-        self.data.resize(width as usize * height as usize * 3, 0);
+        resize_buffer(&mut self.data, width as usize * height as usize * 3);
     }
 
     /// The pixel at (x, y) as `[r, g, b]`.
@@ -93,6 +95,15 @@ impl RgbImage {
         let i = (y as usize * self.width as usize + x as usize) * 3;
         [self.data[i], self.data[i + 1], self.data[i + 2]]
     }
+}
+
+/// Resize a reused buffer to `len` bytes, first freeing it when it is far larger than that
+/// ([`has_slack`](tessera_shards::sample::has_slack)).
+fn resize_buffer(buffer: &mut Vec<u8>, len: usize) {
+    if tessera_shards::sample::has_slack(buffer.capacity(), len) {
+        *buffer = Vec::new();
+    }
+    buffer.resize(len, 0);
 }
 
 /// The container formats the decoder recognises.
@@ -443,7 +454,7 @@ impl Decoder {
                 height,
                 max_pixels: self.max_pixels,
             })?;
-        self.native.resize(len, 0);
+        resize_buffer(&mut self.native, len);
         decoder.read_image(&mut self.native).map_err(classify)?;
         let target = if orientation == Orientation::NoTransforms {
             &mut *out
@@ -482,6 +493,21 @@ fn format_name(format: ImageFormat) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_image_keeps_its_buffer_unless_it_is_far_too_large() {
+        let mut image = RgbImage::new(4000, 3000);
+        image.resize(3000, 2000);
+        let kept = image.data.as_ptr();
+        image.resize(2000, 2000);
+        assert_eq!(image.data.as_ptr(), kept, "similar sizes reuse the buffer");
+        image.resize(500, 375);
+        assert_eq!(image.data.len(), 500 * 375 * 3);
+        assert!(
+            image.data.capacity() < 4000 * 3000 * 3,
+            "a 36 MB buffer is not kept for a 0.5 MB image"
+        );
+    }
 
     #[test]
     fn empty_and_unknown_bytes_are_typed_errors() {

@@ -119,7 +119,7 @@ fn write_shards(dir: &std::path::Path) -> Vec<PathBuf> {
         .map(|s| {
             let path = dir.join(format!("alloc-{s:06}.tar"));
             let mut writer = ShardFileWriter::create(&path, Compression::None).unwrap();
-            for i in 0..600u32 {
+            for i in 0..2000u32 {
                 let payload = [(i % 251) as u8; 48];
                 writer
                     .write_sample(&format!("s{s}/{i:08}"), &[("bin", &payload)])
@@ -144,7 +144,8 @@ fn allocations_per_batch(shards: &[PathBuf], batch_size: usize) -> f64 {
         ordered: true,
         prefetch_batches: 2,
         readers: 2,
-        // Epochs of 1200 samples end in partial batches otherwise.
+        // Epochs of 4000 samples: the measured batches stay inside the first epoch (each
+        // epoch starts its readers anew), and end in partial batches otherwise.
         drop_last: true,
         batch_size,
         shuffle_buffer: 64,
@@ -152,7 +153,7 @@ fn allocations_per_batch(shards: &[PathBuf], batch_size: usize) -> f64 {
         buffer_hook: None,
     };
     let mut loader = Loader::with_work(options, CopyWork).unwrap();
-    let (warmup, batches) = (20, 40);
+    let (warmup, batches) = (80, 40);
     let mut before = 0;
     for n in 0..warmup + batches {
         if n == warmup {

@@ -6,10 +6,12 @@
 //!   decode ─► report to Assembly (slot) ─► views + masks written into the pooled batch
 //!   ─► batches(prefetch) ─► Loader::next_batch (reorders by batch number in ordered mode)
 //! ```
-//! Memory is bounded three ways: a fixed set of recycled [`Sample`]s between the readers
-//! and the workers, bounded chunk read-ahead, and a fixed [`BufferPool`] of batch buffers
-//! per view. A slow consumer fills the output queue, then the pools, then every queue
-//! upstream, and everything waits (counted as "blocked on output").
+//! Memory is bounded three ways: a fixed set of recycled
+//! [`Sample`](tessera_shards::Sample)s between the readers and the workers (last in, first
+//! out, slack released: [`sample_pool`]), bounded chunk read-ahead, and a fixed
+//! [`BufferPool`] of batch buffers per view. A slow consumer fills the output queue, then
+//! the pools, then every queue upstream, and everything waits (counted as "blocked on
+//! output").
 //!
 //! Start with [`Loader::start`] (from a [`Recipe`](crate::recipe::Recipe)) or [`Loader::with_work`] (any
 //! [`SampleWork`]); take batches with [`Loader::next_batch`] from any plain thread; drop
@@ -18,13 +20,15 @@
 //! Parts: [`options`] (settings, errors, up-front checks), [`epoch`] (the per-epoch reader
 //! start-up and the sequencer loop), [`read`] (async reads, tar parsing, merge, shuffle),
 //! [`work`] (the worker threads), [`assemble`] (batch slots and ordering), [`recipe_work`]
-//! (what a recipe does to one sample). This file wires them and delivers batches.
+//! (what a recipe does to one sample), [`sample_pool`] (the recycled samples). This file
+//! wires them and delivers batches.
 
 mod assemble;
 mod epoch;
 mod options;
 mod read;
 mod recipe_work;
+mod sample_pool;
 mod slot;
 mod work;
 
@@ -33,8 +37,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use tessera_shards::Sample;
 
 pub use options::{GraphOptions, LoaderError, LoaderOptions, default_workers};
 pub use recipe_work::RecipeWork;
@@ -50,6 +52,7 @@ use assemble::{Assembly, AssemblyConfig};
 use epoch::{EpochChannels, EpochDriver, SAMPLES_PER_READER};
 use options::check_options;
 use read::Sequencer;
+use sample_pool::SamplePool;
 
 /// What travels on the output queue.
 pub(crate) enum Output {
@@ -94,7 +97,7 @@ struct Shutdown {
     stop: Arc<AtomicBool>,
     assembly: Arc<Assembly>,
     work: async_channel::Receiver<work::WorkItem>,
-    free: async_channel::Receiver<Sample>,
+    free: SamplePool,
     epoch_channels: Arc<Mutex<EpochChannels>>,
     threads: Vec<JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -156,10 +159,7 @@ impl Loader {
         let readers = options.readers.max(1);
         let sample_count =
             options.shuffle_buffer.max(1) + readers * (SAMPLES_PER_READER + 2) + 3 * workers + 2;
-        let (free_tx, free_rx) = async_channel::bounded(sample_count);
-        for _ in 0..sample_count {
-            let _ = free_tx.try_send(Sample::default());
-        }
+        let samples = SamplePool::new(sample_count);
         let (work_tx, work_rx) = async_channel::bounded(2 * workers);
         let epoch_channels = Arc::new(Mutex::new(EpochChannels::default()));
 
@@ -217,7 +217,7 @@ impl Loader {
                 seed: options.seed,
                 policy: options.policy,
                 input: work_rx.clone(),
-                recycle: free_tx.clone(),
+                recycle: samples.clone(),
                 assembly: Arc::clone(&assembly),
                 stage: Arc::clone(&worker_stage),
                 stats: Arc::clone(&stats),
@@ -227,14 +227,12 @@ impl Loader {
             threads.push(spawn(format!("tessera-worker-{i}"), move || worker.run())?);
         }
         drop(out_tx);
-        let sequencer_free = free_tx.clone();
         let driver = EpochDriver {
             options: options.clone(),
             readers,
             start_epoch,
             consumed,
-            free_tx,
-            free_rx: free_rx.clone(),
+            samples: samples.clone(),
             epoch_channels: Arc::clone(&epoch_channels),
             handle: runtime.handle().clone(),
             io_stage,
@@ -246,7 +244,7 @@ impl Loader {
                 seed: options.seed,
                 rank: options.rank,
                 out: work_tx,
-                free: sequencer_free,
+                free: samples.clone(),
                 assembly: Arc::clone(&assembly),
                 stage: shuffle_stage,
             },
@@ -272,7 +270,7 @@ impl Loader {
                 stop,
                 assembly,
                 work: work_rx,
-                free: free_rx,
+                free: samples,
                 epoch_channels,
                 threads,
                 runtime: Some(runtime),

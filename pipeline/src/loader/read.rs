@@ -25,6 +25,7 @@ use tessera_shards::{Sample, ShardError};
 use tokio::io::AsyncReadExt;
 
 use super::assemble::{Assembly, Ticket};
+use super::sample_pool::SamplePool;
 use super::work::WorkItem;
 use crate::order::{self, RoundRobin, ShuffleBuffer};
 use crate::stats::{Activity, StageStats, Stats};
@@ -222,8 +223,8 @@ pub(crate) struct Parser {
     pub start: ReaderStart,
     pub chunks: async_channel::Receiver<Chunk>,
     pub spare: async_channel::Sender<Vec<u8>>,
-    pub free: async_channel::Receiver<Sample>,
-    pub recycle: async_channel::Sender<Sample>,
+    /// Free samples to fill; a sample not sent on goes back here.
+    pub samples: SamplePool,
     pub out: async_channel::Sender<Sample>,
     pub stage: Arc<StageStats>,
     pub stats: Arc<Stats>,
@@ -255,7 +256,7 @@ impl Parser {
             };
             loop {
                 let started = Instant::now();
-                let Ok(mut sample) = self.free.recv_blocking() else {
+                let Some(mut sample) = self.samples.take() else {
                     return;
                 };
                 self.stage.add(Activity::BlockedOnOutput, started.elapsed());
@@ -272,11 +273,11 @@ impl Parser {
                         self.stage.add(Activity::BlockedOnOutput, started.elapsed());
                     }
                     Ok(false) => {
-                        let _ = self.recycle.try_send(sample);
+                        self.samples.give(sample);
                         break;
                     }
                     Err(e) => {
-                        let _ = self.recycle.try_send(sample);
+                        self.samples.give(sample);
                         self.shard_error(&e);
                         break;
                     }
@@ -400,7 +401,8 @@ pub(crate) struct Sequencer {
     pub seed: u64,
     pub rank: u32,
     pub out: async_channel::Sender<WorkItem>,
-    pub free: async_channel::Sender<Sample>,
+    /// Where samples skipped on resume go back.
+    pub free: SamplePool,
     pub assembly: Arc<Assembly>,
     pub stage: Arc<StageStats>,
 }
@@ -447,7 +449,7 @@ impl Sequencer {
                     if wanted.contains_key(&position) {
                         held.insert(position, sample);
                     } else {
-                        let _ = self.free.try_send(sample);
+                        self.free.give(sample);
                     }
                     position += 1;
                 }

@@ -118,7 +118,7 @@ pub(crate) struct Worker<W: SampleWork> {
     pub policy: BadSamplePolicy,
     pub input: async_channel::Receiver<WorkItem>,
     /// Where used samples go back to be refilled by the readers.
-    pub recycle: async_channel::Sender<Sample>,
+    pub recycle: super::SamplePool,
     pub assembly: Arc<Assembly>,
     pub stage: Arc<StageStats>,
     pub stats: Arc<Stats>,
@@ -198,14 +198,14 @@ impl<W: SampleWork> Worker<W> {
                     };
                     let _ = self.output.try_send(super::Output::Error(error));
                 }
-                let _ = self.recycle.try_send(sample);
+                self.recycle.give(sample);
                 free.push(held);
                 self.assembly.submit(ticket, Outcome::Rejected);
                 continue;
             }
             held.key.clear();
             held.key.push_str(&sample.key);
-            let _ = self.recycle.try_send(sample);
+            self.recycle.give(sample);
             clock.switch(Activity::BlockedOnOutput);
             self.assembly.submit(ticket, Outcome::Accepted);
             clock.switch(Activity::Busy);

@@ -303,8 +303,10 @@ fn install(root: &Path, tmp: &Path, dest: &Path, name: &str) -> Result<()> {
     sync_dir(root)
 }
 
-/// Complete checkpoints under `root` (a `checkpoints/` directory), oldest first.
-fn complete(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// Checkpoint directories (`step-N`, renamed from a partial save only once complete)
+/// under `root` (a `checkpoints/` directory), oldest first. Listed whether or not they
+/// are intact: one that lost its `state.json` is damaged, and [`newest`] says so.
+fn step_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
     let entries = match fs::read_dir(root) {
         Ok(entries) => entries,
@@ -314,7 +316,7 @@ fn complete(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in entries {
         let entry = entry.map_err(Error::io("listing", root))?;
         if let Some(step) = entry.file_name().to_str().and_then(parse_dir_name)
-            && entry.path().join(STATE_FILE).is_file()
+            && entry.path().is_dir()
         {
             found.push((step, entry.path()));
         }
@@ -324,7 +326,7 @@ fn complete(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 fn prune(root: &Path, keep: usize) -> Result<()> {
-    let found = complete(root)?;
+    let found = step_dirs(root)?;
     for (_, dir) in &found[..found.len().saturating_sub(keep)] {
         fs::remove_dir_all(dir).map_err(Error::io("removing old checkpoint", dir))?;
     }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{METHOD_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE, TrainerState, complete};
+use super::{METHOD_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE, TrainerState, step_dirs};
 use crate::error::{Error, Result};
 
 /// Size and SHA-256 of one checkpoint file, as `state.json` records it.
@@ -90,7 +90,7 @@ pub struct Newest {
 /// that does not is logged (a warning naming the file and what is wrong) and listed in
 /// [`Newest::skipped`]. Partial (`.tmp-`) directories are ignored.
 pub fn newest(run_dir: &Path) -> Result<Newest> {
-    let mut found = complete(&run_dir.join(super::CHECKPOINTS_DIR))?;
+    let mut found = step_dirs(&run_dir.join(super::CHECKPOINTS_DIR))?;
     let mut skipped = Vec::new();
     while let Some((_, dir)) = found.pop() {
         match verify(&dir) {
