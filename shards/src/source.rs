@@ -29,6 +29,12 @@ use crate::ShardError;
 /// an error, not an out-of-memory).
 const MAX_EXPANSIONS: usize = 10_000_000;
 
+/// Most bytes of names one brace pattern may produce. The count limit alone let a long
+/// pattern with several lists (`{,,,…}{,,,…}…`, each name hundreds of bytes) build
+/// gigabytes of names before the count was reached: found by fuzzing `shard_pattern`.
+/// 256 MiB is 10 million names of 26 bytes, or a million of 268.
+const MAX_EXPANSION_BYTES: usize = 256 << 20;
+
 /// How deep `@list` files may include other `@list` files.
 const MAX_LIST_DEPTH: usize = 8;
 
@@ -114,11 +120,18 @@ fn relative_to(base: Option<&Path>, path: &str) -> PathBuf {
 /// Expand braces: `{a,b}` lists and `{000..146}` numeric ranges, left to right.
 pub fn expand_braces(pattern: &str) -> Result<Vec<String>, ShardError> {
     let mut out = Vec::new();
-    expand_into(pattern, pattern, &mut out)?;
+    let mut bytes = 0;
+    expand_into(pattern, pattern, &mut out, &mut bytes)?;
     Ok(out)
 }
 
-fn expand_into(whole: &str, s: &str, out: &mut Vec<String>) -> Result<(), ShardError> {
+/// Expands `s` (a part of `whole`) onto `out`; `bytes` counts the bytes of names pushed.
+fn expand_into(
+    whole: &str,
+    s: &str,
+    out: &mut Vec<String>,
+    bytes: &mut usize,
+) -> Result<(), ShardError> {
     let bad = |reason: String| ShardError::BadPattern {
         pattern: whole.to_string(),
         reason,
@@ -126,6 +139,13 @@ fn expand_into(whole: &str, s: &str, out: &mut Vec<String>) -> Result<(), ShardE
     let Some(open) = s.find('{') else {
         if s.contains('}') {
             return Err(bad("`}` without `{`".into()));
+        }
+        *bytes += s.len();
+        if *bytes > MAX_EXPANSION_BYTES {
+            return Err(bad(format!(
+                "expands to more than {} MiB of names",
+                MAX_EXPANSION_BYTES >> 20
+            )));
         }
         out.push(s.to_string());
         return Ok(());
@@ -164,7 +184,7 @@ fn expand_into(whole: &str, s: &str, out: &mut Vec<String>) -> Result<(), ShardE
         alts
     };
     for alt in alternatives {
-        expand_into(whole, &format!("{prefix}{alt}{suffix}"), out)?;
+        expand_into(whole, &format!("{prefix}{alt}{suffix}"), out, bytes)?;
         if out.len() > MAX_EXPANSIONS {
             return Err(bad(format!("expands to more than {MAX_EXPANSIONS} names")));
         }
@@ -260,6 +280,19 @@ mod tests {
             let err = expand_braces(p).unwrap_err();
             assert!(err.to_string().contains("values (limit"), "{err}");
         }
+    }
+
+    /// Issue 14 (fuzzing `shard_pattern`, one hour in): a 488-byte pattern of several long
+    /// lists ran the fuzzer out of memory (2 GiB) before the count limit; refused by bytes.
+    #[test]
+    fn a_pattern_of_many_long_names_is_refused_by_its_bytes() {
+        let long = "x".repeat(300);
+        let list = format!("{{{}}}", vec![long.as_str(); 40].join(","));
+        let pattern = format!("{list}{list}{list}{list}"); // 40^4 = 2.56 M names of 1.2 kB
+        let err = expand_braces(&pattern).unwrap_err();
+        assert!(err.to_string().contains("MiB of names"), "{err}");
+        // Far under both limits, it still expands.
+        assert_eq!(expand_braces(&format!("{list}{list}")).unwrap().len(), 1600);
     }
 
     #[test]
