@@ -325,10 +325,21 @@ fn step_dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// Removes checkpoints older than the newest `keep` that have their `state.json`. A
+/// damaged `step-N` without one never counts toward `keep` (it is no fallback), so it
+/// cannot push out the intact checkpoint that `--resume` would fall back to.
 fn prune(root: &Path, keep: usize) -> Result<()> {
     let found = step_dirs(root)?;
-    for (_, dir) in &found[..found.len().saturating_sub(keep)] {
-        fs::remove_dir_all(dir).map_err(Error::io("removing old checkpoint", dir))?;
+    let kept_from = found
+        .iter()
+        .rev()
+        .filter(|(_, dir)| dir.join(STATE_FILE).is_file())
+        .nth(keep.saturating_sub(1))
+        .map(|(step, _)| *step);
+    for (step, dir) in &found {
+        if kept_from.is_some_and(|oldest_kept| *step < oldest_kept) {
+            fs::remove_dir_all(dir).map_err(Error::io("removing old checkpoint", dir))?;
+        }
     }
     // Leftovers of interrupted saves (this process's own temp dir is already renamed).
     for entry in fs::read_dir(root).map_err(Error::io("listing", root))? {

@@ -207,6 +207,12 @@ fn latest_ignores_partial_saves_and_old_ones_are_pruned() {
     .unwrap();
     assert!(!root.join(".tmp-step-00000040-999").exists());
     assert_eq!(load_state(&root.join("step-00000030")).unwrap().step, 30);
+    // The damaged step-50 is no fallback, so it does not count toward the 2 kept: the
+    // intact step-20 stays beside step-30.
+    assert!(
+        root.join("step-00000020").join(STATE_FILE).is_file(),
+        "a damaged checkpoint pushed out an intact one"
+    );
 }
 
 #[test]
