@@ -16,16 +16,21 @@ use object_store::path::Path as ObjectPath;
 
 use super::store::{self, ObjectUrl};
 use crate::ShardError;
-use crate::source::expand_braces;
+use crate::source::{Budget, for_each_name};
 
 /// Resolve one remote part of a shard spec, appending found shards to `out` and missing
-/// explicit ones to `missing` (see the module docs).
-pub fn resolve_part(
+/// explicit ones to `missing` (see the module docs); its braces are charged to `budget`.
+pub(crate) fn resolve_part(
     part: &str,
+    budget: &mut Budget,
     out: &mut Vec<PathBuf>,
     missing: &mut Vec<PathBuf>,
 ) -> Result<(), ShardError> {
-    let items = expand_braces(part)?;
+    let mut items = Vec::new();
+    for_each_name(part, budget, &mut |item| {
+        items.push(item.to_string());
+        Ok(())
+    })?;
     let mut explicit: Vec<(usize, String)> = Vec::new();
     let mut found: Vec<Option<Vec<String>>> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
