@@ -130,6 +130,22 @@ fn bad_values_name_the_key_and_the_fix() {
         "{BASE}[[views.transforms]]\nop = \"gaussian_blur\"\nkernel_size = 22\n"
     ));
     assert!(err.contains("kernel_size") && err.contains("odd"), "{err}");
+    // Found by the `recipe` fuzz target: a kernel sized from a sigma of 2.3 M took minutes.
+    let err = error_of(&format!(
+        "{BASE}[[views.transforms]]\nop = \"gaussian_blur\"\nsigma = [0.1, 2333335]\n"
+    ));
+    assert!(
+        err.contains("views[0].transforms[0].sigma") && err.contains("kernel_size"),
+        "{err}"
+    );
+    // With a kernel size, sigma only shapes the taps; the widest sized kernel is accepted.
+    for ok in [
+        "sigma = [0.1, 2333335]\nkernel_size = 23",
+        "sigma = [0.1, 42.0]",
+    ] {
+        let recipe = format!("{BASE}[[views.transforms]]\nop = \"gaussian_blur\"\n{ok}\n");
+        assert!(Recipe::parse(&recipe, "test.toml").is_ok(), "{ok}");
+    }
     let err = error_of(&format!(
         "{BASE}[views.mask]\nkind = \"random\"\nratio = 0.75\npatch_size = 15\n"
     ));

@@ -79,6 +79,12 @@ pub enum TransformSpec {
     },
 }
 
+/// The most taps a blur kernel may have, given (`kernel_size`) or sized from sigma.
+const MAX_BLUR_TAPS: u32 = 255;
+
+/// The widest sigma whose kernel, `2 ceil(3 sigma) + 1` taps, stays within [`MAX_BLUR_TAPS`].
+const MAX_SIGMA_WITHOUT_KERNEL_SIZE: f64 = 42.0;
+
 impl TransformSpec {
     /// Range checks; `Err((field, problem))`.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -127,9 +133,26 @@ impl TransformSpec {
                     ));
                 }
                 if let Some(k) = kernel_size
-                    && (k % 2 == 0 || *k > 255)
+                    && (k % 2 == 0 || *k > MAX_BLUR_TAPS)
                 {
-                    return Err(("kernel_size", format!("{k} must be odd and at most 255")));
+                    return Err((
+                        "kernel_size",
+                        format!("{k} must be odd and at most {MAX_BLUR_TAPS}"),
+                    ));
+                }
+                // A kernel sized from sigma (`2 ceil(3 sigma) + 1` taps) keeps the same
+                // bound: the blur's cost grows with its taps, and past the image's side
+                // more taps only fold the reflected image onto itself.
+                if kernel_size.is_none() && sigma[1] > MAX_SIGMA_WITHOUT_KERNEL_SIZE {
+                    return Err((
+                        "sigma",
+                        format!(
+                            "upper bound {} is too wide for a kernel sized from sigma \
+                             (2 ceil(3 sigma) + 1 taps, at most {MAX_BLUR_TAPS}): at most \
+                             {MAX_SIGMA_WITHOUT_KERNEL_SIZE}, or give `kernel_size`",
+                            sigma[1]
+                        ),
+                    ));
                 }
             }
             _ => {}
