@@ -120,3 +120,4 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
+mod vectorisable;

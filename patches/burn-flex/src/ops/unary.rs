@@ -163,7 +163,8 @@ where
 
 /// Exponential: e^x
 pub fn exp(tensor: FlexTensor) -> FlexTensor {
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+    // f32: straight-line arithmetic that vectorises (see `vectorisable`); f64: libm.
+    unary_op(tensor, crate::ops::vectorisable::exp, |x| x.exp())
 }
 
 /// Natural logarithm: ln(x)
