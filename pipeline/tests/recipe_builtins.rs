@@ -138,10 +138,15 @@ fn bad_values_name_the_key_and_the_fix() {
         err.contains("views[0].transforms[0].sigma") && err.contains("kernel_size"),
         "{err}"
     );
+    // One step past the widest kernel (127/3 gives 255 taps).
+    let err = error_of(&format!(
+        "{BASE}[[views.transforms]]\nop = \"gaussian_blur\"\nsigma = [0.1, 42.34]\n"
+    ));
+    assert!(err.contains("257 taps"), "{err}");
     // With a kernel size, sigma only shapes the taps; the widest sized kernel is accepted.
     for ok in [
         "sigma = [0.1, 2333335]\nkernel_size = 23",
-        "sigma = [0.1, 42.0]",
+        "sigma = [0.1, 42.33]",
     ] {
         let recipe = format!("{BASE}[[views.transforms]]\nop = \"gaussian_blur\"\n{ok}\n");
         assert!(Recipe::parse(&recipe, "test.toml").is_ok(), "{ok}");

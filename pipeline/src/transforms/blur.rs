@@ -17,7 +17,7 @@
 /// level. SimCLR/BYOL's fixed 23 taps with a small sigma shrink a lot. The trainer's device
 /// augmentation uses the same taps.
 pub fn kernel(sigma: f32, kernel_size: Option<u32>, weights: &mut Vec<f32>) -> usize {
-    let k = kernel_size.map_or_else(|| 2 * (3.0 * sigma).ceil() as usize + 1, |k| k as usize);
+    let k = kernel_size.map_or_else(|| taps_for_sigma(sigma), |k| k as usize);
     let full_radius = k / 2;
     let gauss = |x: f32| (-(x * x) / (2.0 * sigma * sigma)).exp();
     let total: f32 = (0..k).map(|t| gauss(t as f32 - full_radius as f32)).sum();
@@ -25,6 +25,14 @@ pub fn kernel(sigma: f32, kernel_size: Option<u32>, weights: &mut Vec<f32>) -> u
     weights.clear();
     weights.extend((0..2 * radius + 1).map(|t| gauss(t as f32 - radius as f32) / total));
     radius
+}
+
+/// The taps of a kernel sized from sigma (no `kernel_size`): `2 ceil(3 sigma) + 1`,
+/// saturating for a sigma too wide to count (recipes refuse over 255 taps).
+pub fn taps_for_sigma(sigma: f32) -> usize {
+    ((3.0 * sigma).ceil() as usize)
+        .saturating_mul(2)
+        .saturating_add(1)
 }
 
 /// torch's 'reflect' padding: the index in `0..n` that position `i` (any integer) reads,

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::blur;
 use crate::recipe::check_range;
 
 fn half() -> f64 {
@@ -82,9 +83,6 @@ pub enum TransformSpec {
 /// The most taps a blur kernel may have, given (`kernel_size`) or sized from sigma.
 const MAX_BLUR_TAPS: u32 = 255;
 
-/// The widest sigma whose kernel, `2 ceil(3 sigma) + 1` taps, stays within [`MAX_BLUR_TAPS`].
-const MAX_SIGMA_WITHOUT_KERNEL_SIZE: f64 = 42.0;
-
 impl TransformSpec {
     /// Range checks; `Err((field, problem))`.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -140,16 +138,17 @@ impl TransformSpec {
                         format!("{k} must be odd and at most {MAX_BLUR_TAPS}"),
                     ));
                 }
-                // A kernel sized from sigma (`2 ceil(3 sigma) + 1` taps) keeps the same
-                // bound: the blur's cost grows with its taps, and past the image's side
-                // more taps only fold the reflected image onto itself.
-                if kernel_size.is_none() && sigma[1] > MAX_SIGMA_WITHOUT_KERNEL_SIZE {
+                // A kernel sized from sigma keeps the same bound: the blur's cost grows
+                // with its taps, and past the image's side more taps only fold the
+                // reflected image onto itself. The widest sigma drawn is the upper bound.
+                let taps = blur::taps_for_sigma(sigma[1] as f32);
+                if kernel_size.is_none() && taps > MAX_BLUR_TAPS as usize {
                     return Err((
                         "sigma",
                         format!(
-                            "upper bound {} is too wide for a kernel sized from sigma \
-                             (2 ceil(3 sigma) + 1 taps, at most {MAX_BLUR_TAPS}): at most \
-                             {MAX_SIGMA_WITHOUT_KERNEL_SIZE}, or give `kernel_size`",
+                            "upper bound {} sizes a kernel of {taps} taps (2 ceil(3 sigma) + 1), \
+                             over the {MAX_BLUR_TAPS} allowed: at most 127/3 = 42.33, or give \
+                             `kernel_size`",
                             sigma[1]
                         ),
                     ));
