@@ -8,7 +8,10 @@
 # Targets (fuzz/fuzz_targets/): tar_reader, tar_roundtrip, shard_index, shard_pattern,
 # recipe, decode (the default build's JPEG decoder: libjpeg-turbo, crop-aware and DCT-scaled,
 # where nasm is installed), and decode again on the pure-Rust zune-jpeg (`decode+zune`: the
-# pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt). Each run: one target at a time,
+# pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt). `checkpoint` (resuming
+# from a checkpoint with one file replaced) runs only when named: it builds burn and the
+# trainer under sanitizer coverage (`--features trainer`, about 25 minutes on 2 cores), so
+# the CI smoke leaves it out. Each run: one target at a time,
 # -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
 # A failure leaves the input in fuzz/artifacts/TARGET/ and exits non-zero; reproduce with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`. Corpora grow in
@@ -77,8 +80,10 @@ printf '%s\n' '{"format":"tessera-shard-index","version":1,"kind":"stream","comp
 
 flags=(-rss_limit_mb=2048 -timeout=10 -max_total_time="$seconds" -print_final_stats=1)
 for t in "${targets[@]}"; do
+  features=()
   case "$t" in
     decode+zune) name=decode; jpeg=zune ;;
+    checkpoint) name=checkpoint; jpeg=default; features=(--features trainer) ;;
     *) name="$t"; jpeg=default ;;
   esac
   echo "==> fuzz $t for ${seconds}s"
@@ -87,10 +92,15 @@ for t in "${targets[@]}"; do
   # Absolute corpus path: shard_pattern changes its working directory. Targets without
   # seeds start from an empty corpus (libFuzzer refuses a missing directory).
   mkdir -p "fuzz/corpus/$name"
+  if [ "$name" = checkpoint ]; then
+    # Seeds are a tiny MAE's checkpoint files, written by the target itself (no inputs run).
+    CHECKPOINT_FUZZ_SEEDS="$PWD/fuzz/corpus/$name" env -u TESSERA_JPEG cargo +nightly fuzz run \
+      "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- -runs=0 > "fuzz/last-$t.log" 2>&1
+  fi
   if [ "$jpeg" = zune ]; then
     TESSERA_JPEG=zune cargo +nightly fuzz run "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
   else
-    env -u TESSERA_JPEG cargo +nightly fuzz run "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
+    env -u TESSERA_JPEG cargo +nightly fuzz run "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
   fi
   status=$?
   set -e

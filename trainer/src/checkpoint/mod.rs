@@ -39,7 +39,7 @@ use tessera_pipeline::PipelineState;
 use crate::config::ResolvedTrainConfig;
 use crate::error::{Error, Result};
 use crate::objectives::Method;
-use crate::optim::Optim;
+use crate::optim::{Optim, ParamGroups};
 
 mod verify;
 pub use verify::{Damage, Digests, FileDigest, Newest, Skipped, newest, verify};
@@ -170,6 +170,13 @@ fn encode<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<Vec<u8>> {
 
 /// Decodes the checked bytes of `name` in `dir`. Since the bytes are those that were
 /// saved, a failure here means the record is not this model's (another recipe).
+///
+/// burn builds a record's parameters from the decoded values infallibly
+/// (`Record::from_item`) and panics on one it cannot use, such as a malformed parameter
+/// id: bytes that pass the digest check only because `state.json` has none (a checkpoint
+/// from before digests) or was rewritten with them. Such a panic is caught here and
+/// reported as an error naming the file, instead of ending the program (found by the
+/// `checkpoint` fuzz target).
 fn decode<B: Backend, R: Record<B>>(
     dir: &Path,
     name: &str,
@@ -177,14 +184,55 @@ fn decode<B: Backend, R: Record<B>>(
     device: &B::Device,
 ) -> Result<R> {
     let bytes = read_verified(dir, name, digests)?;
-    Recorder::<B>::load(&Rec::default(), bytes, device).map_err(|e| Error::Record {
-        path: dir.join(name),
-        message: format!(
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Recorder::<B>::load(&Rec::default(), bytes, device)
+    }));
+    let message = match loaded {
+        Ok(Ok(record)) => return Ok(record),
+        Ok(Err(e)) => format!(
             "{} (the file is not a record of this model: was the checkpoint written for \
              another model or recipe?)",
             burn_message(&e)
         ),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            format!(
+                "burn cannot build the record from it: {text} (the file is damaged, or was \
+                 not written by this program)"
+            )
+        }
+    };
+    Err(Error::Record {
+        path: dir.join(name),
+        message,
     })
+}
+
+/// Loads `record` into `module` and checks that every parameter (and running statistic)
+/// kept its shape: burn's `load_record` takes a tensor of any shape, and a wrong one only
+/// fails later, as a panic in the first step. A record decodes with wrong shapes when it
+/// was written for the same architecture at another size, or was crafted.
+fn load_checked<B: Backend, M: Module<B>>(module: M, record: M::Record, path: &Path) -> Result<M> {
+    let expected = ParamGroups::new(&module).params;
+    let module = module.load_record(record);
+    let loaded = ParamGroups::new(&module).params;
+    for (want, got) in expected.iter().zip(&loaded) {
+        if want.shape != got.shape {
+            return Err(Error::Record {
+                path: path.to_path_buf(),
+                message: format!(
+                    "`{}` has shape {:?} where the model's is {:?} (the file is not a record \
+                     of this model: was the checkpoint written for another model size?)",
+                    got.name, got.shape, want.shape
+                ),
+            });
+        }
+    }
+    Ok(module)
 }
 
 /// What a checkpoint holds besides `state.json`.
@@ -385,7 +433,7 @@ pub fn load_state(dir: &Path) -> Result<TrainerState> {
 pub fn load_model<B: Backend, M: Module<B>>(dir: &Path, model: M, device: &B::Device) -> Result<M> {
     let (_, digests) = read_state(dir)?;
     let record = decode::<B, _>(dir, MODEL_FILE, digests.as_ref(), device)?;
-    Ok(model.load_record(record))
+    load_checked(model, record, &dir.join(MODEL_FILE))
 }
 
 /// Loads the method state of the checkpoint in `dir` into `state` (built by the same
@@ -397,7 +445,7 @@ pub fn load_method_state<B: Backend, S: Module<B>>(
 ) -> Result<S> {
     let (_, digests) = read_state(dir)?;
     let record = decode::<B, _>(dir, METHOD_FILE, digests.as_ref(), device)?;
-    Ok(state.load_record(record))
+    load_checked(state, record, &dir.join(METHOD_FILE))
 }
 
 /// Loads the checkpoint in `dir` for `method`: weights and method state into a freshly
@@ -413,9 +461,9 @@ pub fn load<B: AutodiffBackend, M: Method<B>>(
     let digests = digests.as_ref();
     let (model, method_state) = method.init(config.backbone.init(device), device);
     let record = decode::<B, _>(dir, MODEL_FILE, digests, device)?;
-    let model = model.load_record(record);
+    let model = load_checked(model, record, &dir.join(MODEL_FILE))?;
     let record = decode::<B::InnerBackend, _>(dir, METHOD_FILE, digests, device)?;
-    let method_state = method_state.load_record(record);
+    let method_state = load_checked(method_state, record, &dir.join(METHOD_FILE))?;
     let record = decode::<B, _>(dir, OPTIM_FILE, digests, device)?;
     let optim = Optim::new(config.optim, &model)
         .load_record(record)
