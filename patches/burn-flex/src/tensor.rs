@@ -377,9 +377,34 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if all_positive && n > 0 {
+            // ND positive-stride (a permute of 3+ dims that do not merge,
+            // such as attention's `[B, N, H, d] -> [B, H, N, d]`): the
+            // last two dims are one 2D tiled copy, repeated for every
+            // index of the outer dims (an odometer step per plane, not
+            // per element), planes split across rayon's threads when the
+            // tensor is large. Each element is copied once, as before.
+            let nd = shape.len();
+            let (rows, cols) = (shape[nd - 2], shape[nd - 1]);
+            let (row_stride, col_stride) = (strides[nd - 2], strides[nd - 1]);
+            let (outer, outer_strides) = (&shape[..nd - 2], &strides[..nd - 2]);
+            let plane = rows * cols;
+            // SAFETY: capacity is n; the planes below cover every
+            // position once (`copy_2d_tiled` fills its whole plane).
+            unsafe { dst.set_len(n) };
+            crate::parallel::for_each_chunk(&mut dst, plane, |first, planes| {
+                for (i, out) in planes.chunks_exact_mut(plane).enumerate() {
+                    let mut index = first / plane + i;
+                    let mut start = offset;
+                    for (&size, &stride) in outer.iter().zip(outer_strides).rev() {
+                        start += (index % size) as isize * stride;
+                        index /= size;
+                    }
+                    copy_2d_tiled(out, src, start, rows, cols, row_stride, col_stride);
+                }
+            });
         } else {
-            // General fallback: covers negative strides (flipped
-            // tensors) and ND layouts that can't collapse to ≤2D.
+            // General fallback: negative strides (flipped tensors).
             for idx in crate::strided_index::StridedIter::new(&self.layout) {
                 dst.push(src[idx]);
             }
@@ -562,7 +587,13 @@ fn copy_2d_tiled<E: Copy>(
 ) {
     const TILE: usize = 16;
 
-    if row_stride <= col_stride {
+    if col_stride == 1 {
+        // Rows are contiguous in the source: one slice copy per row.
+        for (row, out) in dst[..rows * cols].chunks_exact_mut(cols.max(1)).enumerate() {
+            let start = (offset + row as isize * row_stride) as usize;
+            out.copy_from_slice(&src[start..start + cols]);
+        }
+    } else if row_stride <= col_stride {
         // row-inside-col: the inner loop walks `row_stride` (smaller).
         for col_tile in (0..cols).step_by(TILE) {
             let col_end = (col_tile + TILE).min(cols);
@@ -796,6 +827,52 @@ mod tests {
         let result_data = contig.into_data();
         let values = result_data.as_slice::<f32>().unwrap();
         assert_eq!(values, expected.as_slice());
+    }
+
+    /// Permutes of 3 to 5 dims that do not collapse to 2D (attention's
+    /// head split among them), with and without a start offset, small
+    /// and large enough to be split across threads: the plane-by-plane
+    /// copy equals the element-by-element strided walk.
+    #[cfg(feature = "rayon")]
+    #[test]
+    fn nd_permutes_copy_plane_by_plane_as_the_strided_walk() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[2, 3, 4], &[1, 0, 2]),
+            (&[2, 3, 4], &[2, 0, 1]),
+            (&[3, 5, 2, 7], &[0, 2, 1, 3]),
+            (&[2, 9, 3, 4, 5], &[2, 0, 3, 1, 4]),
+            // [B, N, 3, H, d] -> [3, B, H, N, d]: 98 304 elements.
+            (&[4, 64, 3, 4, 32], &[2, 0, 3, 1, 4]),
+            // [B, N, H, d] -> [B, H, d, N] (keys transposed): 131 072.
+            (&[8, 64, 4, 64], &[0, 2, 3, 1]),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for &(dims, axes) in cases {
+            for skip in [0usize, 1] {
+                let mut full = dims.to_vec();
+                full[0] += skip;
+                let n: usize = full.iter().product();
+                let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+                let t = FlexTensor::from_data(TensorData::new(data.clone(), full));
+                let t = t.narrow(0, skip, dims[0]).permute(axes);
+                let expected: Vec<f32> = crate::strided_index::StridedIter::new(t.layout())
+                    .map(|i| data[i])
+                    .collect();
+                let contig = pool.install(|| t.to_contiguous());
+                assert!(contig.is_contiguous());
+                let expected_shape: Vec<usize> = axes.iter().map(|&a| dims[a]).collect();
+                assert_eq!(contig.shape().to_vec(), expected_shape);
+                let values = contig.into_data();
+                assert_eq!(
+                    values.as_slice::<f32>().unwrap(),
+                    expected.as_slice(),
+                    "{dims:?} {axes:?} skip {skip}"
+                );
+            }
+        }
     }
 
     /// Exercise the `row_stride > col_stride` branch of the 2D tiled

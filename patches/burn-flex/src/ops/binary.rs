@@ -36,8 +36,8 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync + Send,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync + Send,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
 
@@ -68,7 +68,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync + Send,
 {
     // Permuted lhs + broadcast rhs (e.g. `x.permute(...) - mean`):
     // the generic path would walk the permuted lhs with a scalar
@@ -97,12 +97,15 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
-        }
+        crate::parallel::for_each_chunk(l_slice, 1, |offset, l| {
+            let r = &r_slice[offset..offset + l.len()];
+            match simd_op {
+                BinaryOp::Add => simd::add_inplace_f32(l, r),
+                BinaryOp::Sub => simd::sub_inplace_f32(l, r),
+                BinaryOp::Mul => simd::mul_inplace_f32(l, r),
+                BinaryOp::Div => simd::div_inplace_f32(l, r),
+            }
+        });
         return lhs;
     }
 
@@ -285,13 +288,14 @@ fn run_broadcast_pattern_f32(
             // keeps `rhs_row` in registers across rows for small row
             // lengths, and pays the macerator feature-detection cost
             // exactly once.
+            // Large outputs are cut at row boundaries across rayon's threads.
             let dst_full = &mut dst[..total];
-            match simd_op {
-                BinaryOp::Add => simd::add_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Sub => simd::sub_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Mul => simd::mul_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Div => simd::div_shared_row_inplace_f32(dst_full, rhs_row),
-            }
+            crate::parallel::for_each_chunk(dst_full, row_len, |_, rows| match simd_op {
+                BinaryOp::Add => simd::add_shared_row_inplace_f32(rows, rhs_row),
+                BinaryOp::Sub => simd::sub_shared_row_inplace_f32(rows, rhs_row),
+                BinaryOp::Mul => simd::mul_shared_row_inplace_f32(rows, rhs_row),
+                BinaryOp::Div => simd::div_shared_row_inplace_f32(rows, rhs_row),
+            });
         }
         BroadcastView::PerRowScalar {
             outer_count,
@@ -302,12 +306,18 @@ fn run_broadcast_pattern_f32(
             // One monomorphized helper per op. The closure is statically
             // known at each call site so LLVM still autovectorizes the
             // inner scalar loop, and the outer op dispatch happens once.
-            match simd_op {
-                BinaryOp::Add => per_row_scalar_apply(dst, scalars, row_len, |a, b| a + b),
-                BinaryOp::Sub => per_row_scalar_apply(dst, scalars, row_len, |a, b| a - b),
-                BinaryOp::Mul => per_row_scalar_apply(dst, scalars, row_len, |a, b| a * b),
-                BinaryOp::Div => per_row_scalar_apply(dst, scalars, row_len, |a, b| a / b),
-            }
+            // Large outputs are cut at row boundaries across rayon's threads.
+            let dst = &mut dst[..outer_count * row_len];
+            crate::parallel::for_each_chunk(dst, row_len, |offset, rows| {
+                let first = offset / row_len.max(1);
+                let scalars = &scalars[first..first + rows.len() / row_len.max(1)];
+                match simd_op {
+                    BinaryOp::Add => per_row_scalar_apply(rows, scalars, row_len, |a, b| a + b),
+                    BinaryOp::Sub => per_row_scalar_apply(rows, scalars, row_len, |a, b| a - b),
+                    BinaryOp::Mul => per_row_scalar_apply(rows, scalars, row_len, |a, b| a * b),
+                    BinaryOp::Div => per_row_scalar_apply(rows, scalars, row_len, |a, b| a / b),
+                }
+            });
         }
     }
 }
@@ -338,7 +348,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync + Send,
 {
     binary_op_typed(lhs, rhs, op)
 }
@@ -347,7 +357,7 @@ where
 pub(crate) fn binary_op_typed<E, Op>(mut lhs: FlexTensor, rhs: &FlexTensor, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync + Send,
 {
     let rhs_storage: &[E] = rhs.storage();
 
@@ -360,9 +370,11 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
-        }
+        crate::parallel::for_each_chunk(&mut lhs_storage[..l_end], 1, |offset, l| {
+            for (l, &r) in l.iter_mut().zip(&r_slice[offset..]) {
+                *l = op(*l, r);
+            }
+        });
         return lhs;
     }
 
@@ -395,11 +407,7 @@ where
         (Some((l_start, l_end)), Some((r_start, r_end))) => {
             let l_slice = &lhs_storage[l_start..l_end];
             let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
+            crate::parallel::zip_map(l_slice, r_slice, op)
         }
         // Any strided pair (broadcast, transposed, sliced, flipped): row by row.
         _ => binary_rows(lhs_storage, lhs.layout(), rhs_storage, rhs.layout(), op),
@@ -418,8 +426,8 @@ pub fn scalar_op<F32Op, F64Op>(
     f64_op: F64Op,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync + Send,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync + Send,
 {
     let dtype = tensor.dtype();
 
@@ -447,16 +455,18 @@ where
 pub(crate) fn scalar_op_typed<E, Op>(mut tensor: FlexTensor, scalar: E, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync + Send,
 {
     // In-place fast path: unique, contiguous at offset 0
     if tensor.is_unique()
         && let Some((0, end)) = tensor.layout().contiguous_offsets()
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..end].iter_mut() {
-            *x = op(*x, scalar);
-        }
+        crate::parallel::for_each_chunk(&mut storage[..end], 1, |_, chunk| {
+            for x in chunk.iter_mut() {
+                *x = op(*x, scalar);
+            }
+        });
         return tensor;
     }
 
@@ -466,7 +476,7 @@ where
     let storage: &[E] = tensor.storage();
 
     let result: Vec<E> = match tensor.layout().contiguous_offsets() {
-        Some((start, end)) => storage[start..end].iter().map(|&x| op(x, scalar)).collect(),
+        Some((start, end)) => crate::parallel::map(&storage[start..end], |x| op(x, scalar)),
         None => StridedIter::new(tensor.layout())
             .map(|i| op(storage[i], scalar))
             .collect(),
@@ -491,7 +501,7 @@ fn make_tensor<E: bytemuck::Pod + Send + Sync>(
 /// Supports all integer dtypes: I64, I32, I16, I8, U64, U32, U16, U8.
 pub fn int_binary_op<Op>(lhs: FlexTensor, rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync + Send,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "int_binary_op: dtype mismatch");
 
@@ -519,7 +529,7 @@ where
 /// Note: scalar is truncated to target dtype (matches PyTorch).
 pub fn int_scalar_op<Op>(tensor: FlexTensor, scalar: i64, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync + Send,
 {
     let dtype = tensor.dtype();
 
