@@ -5,8 +5,10 @@
 //! thread, so on a training step every other core idled through them. Here a kernel's
 //! output is cut into chunks that rayon's threads fill at once, when the output is large
 //! enough to pay for the hand-off ([`GRAIN`] elements per chunk at least, PyTorch's grain
-//! size for its CPU element-wise loops). Each element is computed by the same code as on
-//! one thread, so results are bitwise the same for any number of threads.
+//! size for its CPU element-wise loops). Sums of many rows into a short row are cut by
+//! their output columns the same way, sized by the elements they read
+//! ([`for_each_chunk_of_work`]). Each element is computed by the same code as on one
+//! thread, so results are bitwise the same for any number of threads.
 
 use core::mem::MaybeUninit;
 
@@ -23,7 +25,18 @@ where
     T: Send,
     K: Fn(usize, &mut [T]) + Sync + Send,
 {
-    match chunk_len(dst.len(), align) {
+    for_each_chunk_of_work(dst, align, 1, kernel)
+}
+
+/// [`for_each_chunk`] for kernels that read `work` elements per element of `dst` (a sum
+/// over `work` rows into one output row): the split is sized by the elements read, not
+/// by the output's length.
+pub(crate) fn for_each_chunk_of_work<T, K>(dst: &mut [T], align: usize, work: usize, kernel: K)
+where
+    T: Send,
+    K: Fn(usize, &mut [T]) + Sync + Send,
+{
+    match chunk_len(dst.len(), align, work) {
         #[cfg(feature = "rayon")]
         Some(chunk) => {
             use rayon::prelude::*;
@@ -80,24 +93,26 @@ where
     })
 }
 
-/// The chunk length for `n` elements in multiples of `align`, or `None` to run on the
-/// calling thread: one thread in the pool, too few elements, or rows too long to cut.
-fn chunk_len(n: usize, align: usize) -> Option<usize> {
+/// The chunk length for `n` output elements (`work` elements read for each) in multiples
+/// of `align`, or `None` to run on the calling thread: one thread in the pool, too little
+/// work, or rows too long to cut.
+fn chunk_len(n: usize, align: usize, work: usize) -> Option<usize> {
     #[cfg(feature = "rayon")]
     {
         let threads = rayon::current_num_threads();
         let align = align.max(1);
-        if threads < 2 || n < 2 * GRAIN || n / align < 2 {
+        let total = n.saturating_mul(work);
+        if threads < 2 || total < 2 * GRAIN || n / align < 2 {
             return None;
         }
         // A few chunks per thread evens out threads that start late; none under GRAIN.
-        let chunks = (n / GRAIN).clamp(2, 4 * threads);
+        let chunks = (total / GRAIN).clamp(2, 4 * threads).min(n / align);
         let chunk = n.div_ceil(chunks).div_ceil(align) * align;
         (chunk < n).then_some(chunk)
     }
     #[cfg(not(feature = "rayon"))]
     {
-        let _ = (n, align);
+        let _ = (n, align, work);
         None
     }
 }
@@ -155,18 +170,24 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            assert_eq!(chunk_len(2 * GRAIN - 1, 1), None);
-            let chunk = chunk_len(10 * GRAIN, 1).expect("split");
+            assert_eq!(chunk_len(2 * GRAIN - 1, 1, 1), None);
+            let chunk = chunk_len(10 * GRAIN, 1, 1).expect("split");
             assert!((GRAIN..10 * GRAIN).contains(&chunk));
-            let chunk = chunk_len(10 * GRAIN, 1000).expect("split");
+            let chunk = chunk_len(10 * GRAIN, 1000, 1).expect("split");
             assert_eq!(chunk % 1000, 0);
             // One row longer than half the buffer cannot be cut.
-            assert_eq!(chunk_len(10 * GRAIN, 6 * GRAIN), None);
+            assert_eq!(chunk_len(10 * GRAIN, 6 * GRAIN, 1), None);
+            // A short output that takes many reads (a bias gradient: 192 sums of 1088
+            // rows) is split by its columns, in whole groups of 16.
+            let chunk = chunk_len(192, 16, 1088).expect("split");
+            assert_eq!(chunk % 16, 0);
+            assert!(chunk < 192);
+            assert_eq!(chunk_len(192, 16, 100), None);
         });
         let one = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        one.install(|| assert_eq!(chunk_len(100 * GRAIN, 1), None));
+        one.install(|| assert_eq!(chunk_len(100 * GRAIN, 1, 1), None));
     }
 }

@@ -921,6 +921,16 @@ fn reduce_middle_dim_f32(
     {
         // Use aligned allocation for optimal SIMD scatter-add
         let mut result = aligned::alloc_aligned_zeroed::<f32>(out_size);
+        if outer_size == 1 {
+            // One batch: a first-dim reduction, split by columns when large.
+            scatter_add_columns(
+                &data[start_offset..],
+                &mut result,
+                dim_size,
+                dim_stride as usize,
+            );
+            return aligned::to_vec(result);
+        }
         kernels::scatter_add_batched(
             &data[start_offset..],
             &mut result,
@@ -952,6 +962,20 @@ fn reduce_middle_dim_f32(
     }
 }
 
+/// `dst[c] += src[r * row_stride + c]` for every row `r < rows` and column `c` of `dst`
+/// (`kernels::scatter_add_f32`). A large sum into a short row (a bias gradient: a few
+/// hundred columns, thousands of rows) is split by columns across rayon's threads, in
+/// groups of 16 (64 bytes, so each group keeps `dst`'s SIMD alignment); every column adds
+/// its rows in the same order as on one thread, so the result is bitwise the same.
+#[cfg(feature = "simd")]
+fn scatter_add_columns(src: &[f32], dst: &mut [f32], rows: usize, row_stride: usize) {
+    const COLUMNS: usize = 16;
+    crate::parallel::for_each_chunk_of_work(dst, COLUMNS, rows, |first, columns| {
+        let len = columns.len();
+        kernels::scatter_add_f32(&src[first..], columns, rows, len, row_stride);
+    });
+}
+
 /// Reduce first dimension with cache-friendly row iteration.
 /// Instead of iterating per-output (col) and gathering from rows (cache-unfriendly),
 /// iterate over rows (sequential access) and scatter-accumulate into outputs.
@@ -967,11 +991,10 @@ fn reduce_first_dim_f32(
     {
         // Use aligned allocation for optimal SIMD scatter-add
         let mut result = aligned::alloc_aligned_zeroed::<f32>(inner_size);
-        kernels::scatter_add_f32(
+        scatter_add_columns(
             &data[start_offset..],
             &mut result,
             dim_size,
-            inner_size,
             dim_stride as usize,
         );
         aligned::to_vec(result)
@@ -1311,7 +1334,7 @@ fn sum_dim_contiguous_f32(
         #[cfg(feature = "simd")]
         {
             let mut result = aligned::alloc_aligned_zeroed::<f32>(inner_size);
-            kernels::scatter_add_f32(data, &mut result, dim_size, inner_size, inner_size);
+            scatter_add_columns(data, &mut result, dim_size, inner_size);
             return aligned::to_vec(result);
         }
         #[cfg(not(feature = "simd"))]
@@ -2265,6 +2288,57 @@ mod tests {
     use burn_std::{bf16, f16};
 
     use crate::{Flex, FlexTensor};
+
+    /// A sum over many rows into a short row (a bias gradient, `[1088, 195]` summed over
+    /// the rows), as a first-dim reduction and as the middle dim of `[1, 1088, 195]`, and
+    /// from a row-sliced view: on a pool of two threads (split by columns) the result
+    /// equals the one-thread result bit for bit, and a naive per-column sum.
+    #[cfg(all(feature = "rayon", feature = "simd"))]
+    #[test]
+    fn column_split_sums_are_bitwise_the_serial_ones() {
+        let (rows, cols) = (1088, 195);
+        let data: Vec<f32> = (0..(rows + 3) * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.4)
+            .collect();
+        let full = FlexTensor::from_data(TensorData::new(data.clone(), [rows + 3, cols]));
+        let cases = [
+            (full.narrow(0, 0, rows), 0, 0),
+            (full.narrow(0, 3, rows), 0, 3),
+            (
+                full.narrow(0, 0, rows).reshape([1, rows, cols].into()),
+                1,
+                0,
+            ),
+        ];
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for (tensor, dim, skip) in cases {
+            let bits = |t: FlexTensor| -> Vec<u32> {
+                let data = t.into_data();
+                data.as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            let parallel = bits(two.install(|| super::sum_dim(tensor.clone(), dim)));
+            let serial = bits(one.install(|| super::sum_dim(tensor.clone(), dim)));
+            assert_eq!(parallel, serial, "dim {dim} skip {skip}");
+            for (c, &sum) in parallel.iter().enumerate() {
+                let mut naive = 0.0f32;
+                for r in 0..rows {
+                    naive += data[(skip + r) * cols + c];
+                }
+                assert_eq!(f32::from_bits(sum), naive, "column {c}");
+            }
+        }
+    }
 
     #[test]
     fn test_mean_f16_overflow_intermediate_sum() {
