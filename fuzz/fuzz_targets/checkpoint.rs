@@ -1,5 +1,5 @@
-//! Checkpoint loading from arbitrary bytes: a checkpoint of a tiny MAE (8x8 images, one
-//! block) gets one of its files replaced by the input, then `--resume`'s path runs on it:
+//! Checkpoint loading from arbitrary bytes: a checkpoint of a tiny MAE (the trainer's
+//! `TINY_MAE_RECIPE`) gets one of its files replaced by the input, then `--resume`'s path runs on it:
 //! `checkpoint::newest` (verification against `state.json`'s sizes and SHA-256) and
 //! `checkpoint::load` (burn's record decoding, the optimiser's state checks). Neither may
 //! panic, and a checkpoint that loads must train: one step runs on it.
@@ -27,7 +27,7 @@ use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use tessera_pipeline::{MaskBatch, PipelineState, Recipe};
 use tessera_trainer::checkpoint::{self, RngState, Saved, TrainerState};
-use tessera_trainer::config::{ResolvedTrainConfig, TrainerConfig};
+use tessera_trainer::config::{ResolvedTrainConfig, TINY_MAE_RECIPE, TrainerConfig};
 use tessera_trainer::objectives::mae::{MaeInput, MaeMethod};
 use tessera_trainer::objectives::{Method, MethodConfig, NoState};
 use tessera_trainer::optim::Optim;
@@ -35,34 +35,6 @@ use tessera_trainer::optim::Optim;
 type B = Autodiff<Flex>;
 
 const FILES: [&str; 4] = ["state.json", "model.mpk", "optim.mpk", "method.mpk"];
-const RECIPE: &str = r#"
-[data]
-batch_size = 2
-[[views]]
-name = "image"
-size = 8
-[views.mask]
-kind = "random"
-ratio = 0.75
-patch_size = 4
-[model]
-arch = "vit_tiny_patch16_224"
-img_size = 8
-patch_size = 4
-embed_dim = 16
-depth = 1
-num_heads = 2
-[objective]
-method = "mae"
-decoder_embed_dim = 16
-decoder_depth = 1
-decoder_num_heads = 2
-[train]
-steps = 10
-warmup_steps = 2
-[optim]
-lr = 1e-2
-"#;
 
 /// The intact checkpoint every input starts from, and where inputs are written.
 struct Template {
@@ -83,7 +55,7 @@ fn template() -> &'static Template {
     TEMPLATE.get_or_init(|| {
         // std's panic hook instead of libFuzzer's aborting one (see `fuzz_target!` below).
         drop(std::panic::take_hook());
-        let recipe = Recipe::parse(RECIPE, "fuzz.toml").expect("recipe");
+        let recipe = Recipe::parse(TINY_MAE_RECIPE, "fuzz.toml").expect("recipe");
         let config = TrainerConfig::from_recipe(&recipe)
             .and_then(|c| c.resolve(&recipe, None, 1))
             .expect("config");

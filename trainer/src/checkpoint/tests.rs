@@ -277,6 +277,14 @@ fn saved_run(steps: &[u64], keep: usize) -> tempfile::TempDir {
     run
 }
 
+/// Rewrites `state.json` of the checkpoint in `dir` through `edit`.
+fn edit_state(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join(STATE_FILE);
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    edit(json.as_object_mut().unwrap());
+    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
 /// A record of the same architecture at another size decodes (burn's `load_record` takes
 /// tensors of any shape): loading names the file and the first parameter whose shape
 /// differs, instead of a panic in the first step (found while writing the `checkpoint` fuzz
@@ -314,10 +322,9 @@ fn a_record_burn_cannot_build_is_an_error_not_a_panic() {
     let config = crate::config::tiny_resolved_for_tests();
     let run = saved_run(&[3], 1);
     let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000003");
-    let path = dir.join(STATE_FILE);
-    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    json.as_object_mut().unwrap().remove("files");
-    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_state(&dir, |state| {
+        state.remove("files");
+    });
     // MessagePack `"id"` then a 13-character string (base32 of 8 bytes): make it invalid.
     let mut bytes = fs::read(dir.join(MODEL_FILE)).unwrap();
     let at = bytes
@@ -434,10 +441,9 @@ fn checkpoints_without_digests_still_load() {
     let config = crate::config::tiny_resolved_for_tests();
     let run = saved_run(&[5], 1);
     let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000005");
-    let path = dir.join(STATE_FILE);
-    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    json.as_object_mut().unwrap().remove("files");
-    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_state(&dir, |state| {
+        state.remove("files");
+    });
     assert_eq!(latest(run.path()).unwrap(), Some(dir.clone()));
     let restored = load::<B, MaeMethod>(&dir, &method(&config), &config, &device).unwrap();
     assert_eq!(restored.state.step, 5);
@@ -597,16 +603,14 @@ proptest::proptest! {
         let run = saved_run(&[10], 1);
         let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000010");
         apply(&dir.join(file), &harm);
-        let state_path = dir.join(STATE_FILE);
-        let mut json: serde_json::Value =
-            serde_json::from_slice(&fs::read(&state_path).unwrap()).unwrap();
-        let files = json.as_object_mut().unwrap();
-        if legacy {
-            files.remove("files");
-        } else if let Ok(bytes) = fs::read(dir.join(file)) {
-            files["files"][file] = serde_json::to_value(FileDigest::of(&bytes)).unwrap();
-        }
-        fs::write(&state_path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let damaged = fs::read(dir.join(file)).ok();
+        edit_state(&dir, |state| {
+            if legacy {
+                state.remove("files");
+            } else if let Some(bytes) = &damaged {
+                state["files"][file] = serde_json::to_value(FileDigest::of(bytes)).unwrap();
+            }
+        });
 
         match load::<B, MaeMethod>(&dir, &method(&config), &config, &device) {
             Ok(restored) => {

@@ -27,9 +27,9 @@ use crate::vit::VitConfig;
 
 mod resolved;
 
-pub use resolved::ResolvedTrainConfig;
 #[cfg(test)]
 pub(crate) use resolved::tiny_resolved_for_tests;
+pub use resolved::{ResolvedTrainConfig, TINY_MAE_RECIPE};
 
 fn default_arch() -> String {
     "vit_base_patch16_224".into()

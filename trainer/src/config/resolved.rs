@@ -221,10 +221,10 @@ impl ResolvedTrainConfig {
     }
 }
 
-/// A tiny, complete run config for tests elsewhere in the crate (8x8 images, patch 4).
-#[cfg(test)]
-pub(crate) fn tiny_resolved_for_tests() -> ResolvedTrainConfig {
-    let text = r#"
+/// The smallest complete MAE recipe (8x8 images, patch 4, one block of width 16): a
+/// model that builds, trains and checkpoints in milliseconds, for tests and fuzzing
+/// (`fuzz/fuzz_targets/checkpoint.rs`).
+pub const TINY_MAE_RECIPE: &str = r#"
 [data]
 batch_size = 2
 
@@ -257,7 +257,11 @@ warmup_steps = 2
 [optim]
 lr = 1e-2
 "#;
-    let recipe = Recipe::parse(text, "tiny").expect("tiny recipe parses");
+
+/// A tiny, complete run config for tests elsewhere in the crate ([`TINY_MAE_RECIPE`]).
+#[cfg(test)]
+pub(crate) fn tiny_resolved_for_tests() -> ResolvedTrainConfig {
+    let recipe = Recipe::parse(TINY_MAE_RECIPE, "tiny").expect("tiny recipe parses");
     TrainerConfig::from_recipe(&recipe)
         .and_then(|c| c.resolve(&recipe, None, 1))
         .expect("tiny recipe resolves")
