@@ -10,7 +10,7 @@
 # where nasm is installed), and decode again on the pure-Rust zune-jpeg (`decode+zune`: the
 # pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt). `checkpoint` (resuming
 # from a checkpoint with one file replaced) runs only when named: it builds burn and the
-# trainer under sanitizer coverage (`--features trainer`, about 25 minutes on 2 cores), so
+# trainer under sanitizer coverage (`--features trainer`, 43 minutes once on 2 cores), so
 # the CI smoke leaves it out. Each run: one target at a time,
 # -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
 # A failure leaves the input in fuzz/artifacts/TARGET/ and exits non-zero; reproduce with

@@ -51,13 +51,13 @@ where
 /// A new vector of `n` elements, each written by `kernel(offset, chunk)` (see
 /// [`for_each_chunk`]), which must write every element of its chunk. No element is read
 /// before it is written, and the buffer is not zeroed first.
-pub(crate) fn collect_chunks<T, K>(n: usize, align: usize, kernel: K) -> Vec<T>
+fn collect_chunks<T, K>(n: usize, kernel: K) -> Vec<T>
 where
     T: Send,
     K: Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send,
 {
     let mut out: Vec<T> = Vec::with_capacity(n);
-    for_each_chunk(&mut out.spare_capacity_mut()[..n], align, kernel);
+    for_each_chunk(&mut out.spare_capacity_mut()[..n], 1, kernel);
     // SAFETY: `for_each_chunk` hands every element of `spare_capacity_mut()[..n]` to
     // `kernel` exactly once, and `kernel` writes each element of its chunk (the contract
     // of this function, kept by every caller: a plain `zip` over the whole chunk).
@@ -71,7 +71,7 @@ where
     E: Copy + Send + Sync,
     Op: Fn(E) -> E + Sync + Send,
 {
-    collect_chunks(src.len(), 1, |offset, chunk| {
+    collect_chunks(src.len(), |offset, chunk| {
         for (out, &x) in chunk.iter_mut().zip(&src[offset..]) {
             out.write(op(x));
         }
@@ -86,7 +86,7 @@ where
     Op: Fn(E, E) -> E + Sync + Send,
 {
     debug_assert_eq!(a.len(), b.len());
-    collect_chunks(a.len(), 1, |offset, chunk| {
+    collect_chunks(a.len(), |offset, chunk| {
         for ((out, &x), &y) in chunk.iter_mut().zip(&a[offset..]).zip(&b[offset..]) {
             out.write(op(x, y));
         }

@@ -377,7 +377,7 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
-        } else if all_positive && n > 0 {
+        } else if all_positive && n > 0 && self.layout.num_dims() <= COLLAPSE_MAX_RANK {
             // ND positive-stride (a permute of 3+ dims that do not merge,
             // such as attention's `[B, N, H, d] -> [B, H, N, d]`): the
             // last two dims are one 2D tiled copy, repeated for every
@@ -845,6 +845,8 @@ mod tests {
             (&[4, 64, 3, 4, 32], &[2, 0, 3, 1, 4]),
             // [B, N, H, d] -> [B, H, d, N] (keys transposed): 131 072.
             (&[8, 64, 4, 64], &[0, 2, 3, 1]),
+            // Past the collapse's rank limit: the strided walk, as before.
+            (&[2, 1, 3, 1, 2, 1, 2, 1, 3], &[8, 7, 6, 5, 4, 3, 2, 1, 0]),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)

@@ -285,6 +285,17 @@ fn edit_state(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_j
     fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
 }
 
+/// A run with one checkpoint (step 5) whose `state.json` has no digests, as checkpoints
+/// written before digests were recorded; and that checkpoint's directory.
+fn saved_without_digests() -> (tempfile::TempDir, std::path::PathBuf) {
+    let run = saved_run(&[5], 1);
+    let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000005");
+    edit_state(&dir, |state| {
+        state.remove("files");
+    });
+    (run, dir)
+}
+
 /// A record of the same architecture at another size decodes (burn's `load_record` takes
 /// tensors of any shape): loading names the file and the first parameter whose shape
 /// differs, instead of a panic in the first step (found while writing the `checkpoint` fuzz
@@ -320,11 +331,7 @@ fn a_record_of_another_model_size_is_refused_with_the_shapes() {
 fn a_record_burn_cannot_build_is_an_error_not_a_panic() {
     let device = Default::default();
     let config = crate::config::tiny_resolved_for_tests();
-    let run = saved_run(&[3], 1);
-    let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000003");
-    edit_state(&dir, |state| {
-        state.remove("files");
-    });
+    let (run, dir) = saved_without_digests();
     // MessagePack `"id"` then a 13-character string (base32 of 8 bytes): make it invalid.
     let mut bytes = fs::read(dir.join(MODEL_FILE)).unwrap();
     let at = bytes
@@ -439,11 +446,7 @@ fn damaged_newest_checkpoint_is_named_and_skipped() {
 fn checkpoints_without_digests_still_load() {
     let device = Default::default();
     let config = crate::config::tiny_resolved_for_tests();
-    let run = saved_run(&[5], 1);
-    let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000005");
-    edit_state(&dir, |state| {
-        state.remove("files");
-    });
+    let (run, dir) = saved_without_digests();
     assert_eq!(latest(run.path()).unwrap(), Some(dir.clone()));
     let restored = load::<B, MaeMethod>(&dir, &method(&config), &config, &device).unwrap();
     assert_eq!(restored.state.step, 5);
