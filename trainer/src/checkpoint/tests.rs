@@ -331,7 +331,7 @@ fn a_record_of_another_model_size_is_refused_with_the_shapes() {
 fn a_record_burn_cannot_build_is_an_error_not_a_panic() {
     let device = Default::default();
     let config = crate::config::tiny_resolved_for_tests();
-    let (run, dir) = saved_without_digests();
+    let (_run, dir) = saved_without_digests();
     // MessagePack `"id"` then a 13-character string (base32 of 8 bytes): make it invalid.
     let mut bytes = fs::read(dir.join(MODEL_FILE)).unwrap();
     let at = bytes
