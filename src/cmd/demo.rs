@@ -25,6 +25,10 @@ use tessera_shards::builder::{
 };
 use tessera_shards::compression::Compression;
 
+/// Training steps of the demo (its recipe's `steps`): about two minutes on a 2-core laptop
+/// CPU at the speed of `docs/PERFORMANCE.md`, inside the default `--minutes` budget.
+const DEMO_STEPS: u64 = 1000;
+
 /// The demo's recipe: a tiny MAE (ViT 4 x 96, decoder 1 x 64) on 32x32 crops, 4-pixel patches.
 pub const DEMO_RECIPE: &str = r#"# `tessera demo`: a tiny MAE on procedural images, sized for a few minutes on a laptop CPU.
 [data]
@@ -67,8 +71,8 @@ decoder_num_heads = 2
 norm_pix_loss = true
 
 [train]
-steps = 600
-warmup_steps = 30
+steps = 1000
+warmup_steps = 50
 checkpoint_every = 200
 keep_checkpoints = 2
 
@@ -85,7 +89,7 @@ pub struct Args {
     /// Images to generate.
     #[arg(long, default_value_t = 1200)]
     pub images: usize,
-    /// Training steps (default: the recipe's 600, bounded by `--minutes`).
+    /// Training steps (default: the recipe's 1000, bounded by `--minutes`).
     #[arg(long)]
     pub steps: Option<u64>,
     /// Wall-clock bound on training, in minutes.
@@ -138,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (images, steps) = if args.quick {
         (240.min(args.images), args.steps.unwrap_or(8))
     } else {
-        (args.images, args.steps.unwrap_or(600))
+        (args.images, args.steps.unwrap_or(DEMO_STEPS))
     };
     let workers = args
         .workers
@@ -334,4 +338,17 @@ fn print_human(r: &Report, out: &Path) {
         out.join("shards").display(),
         out.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The step count the demo announces and bounds its pictures by is the one its recipe
+    /// (written beside the run for the user to reuse) trains for.
+    #[test]
+    fn the_recipe_trains_the_demo_steps() {
+        let line = format!("\nsteps = {DEMO_STEPS}\n");
+        assert!(DEMO_RECIPE.contains(&line), "{line:?} not in DEMO_RECIPE");
+    }
 }
