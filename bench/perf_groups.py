@@ -19,6 +19,8 @@ GROUPS = [
     ("element-wise kernels (binary, unary, scalar, activations, broadcasts)",
      r"burn_flex::ops::(binary|unary|activation|float|vectorisable)"
      r"|burn_flex::parallel::(map|zip_map)|burn_flex::simd::portable|strided_rows"),
+    ("convolution and pooling outside gemm (im2col, col2im, layouts)",
+     r"burn_flex::ops::(conv|conv_common|conv_transpose|pool|unfold)"),
     ("reductions (sums, means, softmax)", r"burn_flex::ops::reduce|scatter_add_columns"),
     ("gather, scatter, slice, cat", r"gather_scatter|burn_flex::ops::(slice|cat|mask|repeat_dim|expand)"),
     ("copies (permutes, to_contiguous, memmove)", r"copy_contiguous|to_contiguous|memmove|memcpy"),
