@@ -114,8 +114,9 @@ mod tests {
         }
     }
 
-    /// Each op (through `ModuleOps`, as autodiff calls it) against the definition (f64 loops over rows), for inputs of rank 2 to 4,
-    /// with and without a bias, and for an input that is a transposed (non-contiguous) view.
+    /// Each op (through `ModuleOps`, as autodiff calls it) against the definition (f64
+    /// loops over rows), for inputs of rank 2 to 4 and an empty batch, with and without a
+    /// bias, and for an input that is a transposed (non-contiguous) view.
     #[test]
     fn every_op_equals_the_definition_for_any_rank() {
         let (d_in, d_out) = (7, 5);
