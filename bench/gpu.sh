@@ -1,129 +1,177 @@
 #!/usr/bin/env bash
-# MAE ViT-B/16 at 224 on one NVIDIA GPU (H200 class): the device alone, fed by the real
-# pipeline, the data-wait fraction and model-FLOPs utilisation; PyTorch on the same GPU as
-# the peer. Run on the GPU machine from the repository root:
+# Training on one NVIDIA GPU (H100/H200 class) against PyTorch on the same GPU:
+#   - MAE ViT-B/16 at 224 (`mae_vit_base`, batch 256): the device alone (synthetic batches),
+#     the same with pageable batch buffers, fed by the real pipeline (data-wait fraction),
+#     model-FLOPs utilisation; PyTorch f32 and bf16 autocast (bench/train_cpu_torch.py).
+#   - DINO ViT-S/16 with 2 x 224 + 10 x 96 crops (`dino_vit_small`, batch 64 per GPU as the
+#     paper): synthetic and fed by the real pipeline; PyTorch bf16 (bench/train_torch_dino.py).
+# Run on the GPU machine from the repository root:
 #
-#   bench/gpu.sh                 # batch 256, 30 timed steps, 3 runs each
-#   BATCH=128 STEPS=20 SHARDS='/data/imagenet/train-{0000..0099}.tar' bench/gpu.sh
+#   bench/gpu.sh                                   # builds with cargo, 3 rounds
+#   TESSERA_BIN=path/to/tessera-cuda PY=python3 SHARDS='dir/*.tar' bench/gpu.sh
 #
-#   TESSERA_BIN=path/to/tessera-cuda bench/gpu.sh   # a binary built elsewhere (a GPU machine
-#                                                   # without a package registry): no cargo
+# A GPU machine without a package registry gets a binary built elsewhere (TESSERA_BIN;
+# `CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda`, stripped). Device time is
+# scarce, so the script runs in rounds (each benchmark once per round, RUNS rounds) and stops
+# starting runs after DEADLINE seconds: whatever finished is summarised (median over the
+# rounds that ran). Every run appends one JSON line to RESULTS as it ends.
 #
-# Precision: the `mae_vit_base` recipe trains with `precision = "bf16"` (bf16 matmuls over f32
-# master weights, gradients and AdamW state: trainer/src/precision.rs); MFU is reported
-# against both the bf16 and the f32 dense peak. The PyTorch peer runs twice, f32 and bf16
-# autocast.
-set -euo pipefail
+# Precision: both recipes train with `precision = "bf16"` (bf16 matmuls over f32 master
+# weights, gradients and AdamW state: trainer/src/precision.rs).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BATCH=${BATCH:-256}
-STEPS=${STEPS:-30}
-WARMUP=${WARMUP:-5}
 RUNS=${RUNS:-3}
-WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
+DEADLINE=${DEADLINE:-100000}     # seconds after which no new run starts
+RUN_TIMEOUT=${RUN_TIMEOUT:-240}  # seconds one run may take
+MAE_BATCH=${MAE_BATCH:-256}
+DINO_BATCH=${DINO_BATCH:-64}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-5}
+WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
 PY=${PY:-bench/.venv/bin/python}
 WORK=${WORK:-$(mktemp -d)}
-# Dense peaks of an H200 SXM (TFLOP/s): bf16 tensor cores, plain f32. Override for other GPUs.
+RESULTS=${RESULTS:-$WORK/results.jsonl}
+# Which benchmarks each round runs, in this order (the most wanted first).
+BENCHES=${BENCHES:-mae_synthetic torch_mae_bf16 dino_synthetic torch_dino_bf16 dino_real mae_real torch_mae_f32 mae_pageable}
+# Dense peaks of an H200/H100 SXM (TFLOP/s): bf16 tensor cores, plain f32.
 PEAK_BF16=${PEAK_BF16:-989}
 PEAK_F32=${PEAK_F32:-67}
+START=$SECONDS
+mkdir -p "$WORK" && touch "$RESULTS" || exit 1
 
-# 1. Build with CUDA (the driver is loaded at run time) and strip the binary.
+# 1. The binary, and what it needs at run time: the driver (loaded by cudarc), NVRTC (kernels
+# are compiled at run time) and CUDA's headers (cubecl-cuda includes them; CUDA_PATH).
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 if [ -n "${TESSERA_BIN:-}" ]; then
   BIN=$TESSERA_BIN
 else
-  cargo build --release --features cuda
+  cargo build --release --features cuda || exit 1
   BIN=target/release/tessera-cuda
-  cp target/release/tessera "$BIN"
-  strip "$BIN"
+  cp target/release/tessera "$BIN" && strip "$BIN"
 fi
-ls -l "$BIN" >&2
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2
+if [ -z "${CUDA_PATH:-}" ]; then
+  for d in /usr/local/cuda /opt/cuda $(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")") \
+      $("$PY" -c 'import nvidia, os; [print(os.path.join(p, s)) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
+    if [ -f "$d/include/cuda_runtime.h" ]; then export CUDA_PATH=$d; break; fi
+  done
+fi
+for d in "${CUDA_PATH:-/usr/local/cuda}/lib64" $("$PY" -c 'import nvidia, os; [print(os.path.join(p, s, "lib")) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
+  if ls "$d"/libnvrtc.so* > /dev/null 2>&1; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
+done
+echo "binary: $(ls -l "$BIN")" >&2
+echo "CUDA_PATH=${CUDA_PATH:-unset} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >&2
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader >&2
+echo "cores: $(nproc), pipeline workers: $WORKERS" >&2
 
-# FLOPs of one image through MAE ViT-B/16 (forward), multiply-add = 2 FLOPs:
-# encoder on the 49 visible patches + class token, decoder on all 196 + class token.
-FWD_FLOPS=$("$PY" - <<'PY'
+# FLOPs of one image through MAE ViT-B/16 (forward), multiply-add = 2 FLOPs: encoder on the
+# 49 visible patches + class token, decoder on all 196 + class token.
+MAE_FLOPS=$("$PY" - <<'PY'
 def blocks(n, d, depth, mlp=4):
     return depth * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d + 2 * n * d * mlp * d * 2)
 L, K, P, D, DD = 196, 49, 16, 768, 512
-f = 2 * L * (3 * P * P) * D                   # patch embedding (all patches, then gathered)
-f += blocks(K + 1, D, 12)                     # encoder
-f += 2 * (K + 1) * D * DD                     # decoder_embed
-f += blocks(L + 1, DD, 8)                     # decoder
-f += 2 * (L + 1) * DD * (P * P * 3)           # decoder_pred
+f = 2 * L * (3 * P * P) * D + blocks(K + 1, D, 12) + 2 * (K + 1) * D * DD
+f += blocks(L + 1, DD, 8) + 2 * (L + 1) * DD * (P * P * 3)
 print(f)
 PY
 )
-echo "MAE ViT-B/16 forward: $(awk -v f="$FWD_FLOPS" 'BEGIN {printf "%.2f", f / 1e9}') GFLOP/image; x3 for forward+backward" >&2
 
-summarise() {
-  "$PY" - "$1" "$WARMUP" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])][int(sys.argv[2]):]
-print(statistics.median(r["images_per_second"] for r in rows), sum(r["data_wait_fraction"] for r in rows) / len(rows))
-PY
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-mfu() { awk -v ips="$1" -v f="$FWD_FLOPS" -v peak="$2" 'BEGIN {printf "%.1f%%", 100 * ips * 3 * f / (peak * 1e12)}'; }
-
-# 2. The device alone: synthetic batches (same u8 upload + on-device normalisation).
-syn=()
-for i in $(seq "$RUNS"); do
-  "$BIN" train --config mae_vit_base --synthetic --device cuda --batch-size "$BATCH" \
-    --steps $((STEPS + WARMUP)) --checkpoint-every 0 --picture-every 0 --out "$WORK/syn$i" --quiet > /dev/null
-  read -r ips _ < <(summarise "$WORK/syn$i/metrics.jsonl"); syn+=("$ips")
-done
-
-# 2b. The same with pageable batch buffers (`--pageable-buffers`): what page-locking the
-# pipeline's pool (trainer/src/pinned.rs) buys, and a check that it uploads the same bytes:
-# the synthetic batches are seeded, so both runs must see the same losses.
-pageable=()
-for i in $(seq "$RUNS"); do
-  "$BIN" train --config mae_vit_base --synthetic --device cuda --batch-size "$BATCH" --pageable-buffers \
-    --steps $((STEPS + WARMUP)) --checkpoint-every 0 --picture-every 0 --out "$WORK/pageable$i" --quiet > /dev/null
-  read -r ips _ < <(summarise "$WORK/pageable$i/metrics.jsonl"); pageable+=("$ips")
-done
-"$PY" - "$WORK/syn1/metrics.jsonl" "$WORK/pageable1/metrics.jsonl" <<'PY'
-import json, sys
-a, b = ([json.loads(l)["loss"] for l in open(p)][:5] for p in sys.argv[1:3])
-worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
-print(f"pinned vs pageable losses, first 5 steps: largest relative difference {worst:.2e}",
-      "(same bytes uploaded)" if worst < 1e-3 else "MISMATCH: pinned uploads differ", file=sys.stderr)
-PY
-
-# 3. Fed by the real pipeline (decode, RandomResizedCrop 224 bicubic, flip, masks).
+# 2. Shards for the real pipeline: ImageNet-like JPEGs when none are given.
 if [ -z "${SHARDS:-}" ]; then
-  mkdir -p "$WORK/cifar"
-  tar -xzf ../shared/datasets/cifar10-jpg.tar.gz -C "$WORK/cifar" --wildcards 'train/*/[0-3]???.jpg'
-  "$BIN" shard "$WORK/cifar/train" --out "$WORK/shards" --labels folders --max-samples 5000 > /dev/null
+  "$PY" bench/make_pipeline_shards.py "$WORK/shards" --samples 512 --shards 4 >&2
   SHARDS="$WORK/shards/*.tar"
-  echo "note: no SHARDS given; using 40k CIFAR-10 images (32 px, upscaled by the crop): decode is cheaper than ImageNet's" >&2
 fi
-real=(); waits=()
-for i in $(seq "$RUNS"); do
-  "$BIN" train --config mae_vit_base --shards "$SHARDS" --device cuda --batch-size "$BATCH" --workers "$WORKERS" \
-    --steps $((STEPS + WARMUP)) --checkpoint-every 0 --picture-every 0 --out "$WORK/real$i" --quiet > /dev/null
-  read -r ips wait < <(summarise "$WORK/real$i/metrics.jsonl"); real+=("$ips"); waits+=("$wait")
+
+# One run of tessera: NAME ROUND ARGS...; appends its summary line to RESULTS.
+tessera_run() {
+  local name=$1 round=$2; shift 2
+  local dir="$WORK/$name-$round" t0=$SECONDS
+  timeout -k 10 "$RUN_TIMEOUT" "$BIN" train "$@" --device cuda --steps $((STEPS + WARMUP)) \
+    --checkpoint-every 0 --picture-every 0 --out "$dir" --quiet > "$dir.stdout" 2> "$dir.stderr"
+  local rc=$?
+  "$PY" - "$dir/metrics.jsonl" "$WARMUP" "$name" "$round" "$rc" $((SECONDS - t0)) >> "$RESULTS" <<'PY'
+import json, os, statistics, sys
+path, warmup, name, rnd, rc, wall = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+timed = rows[warmup:]
+out = {"bench": name, "round": rnd, "rc": rc, "wall_s": wall, "steps": len(rows)}
+if timed:
+    out["images_per_second"] = statistics.median(r["images_per_second"] for r in timed)
+    out["data_wait_fraction"] = sum(r["data_wait_fraction"] for r in timed) / len(timed)
+    out["first_loss"], out["last_loss"] = rows[0]["loss"], rows[-1]["loss"]
+if rows:
+    out["first_step_s"] = rows[0]["step_seconds"]
+print(json.dumps(out))
+PY
+  if [ "$rc" -ne 0 ]; then echo "== $name round $round exited $rc; stderr tail:" >&2; tail -5 "$dir.stderr" >&2; fi
+  tail -1 "$RESULTS" >&2
+}
+
+# One run of a PyTorch peer: NAME ROUND SCRIPT ARGS...
+torch_run() {
+  local name=$1 round=$2 script=$3; shift 3
+  local line
+  line=$(timeout -k 10 "$RUN_TIMEOUT" "$PY" "$script" --device cuda --steps "$STEPS" --warmup "$WARMUP" "$@" 2> "$WORK/$name-$round.stderr" | tail -1)
+  if [ -n "$line" ]; then
+    echo "$line" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); d.update(bench=sys.argv[1], round=int(sys.argv[2])); print(json.dumps(d))' "$name" "$round" >> "$RESULTS"
+    tail -1 "$RESULTS" >&2
+  else
+    echo "== $name round $round failed:" >&2; tail -5 "$WORK/$name-$round.stderr" >&2
+  fi
+}
+
+late() { [ $((SECONDS - START)) -ge "$DEADLINE" ]; }
+
+for round in $(seq "$RUNS"); do
+  for bench in $BENCHES; do
+    late && break 2
+    case $bench in
+      mae_synthetic) tessera_run "$bench" "$round" --config mae_vit_base --synthetic --batch-size "$MAE_BATCH" ;;
+      # What page-locking the pipeline's pool (trainer/src/pinned.rs) buys; the synthetic
+      # batches are seeded, so the losses must equal the pinned run's.
+      mae_pageable) tessera_run "$bench" "$round" --config mae_vit_base --synthetic --batch-size "$MAE_BATCH" --pageable-buffers ;;
+      mae_real) tessera_run "$bench" "$round" --config mae_vit_base --shards "$SHARDS" --batch-size "$MAE_BATCH" --workers "$WORKERS" ;;
+      dino_synthetic) tessera_run "$bench" "$round" --config dino_vit_small --synthetic --batch-size "$DINO_BATCH" ;;
+      dino_real) tessera_run "$bench" "$round" --config dino_vit_small --shards "$SHARDS" --batch-size "$DINO_BATCH" --workers "$WORKERS" ;;
+      torch_mae_bf16) torch_run "$bench" "$round" bench/train_cpu_torch.py --preset vit_base_224 --batch "$MAE_BATCH" --bf16 ;;
+      torch_mae_f32) torch_run "$bench" "$round" bench/train_cpu_torch.py --preset vit_base_224 --batch "$MAE_BATCH" ;;
+      torch_dino_bf16) torch_run "$bench" "$round" bench/train_torch_dino.py --batch "$DINO_BATCH" --bf16 ;;
+      *) echo "unknown benchmark $bench" >&2; exit 2 ;;
+    esac
+  done
 done
 
-# 4. PyTorch on the same GPU, same model and batch: f32 and bf16 autocast.
-torch_f32=(); torch_bf16=()
-if "$PY" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-  for i in $(seq "$RUNS"); do
-    torch_f32+=("$("$PY" bench/train_cpu_torch.py --device cuda --preset vit_base_224 --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["images_per_second"])')")
-    torch_bf16+=("$("$PY" bench/train_cpu_torch.py --device cuda --bf16 --preset vit_base_224 --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["images_per_second"])')")
-  done
-fi
-
-s=$(median "${syn[@]}"); r=$(median "${real[@]}"); w=$(median "${waits[@]}")
-echo "== MAE ViT-B/16, 224 px, batch $BATCH, median of $RUNS runs x $STEPS steps =="
-echo "tessera bf16 synthetic (GPU alone): $s images/s  MFU $(mfu "$s" "$PEAK_F32") of f32 peak, $(mfu "$s" "$PEAK_BF16") of bf16 peak"
-p=$(median "${pageable[@]}")
-echo "tessera bf16 synthetic, pageable buffers: $p images/s (page-locked/pageable $(awk -v a="$s" -v b="$p" 'BEGIN {printf "%.3f", a / b}'))"
-echo "tessera real pipeline ($WORKERS workers): $r images/s  data wait $(awk -v w="$w" 'BEGIN {printf "%.1f%%", 100 * w}')"
-if [ ${#torch_f32[@]} -gt 0 ]; then
-  tf=$(median "${torch_f32[@]}"); tb=$(median "${torch_bf16[@]}")
-  echo "pytorch f32:  $tf images/s  MFU $(mfu "$tf" "$PEAK_F32") of f32 peak; tessera/pytorch $(awk -v a="$s" -v b="$tf" 'BEGIN {printf "%.2f", a / b}')"
-  echo "pytorch bf16: $tb images/s  MFU $(mfu "$tb" "$PEAK_BF16") of bf16 peak; tessera/pytorch $(awk -v a="$s" -v b="$tb" 'BEGIN {printf "%.2f", a / b}')"
-fi
-echo "work dir: $WORK"
+# 3. Summary: medians over the rounds that ran, MFU for MAE, ratios to PyTorch.
+"$PY" - "$RESULTS" "$MAE_FLOPS" "$PEAK_BF16" "$PEAK_F32" "$MAE_BATCH" "$DINO_BATCH" "$WORKERS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+flops, peak_bf16, peak_f32 = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+by = {}
+for r in rows:
+    if "images_per_second" in r:
+        by.setdefault(r["bench"], []).append(r)
+def med(name, key="images_per_second"):
+    rs = by.get(name, [])
+    return (statistics.median(r[key] for r in rs), len(rs)) if rs else (None, 0)
+print(f"== MAE ViT-B/16 224 px, batch {sys.argv[5]}; DINO ViT-S/16 2x224 + 10x96, batch {sys.argv[6]}; {sys.argv[7]} pipeline workers ==")
+for name in ["mae_synthetic", "mae_pageable", "mae_real", "torch_mae_f32", "torch_mae_bf16",
+             "dino_synthetic", "dino_real", "torch_dino_bf16"]:
+    ips, n = med(name)
+    if ips is None:
+        print(f"{name:16} no result"); continue
+    line = f"{name:16} {ips:9.1f} images/s (median of {n})"
+    if name.startswith(("mae", "torch_mae")):
+        line += f"  MFU {100 * ips * 3 * flops / (peak_bf16 * 1e12):.1f}% of bf16 peak, {100 * ips * 3 * flops / (peak_f32 * 1e12):.1f}% of f32 peak"
+    if name.endswith("real"):
+        line += f"  data wait {100 * med(name, 'data_wait_fraction')[0]:.1f}%"
+    print(line)
+for a, b in [("mae_synthetic", "torch_mae_bf16"), ("mae_synthetic", "torch_mae_f32"), ("dino_synthetic", "torch_dino_bf16"), ("mae_synthetic", "mae_pageable")]:
+    x, y = med(a)[0], med(b)[0]
+    if x and y:
+        print(f"{a} / {b}: {x / y:.2f}")
+p, s = by.get("mae_pageable"), by.get("mae_synthetic")
+if p and s:
+    d = abs(p[0]["last_loss"] - s[0]["last_loss"]) / max(abs(s[0]["last_loss"]), 1e-12)
+    print(f"pinned vs pageable last loss, round 1: relative difference {d:.2e}", "(same bytes)" if d < 1e-3 else "MISMATCH")
+PY
+echo "results: $RESULTS; work dir: $WORK" >&2
