@@ -35,7 +35,8 @@ BIN=target/release/tessera
 
 if [ ! -d "$WORK/shards-train" ]; then
   tar xzf ../shared/datasets/cifar10-jpg.tar.gz -C "$WORK"
-  "$BIN" shard "$WORK/train" --out "$WORK/shards-train" --labels folders --max-samples 5000 >/dev/null
+  # --shuffle: every shard mixes the ten classes (sorted folders put one class in each).
+  "$BIN" shard "$WORK/train" --out "$WORK/shards-train" --labels folders --max-samples 5000 --shuffle 0 >/dev/null
   "$BIN" shard "$WORK/test" --out "$WORK/shards-test" --labels folders --max-samples 5000 >/dev/null
 fi
 

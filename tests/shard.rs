@@ -461,6 +461,107 @@ fn folder_labels_write_cls_and_classes_json() {
     }
 }
 
+/// The classes in each shard of `dir`, in shard order.
+fn classes_per_shard(dir: &Path) -> Vec<BTreeSet<String>> {
+    shard_files(dir)
+        .iter()
+        .map(|shard| {
+            read_samples(std::slice::from_ref(shard))
+                .iter()
+                .map(|(_, fields)| String::from_utf8(fields["cls"].clone()).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// Sorted folders put one class in each shard (and say so); `--shuffle SEED` mixes them,
+/// gives the same shards for the same seed, keeps job-array parts disjoint, and a rerun with
+/// another seed into the same directory is refused instead of mixing two orders.
+#[test]
+fn shuffle_mixes_classes_reproducibly_and_parts_stay_disjoint() {
+    let tmp = tempdir();
+    let inputs = tmp.path().join("in");
+    let made = make_inputs(&inputs, 60); // 20 a class
+    let sorted = tmp.path().join("sorted");
+    let args = shard_cmd(
+        &inputs,
+        &sorted,
+        &["--labels", "folders", "--max-samples", "10"],
+    );
+    let out = run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--shuffle SEED"), "no hint: {stderr}");
+    assert!(classes_per_shard(&sorted).iter().all(|c| c.len() == 1));
+
+    let extra = [
+        "--labels",
+        "folders",
+        "--max-samples",
+        "10",
+        "--shuffle",
+        "3",
+    ];
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let summary = run_shard(&inputs, &a, &extra);
+    assert_eq!(summary["samples"], 60);
+    let mixed = classes_per_shard(&a);
+    assert_eq!(mixed.len(), 6);
+    assert!(
+        mixed.iter().all(|c| c.len() >= 2),
+        "classes per shard: {mixed:?}"
+    );
+    let got: BTreeSet<String> = sources(&read_samples(&shard_files(&a)))
+        .into_iter()
+        .collect();
+    assert_eq!(got, made.keys().cloned().collect());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["shuffle_seed"], 3);
+    run_shard(&inputs, &b, &extra);
+    for (x, y) in shard_files(&a).iter().zip(&shard_files(&b)) {
+        assert_eq!(
+            std::fs::read(x).unwrap(),
+            std::fs::read(y).unwrap(),
+            "{x:?}"
+        );
+    }
+
+    let parts = tmp.path().join("parts");
+    let mut total = 0;
+    for part in ["0/2", "1/2"] {
+        let summary = run_shard(&inputs, &parts, &["--shuffle", "3", "--part", part]);
+        total += summary["samples"].as_u64().unwrap();
+    }
+    assert_eq!(total, 60);
+    let samples = read_samples(&shard_files(&parts));
+    let got: BTreeSet<String> = sources(&samples).into_iter().collect();
+    assert_eq!(
+        got,
+        made.keys().cloned().collect(),
+        "parts overlap or miss inputs"
+    );
+
+    let other = tessera()
+        .args(shard_cmd(
+            &inputs,
+            &a,
+            &[
+                "--labels",
+                "folders",
+                "--max-samples",
+                "10",
+                "--shuffle",
+                "4",
+            ],
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !other.status.success(),
+        "another seed resumed into the same directory"
+    );
+}
+
 #[test]
 fn same_command_twice_gives_byte_identical_shards() {
     let tmp = tempdir();

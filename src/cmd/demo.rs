@@ -170,6 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             compression: Compression::None,
             prepare: PrepareOptions::default(),
             dedup: false,
+            shuffle: None,
             workers,
             publish_to: None,
             fetch: Default::default(),

@@ -86,11 +86,16 @@ pub struct Args {
     /// Keep inputs whose bytes equal an earlier input's (by default only the first is kept).
     #[arg(long)]
     pub no_dedup: bool,
+    /// Write the inputs in an order shuffled with this seed instead of sorted, so that each
+    /// shard mixes classes and sources (the same seed gives the same shards; every part of a
+    /// job array must use the same seed).
+    #[arg(long, value_name = "SEED")]
+    pub shuffle: Option<u64>,
     /// Worker threads (default: all cores; 64 with --urls, as downloads mostly wait).
     #[arg(long)]
     pub workers: Option<usize>,
     /// Build part I of N (0-based) of a job array: contiguous, disjoint slices of the sorted
-    /// inputs with distinct shard names; de-duplication works within a part.
+    /// (or `--shuffle`d) inputs with distinct shard names; de-duplication works within a part.
     #[arg(long, value_name = "I/N")]
     pub part: Option<Part>,
     /// Print one JSON object on stdout instead of a summary.
@@ -183,6 +188,13 @@ fn resolve(args: &Args) -> anyhow::Result<BuildOptions> {
         (None, "folders") => LabelSource::Folders,
         _ => LabelSource::None,
     };
+    if matches!(labels, LabelSource::Folders) && args.shuffle.is_none() {
+        tracing::warn!(
+            "--labels folders without --shuffle: inputs are written sorted, class after class, so \
+             each shard holds one class or a few and a reader's shuffle buffer mixes only what is \
+             within its reach; --shuffle SEED mixes them"
+        );
+    }
     let workers = args.workers.unwrap_or_else(|| {
         if args.urls.is_empty() {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -219,6 +231,7 @@ fn resolve(args: &Args) -> anyhow::Result<BuildOptions> {
             quality: args.quality,
         },
         dedup: !args.no_dedup,
+        shuffle: args.shuffle,
         workers,
         fetch: FetchOptions {
             timeout: std::time::Duration::from_secs_f64(args.timeout),

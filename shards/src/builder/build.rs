@@ -60,6 +60,9 @@ pub struct BuildOptions {
     pub prepare: PrepareOptions,
     /// Drop inputs whose bytes equal an earlier input's (within this part).
     pub dedup: bool,
+    /// Write the inputs in an order shuffled with this seed instead of sorted
+    /// ([`super::inputs::InputSet::shuffle`]).
+    pub shuffle: Option<u64>,
     /// Worker threads.
     pub workers: usize,
     /// Publish into an object store (`s3://bucket/prefix`, `gs://...`, `az://...`): `out`
@@ -96,7 +99,10 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
         source,
     })?;
     let out_canonical = fs::canonicalize(out).ok();
-    let set = inputs::collect(&options.inputs, &options.labels, out_canonical.as_deref())?;
+    let mut set = inputs::collect(&options.inputs, &options.labels, out_canonical.as_deref())?;
+    if let Some(seed) = options.shuffle {
+        set.shuffle(seed);
+    }
     let range = options.part.range(set.files.len());
     let key_offset = range.start;
     let files = &set.files[range];
@@ -280,6 +286,7 @@ pub fn build(options: &BuildOptions, progress: &dyn Progress) -> Result<Manifest
             })
             .collect(),
         classes: set.classes.clone(),
+        shuffle_seed: options.shuffle,
         rejected: records
             .iter()
             .flat_map(|r| r.rejects.iter().cloned())
@@ -464,7 +471,7 @@ fn spec_root(spec: &InputSpec) -> &Path {
 fn plan_fingerprint(options: &BuildOptions, files: &[InputFile]) -> String {
     let header = format!(
         "tessera-shard/1 prefix={} part={}/{} max_samples={} max_bytes={} compression={} max_pixels={} \
-         max_side={:?} quality={} dedup={} labels={:?}",
+         max_side={:?} quality={} dedup={} labels={:?} shuffle={:?}",
         options.prefix,
         options.part.index,
         options.part.count,
@@ -476,6 +483,7 @@ fn plan_fingerprint(options: &BuildOptions, files: &[InputFile]) -> String {
         options.prepare.quality,
         options.dedup,
         options.labels,
+        options.shuffle,
     );
     let labels: Vec<String> = files.iter().map(|f| format!("{:?}", f.label)).collect();
     let parts = std::iter::once(header.as_bytes()).chain(

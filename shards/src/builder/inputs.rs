@@ -3,7 +3,9 @@
 //!
 //! Order is the contract everything else rests on: sample keys, shard boundaries, which
 //! copy of a duplicate is kept, and resuming after a kill all follow from it. Inputs keep
-//! the order of the command line; within one input, paths sort by their bytes.
+//! the order of the command line; within one input, paths sort by their bytes. A seeded
+//! shuffle ([`InputSet::shuffle`]) replaces that order with one permutation of the whole
+//! list, as deterministic: the same seed gives the same shards.
 //! Hidden entries (names starting with `.`) are skipped and symlinked directories are not
 //! followed (no cycles); a directory that cannot be read becomes an `unreadable` input, so
 //! it is reported like any other bad input instead of stopping the run.
@@ -99,6 +101,21 @@ pub struct InputSet {
     pub files: Vec<InputFile>,
     /// Class names by index, when labels are names (folders or a CSV of names).
     pub classes: Option<Vec<String>>,
+}
+
+impl InputSet {
+    /// Put the inputs in an order drawn from `seed` (every input kept, labels with them).
+    ///
+    /// Sorted order puts an ImageFolder's classes one after the other, so each shard holds
+    /// one class or a few, and a reader's shuffle buffer mixes only what is within its reach.
+    /// The permutation is of the whole list, before `--part` cuts it, so the parts of a job
+    /// array stay disjoint and cover everything.
+    pub fn shuffle(&mut self, seed: u64) {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        self.files
+            .shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
 }
 
 /// One part of a job array: `index` in `0..count`.
@@ -393,6 +410,51 @@ mod tests {
         }
         assert!("3/3".parse::<Part>().is_err());
         assert_eq!("1/4".parse::<Part>(), Ok(Part { index: 1, count: 4 }));
+    }
+
+    #[test]
+    fn shuffle_is_a_seeded_permutation_that_keeps_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["a", "b", "c", "d"] {
+            for i in 0..25 {
+                let path = dir.path().join(class).join(format!("{i:02}.jpg"));
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(path, b"x").unwrap();
+            }
+        }
+        let sorted = collect(
+            &[InputSpec::Dir(dir.path().to_path_buf())],
+            &LabelSource::Folders,
+            None,
+        )
+        .unwrap();
+        let shuffled = |seed| {
+            let mut set = sorted.clone();
+            set.shuffle(seed);
+            set.files
+                .into_iter()
+                .map(|f| (f.source, format!("{:?}", f.label)))
+                .collect::<Vec<_>>()
+        };
+        let (first, again, other) = (shuffled(7), shuffled(7), shuffled(8));
+        assert_eq!(first, again, "the same seed gives the same order");
+        assert_ne!(first, other, "another seed gives another order");
+        // A permutation: every input once, each with its own folder's label.
+        let mut sorted_back = first.clone();
+        sorted_back.sort();
+        let mut expected: Vec<_> = sorted
+            .files
+            .iter()
+            .map(|f| (f.source.clone(), format!("{:?}", f.label)))
+            .collect();
+        expected.sort();
+        assert_eq!(sorted_back, expected);
+        // Classes mixed: the first quarter (one class when sorted) holds several.
+        let classes: BTreeSet<_> = first[..25].iter().map(|(_, l)| l.clone()).collect();
+        assert!(
+            classes.len() >= 3,
+            "first 25 inputs hold classes {classes:?}"
+        );
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Manifest {
     /// Class names by index, when labels are names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<String>>,
+    /// The seed the inputs were shuffled with (`--shuffle`); absent: sorted order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shuffle_seed: Option<u64>,
     /// Every rejected input.
     pub rejected: Vec<RejectRecord>,
     /// Rejects per category.
