@@ -4,7 +4,8 @@
 #     the same with pageable batch buffers, fed by the real pipeline (data-wait fraction),
 #     model-FLOPs utilisation; PyTorch f32 and bf16 autocast (bench/train_cpu_torch.py).
 #   - DINO ViT-S/16 with 2 x 224 + 10 x 96 crops (`dino_vit_small`, batch 64 per GPU as the
-#     paper): synthetic and fed by the real pipeline; PyTorch bf16 (bench/train_torch_dino.py).
+#     paper): synthetic and fed by the real pipeline; PyTorch bf16 (bench/train_torch_dino.py);
+#     the pipeline alone on the machine's cores (`tessera profile`): can it feed that rate?
 # Run on the GPU machine from the repository root:
 #
 #   bench/gpu.sh                                   # builds with cargo, 3 rounds
@@ -33,7 +34,7 @@ PY=${PY:-bench/.venv/bin/python}
 WORK=${WORK:-$(mktemp -d)}
 RESULTS=${RESULTS:-$WORK/results.jsonl}
 # Which benchmarks each round runs, in this order (the most wanted first).
-BENCHES=${BENCHES:-mae_synthetic torch_mae_bf16 dino_synthetic torch_dino_bf16 dino_real mae_real torch_mae_f32 mae_pageable}
+BENCHES=${BENCHES:-mae_synthetic torch_mae_bf16 dino_synthetic torch_dino_bf16 dino_real dino_pipeline mae_real torch_mae_f32 mae_pageable}
 # Dense peaks of an H200/H100 SXM (TFLOP/s): bf16 tensor cores, plain f32.
 PEAK_BF16=${PEAK_BF16:-989}
 PEAK_F32=${PEAK_F32:-67}
@@ -120,6 +121,15 @@ torch_run() {
   fi
 }
 
+# One run of `tessera profile` (the pipeline alone, no device): NAME ROUND ARGS...
+pipeline_run() {
+  local name=$1 round=$2; shift 2
+  timeout -k 10 "$RUN_TIMEOUT" "$BIN" profile "$@" --shards "$SHARDS" --workers "$WORKERS" --seconds 20 --json \
+    2> "$WORK/$name-$round.stderr" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"bench": sys.argv[1], "round": int(sys.argv[2]), "images_per_second": d["images_per_second"], "cpu_ms_per_image": d["cpu_ms_per_image"], "jpeg_decoder": d["jpeg_decoder"]}))' "$name" "$round" >> "$RESULTS" \
+    || { echo "== $name round $round failed:" >&2; tail -5 "$WORK/$name-$round.stderr" >&2; }
+  tail -1 "$RESULTS" >&2
+}
+
 late() { [ $((SECONDS - START)) -ge "$DEADLINE" ]; }
 
 for round in $(seq "$RUNS"); do
@@ -133,6 +143,8 @@ for round in $(seq "$RUNS"); do
       mae_real) tessera_run "$bench" "$round" --config mae_vit_base --shards "$SHARDS" --batch-size "$MAE_BATCH" --workers "$WORKERS" ;;
       dino_synthetic) tessera_run "$bench" "$round" --config dino_vit_small --synthetic --batch-size "$DINO_BATCH" ;;
       dino_real) tessera_run "$bench" "$round" --config dino_vit_small --shards "$SHARDS" --batch-size "$DINO_BATCH" --workers "$WORKERS" ;;
+      # The pipeline alone on this machine's cores: can it feed DINO at PyTorch's rate?
+      dino_pipeline) pipeline_run "$bench" "$round" --recipe dino_vit_small --batch-size "$DINO_BATCH" ;;
       torch_mae_bf16) torch_run "$bench" "$round" bench/train_cpu_torch.py --preset vit_base_224 --batch "$MAE_BATCH" --bf16 ;;
       torch_mae_f32) torch_run "$bench" "$round" bench/train_cpu_torch.py --preset vit_base_224 --batch "$MAE_BATCH" ;;
       torch_dino_bf16) torch_run "$bench" "$round" bench/train_torch_dino.py --batch "$DINO_BATCH" --bf16 ;;
@@ -155,7 +167,7 @@ def med(name, key="images_per_second"):
     return (statistics.median(r[key] for r in rs), len(rs)) if rs else (None, 0)
 print(f"== MAE ViT-B/16 224 px, batch {sys.argv[5]}; DINO ViT-S/16 2x224 + 10x96, batch {sys.argv[6]}; {sys.argv[7]} pipeline workers ==")
 for name in ["mae_synthetic", "mae_pageable", "mae_real", "torch_mae_f32", "torch_mae_bf16",
-             "dino_synthetic", "dino_real", "torch_dino_bf16"]:
+             "dino_synthetic", "dino_real", "torch_dino_bf16", "dino_pipeline"]:
     ips, n = med(name)
     if ips is None:
         print(f"{name:16} no result"); continue
