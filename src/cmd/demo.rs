@@ -170,7 +170,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             compression: Compression::None,
             prepare: PrepareOptions::default(),
             dedup: false,
-            shuffle: None,
+            // The collection is drawn class folder by class folder: mixed, every shard (and
+            // so the preview and every batch) holds all the classes.
+            shuffle: Some(0),
             workers,
             publish_to: None,
             fetch: Default::default(),
