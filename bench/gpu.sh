@@ -51,13 +51,14 @@ else
   BIN=target/release/tessera-cuda
   cp target/release/tessera "$BIN" && strip "$BIN"
 fi
+# PyTorch's CUDA wheels (nvidia/*/) hold NVRTC and the headers where no toolkit is installed.
+NVIDIA_WHEELS=$("$PY" -c 'import nvidia, os; [print(os.path.join(p, s)) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null)
 if [ -z "${CUDA_PATH:-}" ]; then
-  for d in /usr/local/cuda /opt/cuda $(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")") \
-      $("$PY" -c 'import nvidia, os; [print(os.path.join(p, s)) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
+  for d in /usr/local/cuda /opt/cuda $(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")") $NVIDIA_WHEELS; do
     if [ -f "$d/include/cuda_runtime.h" ]; then export CUDA_PATH=$d; break; fi
   done
 fi
-for d in "${CUDA_PATH:-/usr/local/cuda}/lib64" $("$PY" -c 'import nvidia, os; [print(os.path.join(p, s, "lib")) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
+for d in "${CUDA_PATH:-/usr/local/cuda}/lib64" $(for w in $NVIDIA_WHEELS; do echo "$w/lib"; done); do
   if ls "$d"/libnvrtc.so* > /dev/null 2>&1; then export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
 done
 echo "binary: $(ls -l "$BIN")" >&2

@@ -30,8 +30,18 @@ def sincos_2d(dim, grid, cls=True):
     return emb.float()[None]
 
 
+def drop_path(x, p, training):
+    """Stochastic depth per sample (timm's DropPath); the identity at p = 0 (MAE)."""
+    if p == 0.0 or not training:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
 class Block(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio):
+    """timm's ViT block (pre-norm attention and MLP), `dpr` its drop-path rate."""
+
+    def __init__(self, dim, heads, mlp_ratio, dpr=0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.qkv = nn.Linear(dim, dim * 3)
@@ -39,14 +49,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.fc1 = nn.Linear(dim, int(dim * mlp_ratio))
         self.fc2 = nn.Linear(int(dim * mlp_ratio), dim)
-        self.heads = heads
+        self.heads, self.dpr = heads, dpr
 
     def forward(self, x):
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        x = x + drop_path(self.proj(a.transpose(1, 2).reshape(b, n, d)), self.dpr, self.training)
+        return x + drop_path(self.fc2(F.gelu(self.fc1(self.norm2(x)))), self.dpr, self.training)
 
 
 class MAE(nn.Module):

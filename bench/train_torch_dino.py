@@ -5,7 +5,8 @@
 median of the timed steps; an image is one sample, i.e. its twelve crops), as
 bench/train_cpu_torch.py does for MAE.
 
-Written out from facebookresearch/dino (vision_transformer.py, main_dino.py; no timm): the
+Written out from facebookresearch/dino (vision_transformer.py, main_dino.py; no timm; the
+blocks are bench/train_cpu_torch.py's, so the script runs from bench/ beside it): the
 student runs the globals and the locals as two forward passes (one per resolution, position
 embeddings interpolated bicubically for 96 px), the teacher the globals alone; DINO head
 384 -> 2048 -> 2048 -> 256, L2 norm, weight-normalised last layer 256 -> 65536; centred and
@@ -20,31 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def drop_path(x, p, training):
-    if p == 0.0 or not training:
-        return x
-    keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device).bernoulli_(1 - p)
-    return x * keep / (1 - p)
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, dpr):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
-        self.heads, self.dpr = heads, dpr
-
-    def forward(self, x):
-        b, n, d = x.shape
-        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        x = x + drop_path(self.proj(a.transpose(1, 2).reshape(b, n, d)), self.dpr, self.training)
-        return x + drop_path(self.fc2(F.gelu(self.fc1(self.norm2(x)))), self.dpr, self.training)
+from train_cpu_torch import Block  # the MAE peer's timm ViT block, with drop path
 
 
 class ViT(nn.Module):
@@ -55,7 +32,7 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid * self.grid + 1, dim) * 0.02)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        self.blocks = nn.ModuleList(Block(dim, heads, r) for r in dpr)
+        self.blocks = nn.ModuleList(Block(dim, heads, 4.0, r) for r in dpr)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def pos(self, grid):
