@@ -2,7 +2,7 @@
 //!
 //! These operations power neural network modules like convolutions and pooling.
 
-use crate::ops::{conv, conv_transpose, deform_conv, interpolate, linear, pool};
+use crate::ops::{conv, conv_transpose, conv2d_gemm, deform_conv, interpolate, linear, pool};
 use crate::{Flex, FlexTensor, Layout};
 use burn_backend::{
     DType, Element, TensorMetadata,
@@ -13,7 +13,7 @@ use burn_backend::{
     },
     tensor::{BoolTensor, FloatTensor, IntTensor},
 };
-use burn_std::{Bytes, Shape};
+use burn_std::{Bytes, Shape, bf16, f16};
 use bytemuck::Pod;
 
 /// Cast a tensor from half-precision type E to f32.
@@ -40,6 +40,27 @@ pub(crate) fn cast_from_f32<E: Element + Pod + Copy>(
     let half_data: alloc::vec::Vec<E> = data.iter().map(|&v| from_f32(v)).collect();
     let bytes = Bytes::from_elems(half_data);
     FlexTensor::new(bytes, Layout::contiguous(shape), E::dtype())
+}
+
+/// Runs `op` on `tensors` as they are when `dtype` is f32 or f64, else cast to f32 and its
+/// result cast back to `dtype` (f16, bf16).
+fn in_f32_or_f64<const N: usize>(
+    dtype: DType,
+    tensors: [FlexTensor; N],
+    op: impl FnOnce([FlexTensor; N]) -> FlexTensor,
+) -> FlexTensor {
+    match dtype {
+        DType::F32 | DType::F64 => op(tensors),
+        DType::F16 => cast_from_f32(
+            op(tensors.map(|t| cast_to_f32(t, f16::to_f32))),
+            f16::from_f32,
+        ),
+        DType::BF16 => cast_from_f32(
+            op(tensors.map(|t| cast_to_f32(t, bf16::to_f32))),
+            bf16::from_f32,
+        ),
+        dtype => panic!("conv2d backward: unsupported dtype {dtype:?}"),
+    }
 }
 
 impl ModuleOps<Flex> for Flex {
@@ -86,19 +107,70 @@ impl ModuleOps<Flex> for Flex {
         }
     }
 
+    // 2-D convolutions and both gradients are im2col and one large product per chunk of
+    // images (`ops/conv2d_gemm.rs`); depthwise forwards keep their direct kernel, half
+    // precision forwards their f16 gemm, half-precision gradients go through f32.
     fn conv2d(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
         bias: Option<FloatTensor<Flex>>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
+        let depthwise = options.groups > 1 && weight.layout().shape()[1] == 1;
         match x.dtype() {
+            DType::F32 if !depthwise => conv2d_gemm::conv2d::<f32>(x, weight, bias, &options),
+            DType::F64 if !depthwise => conv2d_gemm::conv2d::<f64>(x, weight, bias, &options),
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
             DType::F16 => conv::conv2d_f16(x, weight, bias, &options),
             DType::BF16 => conv::conv2d_bf16(x, weight, bias, &options),
             dtype => panic!("conv2d: unsupported dtype {:?}", dtype),
         }
+    }
+
+    fn conv2d_x_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        let x_shape = x.layout().shape().to_vec();
+        in_f32_or_f64(
+            output_grad.dtype(),
+            [weight, output_grad],
+            |[w, dy]| match w.dtype() {
+                DType::F64 => conv2d_gemm::conv2d_x_backward::<f64>(&x_shape, w, dy, &options),
+                _ => conv2d_gemm::conv2d_x_backward::<f32>(&x_shape, w, dy, &options),
+            },
+        )
+    }
+
+    fn conv2d_weight_backward(
+        x: FloatTensor<Flex>,
+        weight: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Flex> {
+        let w_shape = weight.layout().shape().to_vec();
+        in_f32_or_f64(output_grad.dtype(), [x, output_grad], |[x, dy]| {
+            match x.dtype() {
+                DType::F64 => conv2d_gemm::conv2d_weight_backward::<f64>(x, &w_shape, dy, &options),
+                _ => conv2d_gemm::conv2d_weight_backward::<f32>(x, &w_shape, dy, &options),
+            }
+        })
+    }
+
+    fn conv2d_bias_backward(
+        _x: FloatTensor<Flex>,
+        _bias: FloatTensor<Flex>,
+        output_grad: FloatTensor<Flex>,
+    ) -> FloatTensor<Flex> {
+        in_f32_or_f64(output_grad.dtype(), [output_grad], |[dy]| {
+            match dy.dtype() {
+                DType::F64 => conv2d_gemm::conv2d_bias_backward::<f64>(dy),
+                _ => conv2d_gemm::conv2d_bias_backward::<f32>(dy),
+            }
+        })
     }
 
     fn deform_conv2d(
