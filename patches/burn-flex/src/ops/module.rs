@@ -108,7 +108,7 @@ impl ModuleOps<Flex> for Flex {
     }
 
     // 2-D convolutions and both gradients are im2col and one large product per chunk of
-    // images (`ops/conv2d_gemm.rs`); depthwise forwards keep their direct kernel, half
+    // images (`ops/conv2d_gemm/`); depthwise forwards keep their direct kernel, half
     // precision forwards their f16 gemm, half-precision gradients go through f32.
     fn conv2d(
         x: FloatTensor<Flex>,
