@@ -76,18 +76,7 @@ mod tests {
     use alloc::vec::Vec;
     use burn_backend::{TensorData, ops::ModuleOps};
 
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::ops::test_values as values;
 
     fn tensor(dims: &[usize], seed: u64) -> FlexTensor {
         let n = dims.iter().product();

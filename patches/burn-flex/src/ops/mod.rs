@@ -123,3 +123,17 @@ mod transaction;
 pub mod unary;
 pub mod unfold;
 mod vectorisable;
+
+/// Deterministic values in [-1, 1) for tests (xorshift from `seed`).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> alloc::vec::Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}

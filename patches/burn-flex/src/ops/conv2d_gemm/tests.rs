@@ -2,21 +2,9 @@
 
 use super::*;
 use crate::Flex;
+use crate::ops::test_values as values;
 use burn_backend::TensorData;
 use burn_backend::ops::ModuleOps;
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// One convolution to check: shapes and options.
 #[derive(Debug, Clone, Copy)]
