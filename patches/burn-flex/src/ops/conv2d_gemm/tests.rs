@@ -405,58 +405,53 @@ fn depthwise_forward_keeps_its_kernel_and_its_gradients_come_from_here() {
 #[cfg(feature = "rayon")]
 #[test]
 fn results_are_bitwise_the_same_on_one_thread_and_on_four() {
-    // Large enough that im2col, col2im and the products are split across threads; ten
-    // one-image chunks (a task each) and three of four images (each split).
-    let case = Case {
-        batch: 10,
-        c_in: 32,
-        hw: [20, 20],
-        c_out: 48,
-        k: [3, 3],
-        stride: [1, 1],
-        padding: [1, 1],
-        dilation: [1, 1],
-        groups: 1,
-    };
-    let x = values(case.x_shape().iter().product(), 12);
-    let w = values(case.w_shape().iter().product(), 13);
-    let dy = values(case.batch * case.c_out * 400, 14);
-    let [out, dx, dw, _] = reference(&case, &x, &w, &vec![0.0; case.c_out], &dy);
-    for images in [1, 4] {
-        let g = case.geometry(images * case.c_in * 9 * 400);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                (
-                    forward(&g, &x, &w, None),
-                    input_grad(&g, &w, &dy),
-                    weight_grad(&g, &x, &dy),
-                )
-            })
+    // Large enough that im2col, col2im, the gathers and the products are split across
+    // threads. Stride 1 (the input gradient as a convolution) and stride 2 (col2im); twelve
+    // one-image chunks (a task each, for the forward) and two chunks of six images (each
+    // split: a chunk's 76,800-element input gradient is past the split size).
+    for stride in [1, 2] {
+        let case = Case {
+            batch: 12,
+            c_in: 32,
+            hw: [20, 20],
+            c_out: 48,
+            k: [3, 3],
+            stride: [stride, stride],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
         };
-        let (one, four) = (run(1), run(4));
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(
-            bits(&one.0),
-            bits(&four.0),
-            "forward, {images} images a chunk"
-        );
-        assert_eq!(
-            bits(&one.1),
-            bits(&four.1),
-            "input gradient, {images} images a chunk"
-        );
-        assert_eq!(
-            bits(&one.2),
-            bits(&four.2),
-            "weight gradient, {images} images a chunk"
-        );
-        // Split across threads, the results are still the convolution's.
-        assert_close(&four.0, &out, "forward");
-        assert_close(&four.1, &dx, "input gradient");
-        assert_close(&four.2, &dw, "weight gradient");
+        let p = case.geometry(COL_BUDGET).out_pixels();
+        let x = values(case.x_shape().iter().product(), 12);
+        let w = values(case.w_shape().iter().product(), 13);
+        let dy = values(case.batch * case.c_out * p, 14);
+        let [out, dx, dw, _] = reference(&case, &x, &w, &vec![0.0; case.c_out], &dy);
+        for images in [1, 6] {
+            let g = case.geometry(images * case.c_in * 9 * p);
+            assert_eq!(g.images_per_chunk(), images);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    (
+                        forward(&g, &x, &w, None),
+                        input_grad(&g, &w, &dy),
+                        weight_grad(&g, &x, &dy),
+                    )
+                })
+            };
+            let (one, four) = (run(1), run(4));
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let what = |op: &str| alloc::format!("{op}, stride {stride}, {images} images a chunk");
+            assert_eq!(bits(&one.0), bits(&four.0), "{}", what("forward"));
+            assert_eq!(bits(&one.1), bits(&four.1), "{}", what("input gradient"));
+            assert_eq!(bits(&one.2), bits(&four.2), "{}", what("weight gradient"));
+            // Split across threads, the results are still the convolution's.
+            assert_close(&four.0, &out, &what("forward"));
+            assert_close(&four.1, &dx, &what("input gradient"));
+            assert_close(&four.2, &dw, &what("weight gradient"));
+        }
     }
 }
