@@ -7,12 +7,14 @@
 #
 # Targets (fuzz/fuzz_targets/): tar_reader, tar_roundtrip, shard_index, shard_pattern,
 # recipe, decode (the default build's JPEG decoder: libjpeg-turbo, crop-aware and DCT-scaled,
-# where nasm is installed), and decode again on the pure-Rust zune-jpeg (`decode+zune`: the
-# pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt). `checkpoint` (resuming
-# from a checkpoint with one file replaced) runs only when named: it builds burn and the
-# trainer under sanitizer coverage (`--features trainer`, 43 minutes once on 2 cores), so
-# the CI smoke leaves it out. Each run: one target at a time,
-# -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
+# where nasm is installed), decode again on the pure-Rust zune-jpeg (`decode+zune`: the
+# pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt), and checkpoint loading
+# (resuming from a checkpoint with one file replaced). The checkpoint target builds burn and
+# the trainer (`--features trainer`): under AddressSanitizer that takes 43 minutes on 2 cores,
+# so the smoke runs `checkpoint+plain`, the same target built with coverage but no sanitizer
+# and no debug assertions except in Tessera's own crates (fuzz/Cargo.toml), 10 minutes, in
+# fuzz/target-plain; name `checkpoint` for the ASan build (long runs). Each run: one target
+# at a time, -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
 # A failure leaves the input in fuzz/artifacts/TARGET/ and exits non-zero; reproduce with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`. Corpora grow in
 # fuzz/corpus/ (git-ignored) and are reused by later runs. Needs a nightly toolchain and
@@ -25,12 +27,12 @@ targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     -*) echo "usage: scripts/fuzz-smoke.sh [--seconds N] [TARGET...]" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
-all=(tar_reader tar_roundtrip shard_index shard_pattern recipe decode decode+zune)
+all=(tar_reader tar_roundtrip shard_index shard_pattern recipe decode decode+zune checkpoint+plain)
 if [ ${#targets[@]} -eq 0 ]; then targets=("${all[@]}"); fi
 
 testdata=../shared/testdata
@@ -84,6 +86,8 @@ for t in "${targets[@]}"; do
   case "$t" in
     decode+zune) name=decode; jpeg=zune ;;
     checkpoint) name=checkpoint; jpeg=default; features=(--features trainer) ;;
+    checkpoint+plain) name=checkpoint; jpeg=default
+      features=(--features trainer -O --sanitizer none --target-dir "$PWD/fuzz/target-plain") ;;
     *) name="$t"; jpeg=default ;;
   esac
   echo "==> fuzz $t for ${seconds}s"
