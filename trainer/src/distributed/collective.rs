@@ -11,6 +11,13 @@
 //! and waited for with a timeout: a peer that stopped answering turns into
 //! [`CollectiveError::Timeout`] naming the operation, and the process exits with it (the
 //! worker, blocked for good, does not keep it alive).
+//!
+//! When a peer dies, burn-collective's and burn-communication's network tasks panic
+//! (`expect("Peer closed download connection")`, a websocket reset), each printing a
+//! backtrace straight to stderr (the default panic hook writes without taking stderr's
+//! lock, so its text lands in the middle of other messages). The all-reduce then fails
+//! with [`CollectiveError`], which says what happened. [`quiet_network_panics`] makes
+//! those panics one warning line each, through the log.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +59,41 @@ pub enum CollectiveError {
         /// burn-collective's error, formatted.
         message: String,
     },
+}
+
+/// Makes a panic raised inside burn-collective or burn-communication (their network
+/// tasks and the collective's own thread, when a peer is gone) a one-line warning in the
+/// log instead of the default hook's message and backtrace; every other panic goes to the
+/// hook that was there before. Installed once per process.
+fn quiet_network_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let location = info.location();
+            let in_network = location.is_some_and(|l| {
+                let file = l.file();
+                file.contains("burn-collective") || file.contains("burn-communication")
+            });
+            if !in_network {
+                return previous(info);
+            }
+            let payload = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let thread = std::thread::current();
+            tracing::warn!(
+                "burn-collective thread `{}` stopped: {payload} ({})",
+                thread.name().unwrap_or("unnamed"),
+                location
+                    .map(|l| format!("{}:{}", l.file(), l.line()))
+                    .unwrap_or_default()
+            );
+        }));
+    });
 }
 
 /// One request to the worker thread.
@@ -112,6 +154,7 @@ impl<B: Backend> Collective<B> {
             .master
             .clone()
             .ok_or_else(|| failed("no master address".into()))?;
+        quiet_network_panics();
         if world.is_main() {
             start_orchestrator(master.port).map_err(|e| failed(e.to_string()))?;
         }
