@@ -16,7 +16,8 @@
 # fuzz/target-plain; name `checkpoint` for the ASan build (long runs). Each run: one target
 # at a time, -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
 # A failure leaves the input in fuzz/artifacts/TARGET/ and exits non-zero; reproduce with
-# `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...`. Corpora grow in
+# `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...` (add `--features trainer`
+# for checkpoint, and `-O --sanitizer none` for checkpoint+plain). Corpora grow in
 # fuzz/corpus/ (git-ignored) and are reused by later runs. Needs a nightly toolchain and
 # cargo-fuzz (installed here if missing). Results of long runs: docs/RELIABILITY.md.
 set -euo pipefail
@@ -27,7 +28,7 @@ targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
     -*) echo "usage: scripts/fuzz-smoke.sh [--seconds N] [TARGET...]" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
