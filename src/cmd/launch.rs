@@ -8,6 +8,7 @@
 //! error, the launcher names it, stops the others (SIGTERM, then SIGKILL after the grace
 //! period) and exits with that rank's status.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -106,28 +107,36 @@ pub fn spawn_local(n: u32, dist: &DistArgs) -> anyhow::Result<()> {
     let mut failed: Option<(usize, ExitStatus)> = None;
     let mut kill_at: Option<Instant> = None;
     loop {
+        // Every rank that failed since the last look (see `cause_of_failure`).
+        let mut ended_now: Vec<(usize, ExitStatus)> = Vec::new();
         for (rank, slot) in children.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
             if let Some(status) = child.try_wait().context("waiting for a rank")? {
                 statuses[rank] = Some(status);
                 *slot = None;
-                if !status.success()
-                    && status.code() != Some(super::train::EXIT_STOPPED)
-                    && failed.is_none()
-                {
-                    eprintln!(
-                        "rank {rank} exited with {}: stopping the other ranks",
-                        describe(status)
-                    );
-                    failed = Some((rank, status));
-                    for (r, pid) in pids.iter().enumerate() {
-                        if statuses[r].is_none() {
-                            signal(*pid, libc::SIGTERM);
-                        }
-                    }
-                    kill_at = Some(Instant::now() + grace);
+                if !status.success() && status.code() != Some(super::train::EXIT_STOPPED) {
+                    ended_now.push((rank, status));
                 }
             }
+        }
+        if failed.is_none()
+            && let Some(cause) = cause_of_failure(&ended_now)
+        {
+            eprintln!(
+                "rank {} exited with {}: stopping the other ranks",
+                cause.0,
+                describe(cause.1)
+            );
+            for &(rank, status) in ended_now.iter().filter(|(r, _)| *r != cause.0) {
+                eprintln!("rank {rank} exited with {} as well", describe(status));
+            }
+            failed = Some(cause);
+            for (r, pid) in pids.iter().enumerate() {
+                if statuses[r].is_none() {
+                    signal(*pid, libc::SIGTERM);
+                }
+            }
+            kill_at = Some(Instant::now() + grace);
         }
         if children.iter().all(Option::is_none) {
             break;
@@ -162,8 +171,19 @@ pub fn spawn_local(n: u32, dist: &DistArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which of the ranks that failed in one look at the children to name as the cause: one
+/// that a signal ended, else the lowest rank. A rank killed outright makes the others fail
+/// within milliseconds (their all-reduce loses its peer), so both are often seen at once,
+/// and the one with the collective error is the consequence.
+fn cause_of_failure(failed: &[(usize, ExitStatus)]) -> Option<(usize, ExitStatus)> {
+    failed
+        .iter()
+        .find(|(_, status)| status.signal().is_some())
+        .or(failed.first())
+        .copied()
+}
+
 fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("status {code}"),
         (None, Some(sig)) => format!("signal {sig}"),
@@ -239,6 +259,21 @@ fn forward_signals(pids: Vec<i32>) -> anyhow::Result<Arc<AtomicI32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rank_ended_by_a_signal_is_named_before_one_that_exited_with_an_error() {
+        let error = ExitStatus::from_raw(1 << 8); // exit status 1
+        let killed = ExitStatus::from_raw(9); // SIGKILL
+        assert_eq!(cause_of_failure(&[]), None);
+        assert_eq!(
+            cause_of_failure(&[(0, error), (1, killed)]),
+            Some((1, killed))
+        );
+        assert_eq!(
+            cause_of_failure(&[(0, error), (2, error)]),
+            Some((0, error))
+        );
+    }
 
     #[test]
     fn devices_flag_is_removed() {
