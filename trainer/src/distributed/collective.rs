@@ -12,12 +12,12 @@
 //! [`CollectiveError::Timeout`] naming the operation, and the process exits with it (the
 //! worker, blocked for good, does not keep it alive).
 //!
-//! When a peer dies, burn-collective's and burn-communication's network tasks panic
-//! (`expect("Peer closed download connection")`, a websocket reset), each printing a
-//! backtrace straight to stderr (the default panic hook writes without taking stderr's
-//! lock, so its text lands in the middle of other messages). The all-reduce then fails
-//! with [`CollectiveError`], which says what happened. [`quiet_network_panics`] makes
-//! those panics one warning line each, through the log.
+//! When a peer dies, the all-reduce fails with [`CollectiveError`] (the patched
+//! burn-collective returns `PeerLost`), but burn-communication's data service, serving the
+//! dead peer's downloads, panics on the websocket reset and the default panic hook prints a
+//! backtrace straight to stderr, without taking stderr's lock, so its text lands in the
+//! middle of other messages. [`quiet_network_panics`] makes such panics one warning line
+//! each, through the log.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

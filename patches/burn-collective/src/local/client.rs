@@ -54,7 +54,9 @@ impl<B: Backend> LocalCollectiveClient<B> {
         F: FnOnce(SyncSender<Result<T, CollectiveError>>) -> Message<B>,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.channel.send((builder)(tx)).unwrap();
+        // A server that is gone drops the message and with it `tx`, so `wait` reports
+        // `LocalServerMissing` instead of this thread panicking (tessera).
+        let _ = self.channel.send((builder)(tx));
         PendingCollectiveOperation { rx }
     }
 
