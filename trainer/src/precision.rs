@@ -42,10 +42,11 @@
 //! kernel; its bf16 matmul converts to f32, multiplies in f32 and rounds the result to bf16
 //! (what a tensor-core GEMM with f32 accumulation does), which makes it a faithful but slow
 //! model of the CUDA path: bf16 on CPU is for tests, not speed. Under `Autodiff` burn's
-//! fused `attention` op is always its unfused fallback, which would take the softmax in the
-//! operands' dtype; the bf16 path therefore writes attention out (two matmuls and an f32
-//! softmax) instead of calling it. The f32 path keeps `attention` (a flash kernel on
-//! backends that have one, when not differentiating).
+//! `attention` op takes the softmax in the operands' dtype; the bf16 path therefore writes
+//! attention out (two matmuls and an f32 softmax) instead of calling it. The f32 path keeps
+//! `attention`: the backend's fused kernel when not differentiating, and under `Autodiff`
+//! one node with a closed-form backward (the patched burn-autodiff, patches/README.md)
+//! instead of burn 0.21's ten recorded ops.
 
 use burn::nn::Linear;
 use burn::tensor::activation::softmax;
@@ -222,6 +223,54 @@ mod tests {
             diff > 0.0 && diff < 4.0 * U,
             "bf16 vs f32 attention: {diff}"
         );
+    }
+
+    /// The f32 path's `attention` under autodiff (one node with a closed-form backward in the
+    /// patched burn-autodiff, patches/README.md) against the formula written out with
+    /// recorded tensor ops: the same output and the same gradients for q, k and v, also
+    /// with a key/value length and a value width unlike the query's. Without gradients the
+    /// backend's own kernel runs; it gives the same output.
+    #[test]
+    fn f32_attention_and_its_gradients_equal_the_written_out_formula() {
+        let device = Default::default();
+        let random = |dims: [usize; 4]| {
+            Tensor::<Flex, 4>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (q, k, v) = (
+            random([2, 3, 5, 4]),
+            random([2, 3, 7, 4]),
+            random([2, 3, 7, 6]),
+        );
+        let weights = random([2, 3, 5, 6]);
+        let tracked = |t: &Tensor<Flex, 4>| Tensor::<B, 4>::from_inner(t.clone()).require_grad();
+        let run = |written_out: bool| {
+            let (tq, tk, tv) = (tracked(&q), tracked(&k), tracked(&v));
+            let out = if written_out {
+                let scores = tq.clone().matmul(tk.clone().swap_dims(2, 3)) * 0.5; // 1/sqrt(4)
+                softmax(scores, 3).matmul(tv.clone())
+            } else {
+                Precision::F32.attention(tq.clone(), tk.clone(), tv.clone())
+            };
+            let grads = (out.clone() * Tensor::from_inner(weights.clone()))
+                .sum()
+                .backward();
+            let grad = |t: &Tensor<B, 4>| t.grad(&grads).expect("a gradient");
+            (out.inner(), [grad(&tq), grad(&tk), grad(&tv)])
+        };
+        let (out, grads) = run(false);
+        let (want, want_grads) = run(true);
+        let max_diff =
+            |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| (a - b).abs().max().into_scalar() as f64;
+        assert!(max_diff(out.clone(), want) < 1e-5);
+        for (name, (got, want)) in ["q", "k", "v"]
+            .iter()
+            .zip(grads.into_iter().zip(want_grads))
+        {
+            let diff = max_diff(got, want);
+            assert!(diff < 1e-5, "d{name}: {diff}");
+        }
+        let untracked = Precision::F32.attention(q, k, v);
+        assert!(max_diff(untracked, out) < 1e-5);
     }
 
     /// Two encoder blocks and one decoder block over 16 patches of 2x2 pixels.

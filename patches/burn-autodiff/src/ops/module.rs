@@ -1881,7 +1881,99 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
         attn_bias: Option<FloatTensor<Autodiff<B, C>>>,
         options: AttentionModuleOptions,
     ) -> FloatTensor<Autodiff<B, C>> {
-        attention_fallback::<Self>(query, key, value, mask, attn_bias, options)
+        // Masks, biases, softcapping and causal attention keep the fallback, which records
+        // each of its operations and differentiates them one by one.
+        if mask.is_some() || attn_bias.is_some() || options.softcap.is_some() || options.is_causal {
+            return attention_fallback::<Self>(query, key, value, mask, attn_bias, options);
+        }
+
+        // Plain scaled dot-product attention is one node with its own backward. The fallback
+        // records about ten operations (two products, the scaling, the softmax's max,
+        // subtraction, exponential, sum, clamps and division) and differentiates each; here
+        // the forward keeps the attention weights P = softmax(q kᵀ · scale) and the backward is
+        // the closed form: dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale,
+        // dQ = dS K, dK = dSᵀ Q. Without gradients, the backend's own (fused) kernel runs.
+        #[derive(Debug)]
+        struct Attention;
+
+        impl<B: Backend> Backward<B, 3> for Attention {
+            /// q, k, v, the attention weights P, the scale.
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_query, node_key, node_value] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (query, key, value, weights, scale) = ops.state;
+
+                if let Some(node) = node_value {
+                    let grad_value =
+                        B::float_matmul(B::float_transpose(weights.clone()), grad.clone());
+                    grads.register::<B>(node.id, grad_value);
+                }
+                if node_query.is_none() && node_key.is_none() {
+                    return;
+                }
+                let grad_weights = B::float_matmul(grad, B::float_transpose(value));
+                let row_dot =
+                    B::float_sum_dim(B::float_mul(weights.clone(), grad_weights.clone()), 3);
+                let grad_scores = B::float_mul_scalar(
+                    B::float_mul(B::float_sub(grad_weights, row_dot), weights),
+                    scale.into(),
+                );
+                if let Some(node) = node_query {
+                    grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), key));
+                }
+                if let Some(node) = node_key {
+                    let grad_key = B::float_matmul(B::float_transpose(grad_scores), query);
+                    grads.register::<B>(node.id, grad_key);
+                }
+            }
+        }
+
+        let head_dim = burn_backend::TensorMetadata::shape(&query.primitive).dims::<4>()[3];
+        let scale = options
+            .scale
+            .unwrap_or_else(|| 1.0 / (head_dim as f64).sqrt());
+        match Attention
+            .prepare::<C>([query.node, key.node, value.node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let weights =
+                    attention_weights::<B>(query.primitive.clone(), key.primitive.clone(), scale);
+                let output = B::float_matmul(weights.clone(), value.primitive.clone());
+                prep.finish(
+                    (
+                        query.primitive,
+                        key.primitive,
+                        value.primitive,
+                        weights,
+                        scale,
+                    ),
+                    output,
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attention(
+                query.primitive,
+                key.primitive,
+                value.primitive,
+                None,
+                None,
+                options,
+            )),
+        }
     }
 
     fn ctc_loss(
@@ -2064,4 +2156,21 @@ impl<B: Backend> Backward<B, 1> for MaxPool2D {
             grads.register::<B>(node.id, grad.x_grad);
         }
     }
+}
+
+/// `softmax(q kᵀ · scale)` over the last dim, for [attention](ModuleOps::attention)'s
+/// tracked forward (no mask, so every row's maximum is finite and its sum at least 1).
+fn attention_weights<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let scores = B::float_mul_scalar(
+        B::float_matmul(query, B::float_transpose(key)),
+        scale.into(),
+    );
+    let max = B::float_max_dim(scores.clone(), 3);
+    let exp = B::float_exp(B::float_sub(scores, max));
+    let sum = B::float_sum_dim(exp.clone(), 3);
+    B::float_div(exp, sum)
 }
