@@ -233,8 +233,7 @@ pub fn restore_patch_order<B: Backend>(
         vec![tokens.clone().slice([0..n, 1..k1, 0..d]), mask_tokens],
         1,
     ); // [n, l, d]
-    let index = ids_restore.reshape([n, l, 1]).expand([n, l, d]);
-    let unshuffled = shuffled.gather(1, index); // [n, l, d], patch order
+    let unshuffled = crate::vit::gather_tokens(shuffled, ids_restore); // [n, l, d], patch order
     Tensor::cat(vec![tokens.slice([0..n, 0..1, 0..d]), unshuffled], 1)
 }
 

@@ -184,9 +184,7 @@ pub fn forward_kept_cls<B: Backend>(
         let pos =
             crate::pos_embed::resample_abs_pos_embed(vit.pos_embed.val(), h / p, w / p, true)?;
         let x = x + pos.slice([0..1, 1..l + 1, 0..d]); // [n, l, d]
-        let [_, k] = ids_keep.dims();
-        let index = ids_keep.reshape([n, k, 1]).expand([n, k, d]);
-        vit.forward_tokens(x.gather(1, index)) // [n, 1 + k, d]
+        vit.forward_tokens(crate::vit::gather_tokens(x, ids_keep)) // [n, 1 + k, d]
     };
     Ok(tokens.narrow(1, 0, 1).reshape([n, d]))
 }

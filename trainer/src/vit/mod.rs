@@ -312,9 +312,23 @@ impl<B: Backend> Vit<B> {
     /// `images` `[n, c, H, W]`, `ids_keep` `[n, k]` (patch indices in `0..l`) -> `[n, 1 + k, d]`.
     pub fn forward_kept(&self, images: Tensor<B, 4>, ids_keep: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let x = self.embed_patches(images); // [n, l, d]
-        let [n, _, d] = x.dims();
-        let [_, k] = ids_keep.dims();
-        let index = ids_keep.reshape([n, k, 1]).expand([n, k, d]);
-        self.forward_tokens(x.gather(1, index)) // [n, 1 + k, d]
+        self.forward_tokens(gather_tokens(x, ids_keep)) // [n, 1 + k, d]
     }
+}
+
+/// The tokens `index[i]` of each sample `i`, in that order: `x.gather(1, index)` with the
+/// index repeated over the channels, done as a `select` of rows of `x` seen as `[n · l, d]`.
+/// Each token is then one row copy forward and one row sum backward, where burn-flex's
+/// `gather` computes a source index per element and its backward scatters per element.
+///
+/// # Shapes
+/// `x` `[n, l, d]`, `index` `[n, k]` (token indices in `0..l`) -> `[n, k, d]`.
+pub fn gather_tokens<B: Backend>(x: Tensor<B, 3>, index: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let [n, l, d] = x.dims();
+    let [_, k] = index.dims();
+    let first_row = Tensor::<B, 1, Int>::arange(0..n as i64, &index.device())
+        .mul_scalar(l as i64)
+        .reshape([n, 1]);
+    let rows = (index + first_row).reshape([n * k]);
+    x.reshape([n * l, d]).select(0, rows).reshape([n, k, d])
 }

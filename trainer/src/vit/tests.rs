@@ -291,3 +291,31 @@ fn block_outputs_and_last_attention() {
         Tolerance::absolute(1e-5),
     );
 }
+
+/// `gather_tokens` (row select) against burn's `gather` with the index repeated over the
+/// channels: the same tokens and, through a weighted sum, the same gradient for `x`, also
+/// with an index that repeats a token (its gradient rows add up).
+#[test]
+fn gather_tokens_equals_gather_with_a_repeated_index() {
+    let device = Default::default();
+    let x = Tensor::<Flex, 3>::random([3, 6, 5], Distribution::Normal(0.0, 1.0), &device);
+    let ids = [[4, 0, 2, 2], [5, 3, 1, 0], [0, 1, 2, 3]];
+    let index = Tensor::<B, 2, Int>::from_ints(ids, &device);
+    let weights = Tensor::<B, 3>::random([3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+    let run = |with_select: bool| {
+        let x = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+        let out = if with_select {
+            gather_tokens(x.clone(), index.clone())
+        } else {
+            x.clone()
+                .gather(1, index.clone().reshape([3, 4, 1]).expand([3, 4, 5]))
+        };
+        let grads = (out.clone() * weights.clone()).sum().backward();
+        (out.inner(), x.grad(&grads).expect("a gradient for x"))
+    };
+    let (out, grad) = run(true);
+    let (want, want_grad) = run(false);
+    out.into_data().assert_eq(&want.into_data(), true);
+    grad.into_data()
+        .assert_approx_eq::<f32>(&want_grad.into_data(), Tolerance::absolute(1e-6));
+}
