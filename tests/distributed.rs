@@ -81,7 +81,13 @@ fn assert_same_losses(one: &Path, two: &Path, steps: usize) {
     }
 }
 
-/// The exported encoders of two runs agree within float rounding.
+/// The exported encoders of two runs agree within float rounding: each tensor's largest
+/// difference is within 1e-2 of its largest value. Normwise, not element by element: a
+/// BatchNorm bias of the last block is a sum of gradients that nearly cancel, so its rounding
+/// error scales with the terms, not with the result (2-core EPYC without AVX-512, SimCLR:
+/// `layer4.1.bn2.bias` differs by 7.1e-6 where the tensor's largest value is 4.5e-3, 1.6e-3
+/// of it; every other tensor within 1.1e-3). A wrong split of the batch or a missed gradient
+/// moves whole tensors by tens of percent.
 fn assert_same_exports(tmp: &Path, one: &Path, two: &Path) {
     let export = |run: &Path, name: &str| {
         let path = tmp.join(name);
@@ -113,10 +119,12 @@ fn assert_same_exports(tmp: &Path, one: &Path, two: &Path) {
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect()
         };
-        for (i, (p, q)) in f(x.data()).iter().zip(f(y.data())).enumerate() {
+        let (a, b) = (f(x.data()), f(y.data()));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
             assert!(
-                (p - q).abs() <= 1e-4 * p.abs().max(1e-2),
-                "{name}[{i}]: {p} vs {q}"
+                (p - q).abs() <= 1e-2 * scale,
+                "{name}[{i}]: {p} vs {q} (largest value of the tensor {scale})"
             );
         }
     }
