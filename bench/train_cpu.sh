@@ -31,7 +31,10 @@ BIN=${TESSERA_BIN:-target/release/tessera}
 
 if ! "$PY" -c 'import torch, torchvision' 2>/dev/null; then
   python3 -m venv bench/.venv
-  bench/.venv/bin/pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cpu
+  # PyTorch's CPU-only wheels where its index is reachable; else PyPI's (they bring the CUDA
+  # libraries, a few GB, unused here).
+  bench/.venv/bin/pip install --quiet torch torchvision --index-url https://download.pytorch.org/whl/cpu \
+    || bench/.venv/bin/pip install --quiet torch torchvision
   PY=bench/.venv/bin/python
 fi
 if [ -z "${TESSERA_BIN:-}" ]; then cargo build --release --quiet; fi

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 
 import torch
@@ -124,6 +125,8 @@ def main():
     ap.add_argument("--mask-ratio", type=float, default=0.75)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="autocast to bf16 (GPU)")
+    ap.add_argument("--profile", action="store_true",
+                    help="torch.profiler over the timed steps; the ops' table goes to stderr")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -139,7 +142,11 @@ def main():
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
     times = []
+    profiler = None
     for step in range(args.warmup + args.steps):
+        if args.profile and step == args.warmup:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            profiler.__enter__()
         t0 = time.perf_counter()
         # The same work tessera's feeder does: u8 NHWC -> normalised f32 NCHW, masks.
         u8 = torch.randint(0, 256, (args.batch, img, img, 3), dtype=torch.uint8, device=dev)
@@ -161,6 +168,10 @@ def main():
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        # Self time per op over all timed steps (divide by --steps for a step's share).
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
     med = statistics.median(times)
     print(json.dumps({"framework": "pytorch " + torch.__version__, "preset": args.preset, "batch": args.batch,
                       "threads": args.threads, "steps_per_second": 1 / med, "images_per_second": args.batch / med,
