@@ -146,7 +146,7 @@ def main():
     for step in range(args.warmup + args.steps):
         if args.profile and step == args.warmup:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            profiler.__enter__()
+            profiler.start()
         t0 = time.perf_counter()
         # The same work tessera's feeder does: u8 NHWC -> normalised f32 NCHW, masks.
         u8 = torch.randint(0, 256, (args.batch, img, img, 3), dtype=torch.uint8, device=dev)
@@ -169,7 +169,7 @@ def main():
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
     if profiler is not None:
-        profiler.__exit__(None, None, None)
+        profiler.stop()
         # Self time per op over all timed steps (divide by --steps for a step's share).
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
     med = statistics.median(times)
