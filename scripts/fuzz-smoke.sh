@@ -2,19 +2,22 @@
 # Fuzz the parsers of untrusted bytes (issue 14): build the cargo-fuzz targets in fuzz/,
 # seed their corpora from ../shared/testdata, and run each one for a while.
 #
-#   scripts/fuzz-smoke.sh                  # CI smoke: every target 20 s
+#   scripts/fuzz-smoke.sh                  # CI smoke: every parser target 20 s
 #   scripts/fuzz-smoke.sh --seconds 3600 decode tar_reader   # long runs of some targets
+#   scripts/fuzz-smoke.sh --seconds 600 checkpoint+plain     # checkpoint loading (burn build)
 #
 # Targets (fuzz/fuzz_targets/): tar_reader, tar_roundtrip, shard_index, shard_pattern,
-# recipe, decode (the default build's JPEG decoder: libjpeg-turbo, crop-aware and DCT-scaled,
-# where nasm is installed), decode again on the pure-Rust zune-jpeg (`decode+zune`: the
-# pipeline rebuilt with TESSERA_JPEG=zune; nothing else is rebuilt), and checkpoint loading
-# (resuming from a checkpoint with one file replaced). The checkpoint target builds burn and
-# the trainer (`--features trainer`): under AddressSanitizer that takes 43 minutes on 2 cores,
-# so the smoke runs `checkpoint+plain`, the same target built with coverage but no sanitizer
-# and no debug assertions except in Tessera's own crates (fuzz/Cargo.toml), 10 minutes, in
-# fuzz/target-plain; name `checkpoint` for the ASan build (long runs). Each run: one target
-# at a time, -rss_limit_mb=2048 (an out-of-memory is a failure), -timeout=10 (a hang is a failure).
+# recipe, decode (both JPEG decoders on every input: libjpeg-turbo, crop-aware and
+# DCT-scaled, where nasm is installed, and the pure-Rust zune-jpeg), and checkpoint loading
+# (resuming from a checkpoint with one file replaced). The parser targets share one
+# instrumented build; the CI smoke runs them. The checkpoint target builds burn and the
+# trainer (`--features trainer`): under AddressSanitizer that takes 43 minutes on 2 cores,
+# `checkpoint+plain` (the same target built with coverage but no sanitizer and no debug
+# assertions except in Tessera's own crates, fuzz/Cargo.toml, in fuzz/target-plain) 10;
+# either is named to run it (long runs, docs/RELIABILITY.md), and neither is in the CI
+# smoke, whose time they would double (`cargo test` covers damaged checkpoints with a
+# property test instead). Each run: one target at a time, -rss_limit_mb=2048 (an
+# out-of-memory is a failure), -timeout=10 (a hang is a failure).
 # A failure leaves the input in fuzz/artifacts/TARGET/ and exits non-zero; reproduce with
 # `cargo +nightly fuzz run TARGET fuzz/artifacts/TARGET/crash-...` (add `--features trainer`
 # for checkpoint, and `-O --sanitizer none` for checkpoint+plain). Corpora grow in
@@ -28,12 +31,12 @@ targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
-    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
     -*) echo "usage: scripts/fuzz-smoke.sh [--seconds N] [TARGET...]" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
-all=(tar_reader tar_roundtrip shard_index shard_pattern recipe decode decode+zune checkpoint+plain)
+all=(tar_reader tar_roundtrip shard_index shard_pattern recipe decode)
 if [ ${#targets[@]} -eq 0 ]; then targets=("${all[@]}"); fi
 
 testdata=../shared/testdata
@@ -85,11 +88,10 @@ flags=(-rss_limit_mb=2048 -timeout=10 -max_total_time="$seconds" -print_final_st
 for t in "${targets[@]}"; do
   features=()
   case "$t" in
-    decode+zune) name=decode; jpeg=zune ;;
-    checkpoint) name=checkpoint; jpeg=default; features=(--features trainer) ;;
-    checkpoint+plain) name=checkpoint; jpeg=default
+    checkpoint) name=checkpoint; features=(--features trainer) ;;
+    checkpoint+plain) name=checkpoint
       features=(--features trainer -O --sanitizer none --target-dir "$PWD/fuzz/target-plain") ;;
-    *) name="$t"; jpeg=default ;;
+    *) name="$t" ;;
   esac
   echo "==> fuzz $t for ${seconds}s"
   start=$(date +%s)
@@ -102,11 +104,7 @@ for t in "${targets[@]}"; do
     CHECKPOINT_FUZZ_SEEDS="$PWD/fuzz/corpus/$name" env -u TESSERA_JPEG cargo +nightly fuzz run \
       "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- -runs=0 > "fuzz/last-$t.log" 2>&1
   fi
-  if [ "$jpeg" = zune ]; then
-    TESSERA_JPEG=zune cargo +nightly fuzz run "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
-  else
-    env -u TESSERA_JPEG cargo +nightly fuzz run "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
-  fi
+  env -u TESSERA_JPEG cargo +nightly fuzz run "${features[@]}" "$name" "$PWD/fuzz/corpus/$name" -- "${flags[@]}" > "fuzz/last-$t.log" 2>&1
   status=$?
   set -e
   grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "fuzz/last-$t.log" || true

@@ -13,7 +13,7 @@
 # - With `--cuda-check` (CI), also proves that the `cuda` feature and the data-only build
 #   (`--no-default-features`: shard, profile, preview without burn) compile, without a GPU
 #   (`cargo check`: type-checks everything; no second optimised build of burn).
-# - With `--fuzz-smoke` (CI), last, runs every fuzz target briefly (scripts/fuzz-smoke.sh:
+# - With `--fuzz-smoke` (CI), last, runs every parser fuzz target briefly (scripts/fuzz-smoke.sh:
 #   nightly toolchain and cargo-fuzz, installed if missing; its own instrumented build).
 # - With `--lint` (CI), first checks formatting (`cargo fmt`) and lints (`cargo clippy`,
 #   warnings are errors).
@@ -85,6 +85,6 @@ if [ "$cuda_check" = 1 ]; then
 fi
 
 if [ "$fuzz_smoke" = 1 ]; then
-  echo "==> scripts/fuzz-smoke.sh --seconds 15 (every fuzz target briefly)"
+  echo "==> scripts/fuzz-smoke.sh --seconds 15 (every parser fuzz target briefly)"
   scripts/fuzz-smoke.sh --seconds 15
 fi

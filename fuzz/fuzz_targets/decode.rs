@@ -1,9 +1,10 @@
 //! Every image decode path on arbitrary bytes, with the pixel limit on: the format is
 //! sniffed from the bytes (JPEG, PNG, WebP, GIF), EXIF orientation applied. JPEG goes
-//! through the decoder the pipeline was built with: libjpeg-turbo where nasm is installed
-//! (its crop-aware and DCT-scaled decode is what [`Decoder::decode_for_crop`] exercises), or
-//! zune-jpeg when built with `TESSERA_JPEG=zune`. libjpeg-turbo's C code is not compiled
-//! with AddressSanitizer, so a memory error inside it shows only when it crashes.
+//! through both decoders: libjpeg-turbo where nasm is installed (its crop-aware and
+//! DCT-scaled decode is what [`Decoder::decode_for_crop`] exercises), and the pure-Rust
+//! zune-jpeg ([`Decoder::with_zune_jpeg`]; the only one when built without libjpeg-turbo).
+//! libjpeg-turbo's C code is not compiled with AddressSanitizer, so a memory error inside
+//! it shows only when it crashes.
 //!
 //! Contract: no panic escapes (a decoder's own panic is caught and becomes
 //! `DecodeError::Panicked`, which libFuzzer still reports, so decoder bugs surface too),
@@ -33,7 +34,14 @@ fn check(out: &RgbImage) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut decoder = Decoder::new(MAX_PIXELS);
+    for zune in [false, true] {
+        run(data, zune);
+    }
+});
+
+/// A full decode, a view-aware one, and a lenient one, with one of the JPEG decoders.
+fn run(data: &[u8], zune: bool) {
+    let mut decoder = Decoder::new(MAX_PIXELS).with_zune_jpeg(zune);
     let mut out = RgbImage::default();
     match decoder.decode(data, &mut out) {
         Ok(_) => check(&out),
@@ -68,8 +76,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Lenient mode (truncated JPEGs filled with grey) takes other branches.
-    let mut lenient = Decoder::new(MAX_PIXELS).with_lenient_jpeg(true);
+    let mut lenient = Decoder::new(MAX_PIXELS)
+        .with_zune_jpeg(zune)
+        .with_lenient_jpeg(true);
     if lenient.decode(data, &mut out).is_ok() {
         check(&out);
     }
-});
+}

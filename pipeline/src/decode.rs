@@ -168,6 +168,9 @@ pub struct Decoder {
     /// libjpeg-turbo's decompressor, reused across images.
     #[cfg(tessera_libjpeg_turbo)]
     turbo: turbo::TurboJpeg,
+    /// Send JPEGs to zune-jpeg although libjpeg-turbo is built in ([`Decoder::with_zune_jpeg`]).
+    #[cfg(tessera_libjpeg_turbo)]
+    zune_only: bool,
 }
 
 impl Default for Decoder {
@@ -186,6 +189,8 @@ impl Decoder {
             lenient_jpeg: false,
             #[cfg(tessera_libjpeg_turbo)]
             turbo: turbo::TurboJpeg::new(),
+            #[cfg(tessera_libjpeg_turbo)]
+            zune_only: false,
         }
     }
 
@@ -194,6 +199,19 @@ impl Decoder {
     /// truncation is reported as [`DecodeError::Corrupt`].
     pub fn with_lenient_jpeg(mut self, lenient: bool) -> Self {
         self.lenient_jpeg = lenient;
+        self
+    }
+
+    /// Decode JPEGs with the pure-Rust zune-jpeg even where libjpeg-turbo is built in (a
+    /// no-op where it is not): one build then exercises both decoders, as the `decode` fuzz
+    /// target does. The pipeline never sets it; `TESSERA_JPEG=zune` at build time is how a
+    /// user chooses zune-jpeg.
+    #[cfg_attr(not(tessera_libjpeg_turbo), allow(unused_mut, unused_variables))]
+    pub fn with_zune_jpeg(mut self, zune: bool) -> Self {
+        #[cfg(tessera_libjpeg_turbo)]
+        {
+            self.zune_only = zune;
+        }
         self
     }
 
@@ -294,10 +312,12 @@ impl Decoder {
     ) -> Result<(DecodeInfo, Option<CropBox>), DecodeError> {
         #[cfg(tessera_libjpeg_turbo)]
         let crop = match format {
-            ImageFormat::Jpeg => match self.decode_jpeg_turbo(bytes, out, crop)? {
-                Ok(decoded) => return Ok(decoded),
-                Err(crop) => crop,
-            },
+            ImageFormat::Jpeg if !self.zune_only => {
+                match self.decode_jpeg_turbo(bytes, out, crop)? {
+                    Ok(decoded) => return Ok(decoded),
+                    Err(crop) => crop,
+                }
+            }
             _ => crop,
         };
         let info = match format {

@@ -355,3 +355,30 @@ fn large_crops_use_dct_scaling_with_libjpeg_turbo() {
     assert!(crop.left + crop.width <= f64::from(out.width));
     assert!(crop.top + crop.height <= f64::from(out.height));
 }
+
+#[test]
+fn zune_jpeg_on_request_decodes_whole_images_like_the_default_decoder() {
+    let bytes = hostile("baseline_ref.jpg");
+    let mut default = RgbImage::default();
+    Decoder::default().decode(&bytes, &mut default).unwrap();
+    let mut zune = Decoder::default().with_zune_jpeg(true);
+    let mut out = RgbImage::default();
+    zune.decode(&bytes, &mut out).unwrap();
+    // The two decoders' IDCT and chroma upsampling differ by a level here and there.
+    let diff = mean_abs_diff(&out, &default);
+    assert!(diff < 1.0, "mean abs diff {diff}");
+
+    // zune-jpeg decodes the whole image and draws the crop on it, at full scale.
+    let drawn = CropBox {
+        top: 10.0,
+        left: 20.0,
+        height: 100.0,
+        width: 120.0,
+    };
+    let (info, crop) = zune
+        .decode_for_crop(&bytes, &mut out, 16, &mut |_, _| drawn)
+        .unwrap();
+    assert_eq!(info.scale_denominator, 1);
+    assert_eq!(crop, drawn);
+    assert_eq!((out.width, out.height), (default.width, default.height));
+}
