@@ -8,8 +8,9 @@
 #   same optimised profile as the program, so burn compiles once.
 # - JPEGs decode with libjpeg-turbo by default where `nasm` is installed (pipeline/build.rs),
 #   else with the pure-Rust zune-jpeg. When the default is libjpeg-turbo, the pipeline's
-#   tests run a second time on the pure-Rust path (`TESSERA_JPEG=zune`). With
-#   `--libjpeg-turbo` (CI), a missing nasm is an error instead of a skipped path.
+#   test binaries run a second time on the pure-Rust path (`TESSERA_JPEG=zune` at run time:
+#   the same binaries, no rebuild). With `--libjpeg-turbo` (CI), a missing nasm is an error
+#   instead of a skipped path.
 # - With `--cuda-check` (CI), also proves that the `cuda` feature and the data-only build
 #   (`--no-default-features`: shard, profile, preview without burn) compile, without a GPU
 #   (`cargo check`: type-checks everything; no second optimised build of burn).
@@ -69,8 +70,24 @@ echo "==> cargo test --release --workspace"
 cargo test --release --workspace
 
 if command -v nasm >/dev/null; then
-  echo "==> TESSERA_JPEG=zune cargo test --release -p tessera-pipeline (the pure-Rust JPEG path)"
-  TESSERA_JPEG=zune cargo test --release -p tessera-pipeline
+  # The binaries `cargo test` just built, run directly: TESSERA_JPEG in cargo's environment
+  # would rerun the pipeline's build script and rebuild it with zune-jpeg alone, and
+  # `cargo test -p tessera-pipeline` resolves its dependencies' features differently from
+  # the workspace (a rebuild of ~50 crates).
+  echo "==> the pipeline's tests again with TESSERA_JPEG=zune at run time (the pure-Rust JPEG path)"
+  binaries=$(cargo test --release --workspace --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
+            and m["target"]["src_path"].startswith(sys.argv[1]):
+        print(m["executable"])
+' "$PWD/pipeline/")
+  [ -n "$binaries" ] || { echo "no test binaries of tessera-pipeline found" >&2; exit 1; }
+  for binary in $binaries; do
+    echo "--> $(basename "$binary")"
+    (cd pipeline && TESSERA_JPEG=zune "$binary" -q)
+  done
 elif [ "$libjpeg_turbo" = 1 ]; then
   echo "--libjpeg-turbo: nasm is needed to build libjpeg-turbo's SIMD kernels (apt-get install nasm)" >&2
   exit 1

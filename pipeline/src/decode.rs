@@ -19,7 +19,8 @@
 //!   rejects; a panic inside a decoder is caught and reported as corrupt.
 //!
 //! Where libjpeg-turbo was built (the default `libjpeg-turbo` feature, with `nasm` found at
-//! build time: `build.rs`; [`jpeg_decoder`] says which), JPEGs go through it instead: a
+//! build time: `build.rs`; `TESSERA_JPEG=zune` at run time keeps zune-jpeg;
+//! [`jpeg_decoder`] says which), JPEGs go through it instead: a
 //! faster full decode, and [`Decoder::decode_for_crop`] decodes only the part of the image
 //! a view's crop covers, at a reduced DCT scale where the crop will be downscaled 2x or
 //! more. Without it (zune-jpeg 0.5 can do neither) `decode_for_crop` decodes the whole
@@ -49,10 +50,27 @@ use zune_jpeg::errors::DecodeErrors as JpegErrors;
 
 use crate::transforms::CropBox;
 
-/// The JPEG decoder this build uses, as `build.rs` chose it: `"libjpeg-turbo (SIMD, ...)"`
+/// The JPEG decoder this process uses: libjpeg-turbo where `build.rs` built it in and
+/// `TESSERA_JPEG=zune` is not set at run time, else zune-jpeg: `"libjpeg-turbo (SIMD, ...)"`
 /// or `"zune-jpeg (pure Rust; <why>)"`. `tessera profile` prints it.
 pub fn jpeg_decoder() -> &'static str {
+    if cfg!(tessera_libjpeg_turbo) && zune_jpeg_requested() {
+        return "zune-jpeg (pure Rust; TESSERA_JPEG=zune at run time)";
+    }
     env!("TESSERA_JPEG_DECODER")
+}
+
+/// Whether JPEGs go through libjpeg-turbo in this process (see [`jpeg_decoder`]).
+pub fn uses_libjpeg_turbo() -> bool {
+    cfg!(tessera_libjpeg_turbo) && !zune_jpeg_requested()
+}
+
+/// `TESSERA_JPEG=zune` in the environment, read once: the pure-Rust decoder for every
+/// [`Decoder`] of the process, in a build that has libjpeg-turbo too (comparing the two,
+/// testing the path of machines without nasm without a rebuild).
+fn zune_jpeg_requested() -> bool {
+    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var("TESSERA_JPEG").is_ok_and(|v| v == "zune"))
 }
 
 /// Default pixel limit: 89.5 Mpixel, the threshold at which PIL warns of a decompression
@@ -190,7 +208,7 @@ impl Decoder {
             #[cfg(tessera_libjpeg_turbo)]
             turbo: turbo::TurboJpeg::new(),
             #[cfg(tessera_libjpeg_turbo)]
-            zune_only: false,
+            zune_only: zune_jpeg_requested(),
         }
     }
 
@@ -202,10 +220,10 @@ impl Decoder {
         self
     }
 
-    /// Decode JPEGs with the pure-Rust zune-jpeg even where libjpeg-turbo is built in (a
-    /// no-op where it is not): one build then exercises both decoders, as the `decode` fuzz
-    /// target does. The pipeline never sets it; `TESSERA_JPEG=zune` at build time is how a
-    /// user chooses zune-jpeg.
+    /// Decode JPEGs with the pure-Rust zune-jpeg (`true`) or libjpeg-turbo (`false`, the
+    /// default unless `TESSERA_JPEG=zune` is set) where libjpeg-turbo is built in; a no-op
+    /// where it is not. One build then exercises both decoders, as the `decode` fuzz target
+    /// does.
     #[cfg_attr(not(tessera_libjpeg_turbo), allow(unused_mut, unused_variables))]
     pub fn with_zune_jpeg(mut self, zune: bool) -> Self {
         #[cfg(tessera_libjpeg_turbo)]

@@ -108,7 +108,7 @@ fn damaged_and_fake_files_give_typed_errors() {
     );
     // The arithmetic-coded JPEG: zune-jpeg has no arithmetic decoder; refused, not a panic.
     // libjpeg-turbo decodes it, to the same picture as the Huffman-coded reference.
-    if cfg!(tessera_libjpeg_turbo) {
+    if tessera_pipeline::decode::uses_libjpeg_turbo() {
         let diff = mean_abs_diff(
             &decode("arithmetic.jpg").unwrap(),
             &decode("baseline_ref.jpg").unwrap(),
@@ -342,7 +342,7 @@ fn large_crops_use_dct_scaling_with_libjpeg_turbo() {
     let (info, crop) = Decoder::default()
         .decode_for_crop(&bytes, &mut out, 224, &mut |_, _| drawn)
         .unwrap();
-    if cfg!(tessera_libjpeg_turbo) {
+    if tessera_pipeline::decode::uses_libjpeg_turbo() {
         // 2000 / 8 = 250 >= 224: the smallest scale that keeps the view's detail.
         assert_eq!(info.scale_denominator, 8);
         assert_eq!((crop.width, crop.height), (375.0, 250.0));
