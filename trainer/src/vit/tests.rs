@@ -319,3 +319,85 @@ fn gather_tokens_equals_gather_with_a_repeated_index() {
     grad.into_data()
         .assert_approx_eq::<f32>(&want_grad.into_data(), Tolerance::absolute(1e-6));
 }
+
+/// burn's `LayerNorm` under autodiff (one node with a closed-form backward in the patched
+/// burn-autodiff, patches/README.md) against the formula written out with recorded tensor
+/// ops: the same output and the same gradients for the input, γ and β, with and without β,
+/// at the ViT's rank 3. Without gradients the same fused forward runs.
+#[test]
+fn layer_norm_and_its_gradients_equal_the_written_out_formula() {
+    use burn::module::Param;
+    use burn::nn::LayerNormConfig;
+    let device = Default::default();
+    let random = |dims: [usize; 3], mean: f64| {
+        Tensor::<Flex, 3>::random(dims, Distribution::Normal(mean, 2.0), &device)
+    };
+    let x = random([2, 5, 24], 3.0);
+    let weights = random([2, 5, 24], 0.0);
+    for bias in [true, false] {
+        let mut norm = LayerNormConfig::new(24).with_bias(bias).init::<B>(&device);
+        let param = |mean: f64| {
+            let values = Tensor::<Flex, 1>::random([24], Distribution::Normal(mean, 1.0), &device);
+            Param::from_tensor(Tensor::<B, 1>::from_inner(values).require_grad())
+        };
+        norm.gamma = param(1.0);
+        norm.beta = norm.beta.map(|_| param(0.0));
+        let run = |written_out: bool| {
+            let input = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+            let out = if written_out {
+                let mean = input.clone().mean_dim(2);
+                let centered = input.clone() - mean;
+                let var = centered.clone().powi_scalar(2).mean_dim(2);
+                let normalized = centered / (var + 1e-5).sqrt();
+                let scaled = normalized * norm.gamma.val().unsqueeze::<3>();
+                match &norm.beta {
+                    Some(beta) => scaled + beta.val().unsqueeze::<3>(),
+                    None => scaled,
+                }
+            } else {
+                norm.forward(input.clone())
+            };
+            let grads = (out.clone() * Tensor::from_inner(weights.clone()))
+                .sum()
+                .backward();
+            let grad_beta = norm.beta.as_ref().map(|b| b.grad(&grads).expect("dβ"));
+            (
+                out.inner(),
+                input.grad(&grads).expect("dx"),
+                norm.gamma.grad(&grads).expect("dγ"),
+                grad_beta,
+            )
+        };
+        let (out, dx, dgamma, dbeta) = run(false);
+        let (want, want_dx, want_dgamma, want_dbeta) = run(true);
+        let close = |name: &str, got: Vec<f32>, want: Vec<f32>| {
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-5 * scale,
+                "{name} (bias {bias}): {diff} of {scale}"
+            );
+        };
+        let values = |t: Tensor<Flex, 3>| t.into_data().to_vec::<f32>().unwrap();
+        close("y", values(out.clone()), values(want));
+        close("dx", values(dx), values(want_dx));
+        close(
+            "dγ",
+            dgamma.into_data().to_vec().unwrap(),
+            want_dgamma.into_data().to_vec().unwrap(),
+        );
+        if let (Some(got), Some(want)) = (dbeta, want_dbeta) {
+            close(
+                "dβ",
+                got.into_data().to_vec().unwrap(),
+                want.into_data().to_vec().unwrap(),
+            );
+        }
+        // Autodiff tensors that need no gradient: the untracked branch, the same kernel.
+        let untracked = norm.forward(Tensor::<B, 3>::from_inner(x.clone()));
+        assert_eq!(values(untracked.inner()), values(out));
+    }
+}

@@ -1976,6 +1976,123 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
         }
     }
 
+    fn layer_norm(
+        tensor: FloatTensor<Autodiff<B, C>>,
+        gamma: FloatTensor<Autodiff<B, C>>,
+        beta: Option<FloatTensor<Autodiff<B, C>>>,
+        epsilon: f64,
+    ) -> FloatTensor<Autodiff<B, C>> {
+        // One node instead of the default's nine recorded operations (mean, subtraction,
+        // square, mean, shift, square root, division, scale, shift) each differentiated on its
+        // own. The forward is the backend's own (fused) kernel, tracked or not; the backward
+        // recomputes the row statistics from the input and applies the closed form:
+        // x̂ = (x − mean) · rstd, g = dy ⊙ γ, dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)),
+        // dγ = Σ_rows dy ⊙ x̂, dβ = Σ_rows dy.
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl<B: Backend> Backward<B, 3> for LayerNorm {
+            /// The input, γ, ε.
+            type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, epsilon) = ops.state;
+                let (grad_x, grad_gamma, grad_beta) = layer_norm_backward::<B>(
+                    x,
+                    gamma,
+                    grad,
+                    epsilon,
+                    [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()],
+                );
+                for (node, grad) in [
+                    (node_x, grad_x),
+                    (node_gamma, grad_gamma),
+                    (node_beta, grad_beta),
+                ] {
+                    if let (Some(node), Some(grad)) = (node, grad) {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        #[derive(Debug)]
+        struct LayerNormNoBeta;
+
+        impl<B: Backend> Backward<B, 2> for LayerNormNoBeta {
+            /// The input, γ, ε.
+            type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, epsilon) = ops.state;
+                let (grad_x, grad_gamma, _) = layer_norm_backward::<B>(
+                    x,
+                    gamma,
+                    grad,
+                    epsilon,
+                    [node_x.is_some(), node_gamma.is_some(), false],
+                );
+                for (node, grad) in [(node_x, grad_x), (node_gamma, grad_gamma)] {
+                    if let (Some(node), Some(grad)) = (node, grad) {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let forward = |x: FloatTensor<B>, gamma: FloatTensor<B>, beta: Option<FloatTensor<B>>| {
+            B::layer_norm(x, gamma, beta, epsilon)
+        };
+        match beta {
+            Some(beta) => match LayerNorm
+                .prepare::<C>([tensor.node, gamma.node, beta.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let output = forward(
+                        tensor.primitive.clone(),
+                        gamma.primitive.clone(),
+                        Some(beta.primitive),
+                    );
+                    prep.finish((tensor.primitive, gamma.primitive, epsilon), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(
+                    tensor.primitive,
+                    gamma.primitive,
+                    Some(beta.primitive),
+                )),
+            },
+            None => match LayerNormNoBeta
+                .prepare::<C>([tensor.node, gamma.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let output = forward(tensor.primitive.clone(), gamma.primitive.clone(), None);
+                    prep.finish((tensor.primitive, gamma.primitive, epsilon), output)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(forward(tensor.primitive, gamma.primitive, None))
+                }
+            },
+        }
+    }
+
     fn ctc_loss(
         log_probs: FloatTensor<Autodiff<B, C>>,
         targets: IntTensor<Autodiff<B, C>>,
@@ -2173,4 +2290,51 @@ fn attention_weights<B: Backend>(
     let exp = B::float_exp(B::float_sub(scores, max));
     let sum = B::float_sum_dim(exp.clone(), 3);
     B::float_div(exp, sum)
+}
+
+/// [Layer normalisation](ModuleOps::layer_norm)'s gradients with respect to the input, γ
+/// and β (over the last dim, biased variance), each computed only where `wanted`.
+#[allow(clippy::type_complexity)]
+fn layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    epsilon: f64,
+    wanted: [bool; 3],
+) -> (
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+    Option<FloatTensor<B>>,
+) {
+    let shape = burn_backend::TensorMetadata::shape(&x);
+    let last = shape.num_dims() - 1;
+    let d_model = shape[last];
+    let rows = shape.num_elements() / d_model.max(1);
+    // Σ over every dim but the last, as a [d_model] vector.
+    let sum_rows = |t: FloatTensor<B>| {
+        let t = B::float_sum_dim(B::float_reshape(t, [rows, d_model].into()), 0);
+        B::float_reshape(t, [d_model].into())
+    };
+    let grad_beta = wanted[2].then(|| sum_rows(grad.clone()));
+    if !wanted[0] && !wanted[1] {
+        return (None, None, grad_beta);
+    }
+
+    let mean = B::float_mean_dim(x.clone(), last);
+    let centered = B::float_sub(x, mean);
+    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), last);
+    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, epsilon.into())));
+    let normalized = B::float_mul(centered, rstd.clone());
+
+    let grad_gamma = wanted[1].then(|| sum_rows(B::float_mul(grad.clone(), normalized.clone())));
+    let grad_x = wanted[0].then(|| {
+        let mut broadcast = alloc::vec![1; shape.num_dims()];
+        broadcast[last] = d_model;
+        let g = B::float_mul(grad, B::float_reshape(gamma, broadcast.into()));
+        let mean_g = B::float_mean_dim(g.clone(), last);
+        let mean_gx = B::float_mean_dim(B::float_mul(g.clone(), normalized.clone()), last);
+        let centered_g = B::float_sub(B::float_sub(g, mean_g), B::float_mul(normalized, mean_gx));
+        B::float_mul(centered_g, rstd)
+    });
+    (grad_x, grad_gamma, grad_beta)
 }
