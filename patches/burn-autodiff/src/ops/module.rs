@@ -1988,66 +1988,27 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
         // recomputes the row statistics from the input and applies the closed form:
         // x̂ = (x − mean) · rstd, g = dy ⊙ γ, dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)),
         // dγ = Σ_rows dy ⊙ x̂, dβ = Σ_rows dy.
+        /// Parents: the input, γ and, where there is one, β (`N` is 3 or 2).
         #[derive(Debug)]
         struct LayerNorm;
 
-        impl<B: Backend> Backward<B, 3> for LayerNorm {
+        impl<B: Backend, const N: usize> Backward<B, N> for LayerNorm {
             /// The input, γ, ε.
             type State = (FloatTensor<B>, FloatTensor<B>, f64);
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 3>,
+                ops: Ops<Self::State, N>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let [node_x, node_gamma, node_beta] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, gamma, epsilon) = ops.state;
-                let (grad_x, grad_gamma, grad_beta) = layer_norm_backward::<B>(
-                    x,
-                    gamma,
-                    grad,
-                    epsilon,
-                    [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()],
-                );
-                for (node, grad) in [
-                    (node_x, grad_x),
-                    (node_gamma, grad_gamma),
-                    (node_beta, grad_beta),
-                ] {
-                    if let (Some(node), Some(grad)) = (node, grad) {
-                        grads.register::<B>(node.id, grad);
-                    }
-                }
-            }
-        }
-
-        #[derive(Debug)]
-        struct LayerNormNoBeta;
-
-        impl<B: Backend> Backward<B, 2> for LayerNormNoBeta {
-            /// The input, γ, ε.
-            type State = (FloatTensor<B>, FloatTensor<B>, f64);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_gamma] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, gamma, epsilon) = ops.state;
-                let (grad_x, grad_gamma, _) = layer_norm_backward::<B>(
-                    x,
-                    gamma,
-                    grad,
-                    epsilon,
-                    [node_x.is_some(), node_gamma.is_some(), false],
-                );
-                for (node, grad) in [(node_x, grad_x), (node_gamma, grad_gamma)] {
-                    if let (Some(node), Some(grad)) = (node, grad) {
+                let wanted =
+                    core::array::from_fn(|i| ops.parents.get(i).is_some_and(Option::is_some));
+                let computed = layer_norm_backward::<B>(x, gamma, grad, epsilon, wanted);
+                for (parent, grad) in ops.parents.into_iter().zip(computed) {
+                    if let (Some(node), Some(grad)) = (parent, grad) {
                         grads.register::<B>(node.id, grad);
                     }
                 }
@@ -2077,7 +2038,7 @@ impl<B: Backend, C: CheckpointStrategy> ModuleOps<Autodiff<B, C>> for Autodiff<B
                     Some(beta.primitive),
                 )),
             },
-            None => match LayerNormNoBeta
+            None => match LayerNorm
                 .prepare::<C>([tensor.node, gamma.node])
                 .compute_bound()
                 .stateful()
@@ -2293,19 +2254,15 @@ fn attention_weights<B: Backend>(
 }
 
 /// [Layer normalisation](ModuleOps::layer_norm)'s gradients with respect to the input, γ
-/// and β (over the last dim, biased variance), each computed only where `wanted`.
-#[allow(clippy::type_complexity)]
+/// and β (over the last dim, biased variance), in that order, each computed only where
+/// `wanted`.
 fn layer_norm_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     grad: FloatTensor<B>,
     epsilon: f64,
     wanted: [bool; 3],
-) -> (
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-    Option<FloatTensor<B>>,
-) {
+) -> [Option<FloatTensor<B>>; 3] {
     let shape = burn_backend::TensorMetadata::shape(&x);
     let last = shape.num_dims() - 1;
     let d_model = shape[last];
@@ -2317,7 +2274,7 @@ fn layer_norm_backward<B: Backend>(
     };
     let grad_beta = wanted[2].then(|| sum_rows(grad.clone()));
     if !wanted[0] && !wanted[1] {
-        return (None, None, grad_beta);
+        return [None, None, grad_beta];
     }
 
     let mean = B::float_mean_dim(x.clone(), last);
@@ -2336,5 +2293,5 @@ fn layer_norm_backward<B: Backend>(
         let centered_g = B::float_sub(B::float_sub(g, mean_g), B::float_mul(normalized, mean_gx));
         B::float_mul(centered_g, rstd)
     });
-    (grad_x, grad_gamma, grad_beta)
+    [grad_x, grad_gamma, grad_beta]
 }
