@@ -382,3 +382,25 @@ fn zune_jpeg_on_request_decodes_whole_images_like_the_default_decoder() {
     assert_eq!(crop, drawn);
     assert_eq!((out.width, out.height), (default.width, default.height));
 }
+
+/// `TESSERA_JPEG=zune` at run time (scripts/test.sh's second run of these binaries) makes
+/// every default decoder zune-jpeg: the arithmetic-coded JPEG, which only libjpeg-turbo
+/// decodes, is refused. Without the variable the test runs itself again with it set, so a
+/// switch that stopped working fails here, not by a second run quietly using libjpeg-turbo.
+#[test]
+fn tessera_jpeg_zune_at_run_time_switches_every_default_decoder() {
+    const NAME: &str = "tessera_jpeg_zune_at_run_time_switches_every_default_decoder";
+    if std::env::var("TESSERA_JPEG").as_deref() == Ok("zune") {
+        assert!(!tessera_pipeline::decode::uses_libjpeg_turbo());
+        assert!(tessera_pipeline::decode::jpeg_decoder().starts_with("zune-jpeg"));
+        let err = decode("arithmetic.jpg").unwrap_err();
+        assert_eq!(err.reason(), "unsupported", "{err}");
+        return;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--quiet"])
+        .env("TESSERA_JPEG", "zune")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the run with TESSERA_JPEG=zune failed");
+}
