@@ -84,14 +84,26 @@ pub fn choose(cores: usize, device: DeviceKind, pipeline: bool, req: Requested) 
     }
 }
 
-/// Size rayon's global pool to `split.compute_threads`. The pool can be sized only once per
-/// process: when something already started it, its size stays and is written back into the
-/// split, so that what is reported is what runs.
+/// Size rayon's global pool to `split.compute_threads`, the calling thread (the one that will
+/// run the training loop) one of them when there are two or more. The pool can be sized only
+/// once per process: when something already started it, its size stays and is written back
+/// into the split, so that what is reported is what runs.
+///
+/// Why the calling thread joins the pool: burn-flex forks every large operation over rayon,
+/// and a thread outside the pool hands each one to the pool and sleeps on a lock until it is
+/// done, two thread wake-ups per operation, thousands per step. As a member it runs its own
+/// share and the other threads steal the rest (+11% images/s on `mae_vit_tiny_cifar` at
+/// 2 threads, `docs/PERFORMANCE.md`, change 14). With one compute thread it stays outside:
+/// a pool whose only thread is the training loop would run jobs from other threads (the
+/// uploader's casts, a collective's sums) only when the loop itself waits inside rayon.
 pub fn apply(split: &mut ThreadSplit) {
-    let built = rayon::ThreadPoolBuilder::new()
+    let mut builder = rayon::ThreadPoolBuilder::new()
         .num_threads(split.compute_threads)
-        .thread_name(|i| format!("compute-{i}"))
-        .build_global();
+        .thread_name(|i| format!("compute-{i}"));
+    if split.compute_threads >= 2 {
+        builder = builder.use_current_thread();
+    }
+    let built = builder.build_global();
     if let Err(e) = built {
         tracing::debug!("rayon's global pool was already running: {e}");
     }
@@ -106,6 +118,50 @@ pub fn available_cores() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `apply` makes the calling thread compute thread 0 from two threads on, and jobs from
+    /// threads outside the pool still run while that thread is busy elsewhere (the other
+    /// compute thread takes them); with one thread the caller stays outside. Rayon's global
+    /// pool is built once per process, so the test runs itself again for each size.
+    #[test]
+    fn the_training_thread_computes_from_two_threads_on() {
+        const NAME: &str = "cmd::threads::tests::the_training_thread_computes_from_two_threads_on";
+        const VAR: &str = "TESSERA_TEST_COMPUTE_THREADS";
+        if let Some(n) = std::env::var(VAR)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let mut split = choose(n, DeviceKind::Cpu, false, Requested::default());
+            apply(&mut split);
+            assert_eq!(split.compute_threads, n);
+            let expected = (n >= 2).then_some(0);
+            assert_eq!(rayon::current_thread_index(), expected);
+            // A fork from this thread runs on the pool's threads.
+            let (a, b) = rayon::join(rayon::current_thread_index, rayon::current_thread_index);
+            assert!(a.is_some() && b.is_some());
+            // A fork from another thread completes while this one waits outside rayon
+            // (a pool whose only thread is this one would leave it waiting for ever).
+            let other = std::thread::spawn(|| rayon::join(|| 1, || 2));
+            let waited = std::time::Instant::now();
+            while !other.is_finished() {
+                assert!(
+                    waited.elapsed().as_secs() < 30,
+                    "a fork from another thread hangs"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert_eq!(other.join().ok(), Some((1, 2)));
+            return;
+        }
+        for n in [1, 2, 3] {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--quiet", "--test-threads", "1"])
+                .env(VAR, n.to_string())
+                .status()
+                .unwrap();
+            assert!(status.success(), "the run with {n} compute threads failed");
+        }
+    }
 
     #[test]
     fn cpu_gives_compute_every_core_and_the_pipeline_a_quarter() {
