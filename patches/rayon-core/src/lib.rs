@@ -199,6 +199,10 @@ pub struct ThreadPoolBuilder<S = DefaultSpawn> {
     /// "depth-first" fashion. If true, they will do a "breadth-first"
     /// fashion. Depth-first is the default.
     breadth_first: bool,
+
+    /// How many times an idle thread looks for work before it goes to
+    /// sleep; `None` for the default.
+    idle_rounds: Option<u32>,
 }
 
 /// Contains the rayon thread pool configuration. Use [`ThreadPoolBuilder`] instead.
@@ -228,6 +232,7 @@ impl Default for ThreadPoolBuilder {
         ThreadPoolBuilder {
             num_threads: 0,
             use_current_thread: false,
+            idle_rounds: None,
             panic_handler: None,
             get_thread_name: None,
             stack_size: None,
@@ -439,6 +444,7 @@ impl<S> ThreadPoolBuilder<S> {
             // ..self
             num_threads: self.num_threads,
             use_current_thread: self.use_current_thread,
+            idle_rounds: self.idle_rounds,
             panic_handler: self.panic_handler,
             get_thread_name: self.get_thread_name,
             stack_size: self.stack_size,
@@ -624,6 +630,26 @@ impl<S> ThreadPoolBuilder<S> {
         self.breadth_first
     }
 
+    /// Sets how many times an idle thread looks for work before it goes to
+    /// sleep. Between two looks it yields its core (`std::thread::yield_now`);
+    /// once asleep, it waits to be woken by a thread that has new work, a
+    /// system call on each side. The default, 32, puts a thread to sleep after a
+    /// few microseconds without work, which saves power and frees the core for
+    /// other processes. A program that forks many short operations in a row,
+    /// with gaps of tens to hundreds of microseconds between them (a training
+    /// step of a neural network on the CPU), spends a large share of its time
+    /// waking threads at that default; a few hundred to a few thousand rounds
+    /// keep them looking through those gaps. Values above `u32::MAX - 1` are
+    /// clamped.
+    pub fn idle_rounds(mut self, rounds: u32) -> Self {
+        self.idle_rounds = Some(rounds.min(u32::MAX - 1));
+        self
+    }
+
+    fn get_idle_rounds(&self) -> u32 {
+        self.idle_rounds.unwrap_or(crate::sleep::DEFAULT_IDLE_ROUNDS)
+    }
+
     /// Takes the current thread start callback, leaving `None`.
     fn take_start_handler(&mut self) -> Option<Box<StartHandler>> {
         self.start_handler.take()
@@ -793,6 +819,7 @@ impl<S> fmt::Debug for ThreadPoolBuilder<S> {
         let ThreadPoolBuilder {
             ref num_threads,
             ref use_current_thread,
+            ref idle_rounds,
             ref get_thread_name,
             ref panic_handler,
             ref stack_size,
@@ -818,6 +845,7 @@ impl<S> fmt::Debug for ThreadPoolBuilder<S> {
         f.debug_struct("ThreadPoolBuilder")
             .field("num_threads", num_threads)
             .field("use_current_thread", use_current_thread)
+            .field("idle_rounds", idle_rounds)
             .field("get_thread_name", &get_thread_name)
             .field("panic_handler", &panic_handler)
             .field("stack_size", &stack_size)

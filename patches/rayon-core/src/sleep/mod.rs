@@ -24,6 +24,9 @@ pub(super) struct Sleep {
     worker_sleep_states: Vec<CachePadded<WorkerSleepState>>,
 
     counters: AtomicCounters,
+
+    /// Rounds an idle thread looks for work before it announces it is sleepy.
+    rounds_until_sleepy: u32,
 }
 
 /// An instance of this struct is created when a thread becomes idle.
@@ -53,15 +56,17 @@ struct WorkerSleepState {
     condvar: Condvar,
 }
 
-const ROUNDS_UNTIL_SLEEPY: u32 = 32;
-const ROUNDS_UNTIL_SLEEPING: u32 = ROUNDS_UNTIL_SLEEPY + 1;
+/// Rounds an idle thread looks for work before it announces it is sleepy
+/// (`ThreadPoolBuilder::idle_rounds`); one more round, and it sleeps.
+pub(super) const DEFAULT_IDLE_ROUNDS: u32 = 32;
 
 impl Sleep {
-    pub(super) fn new(n_threads: usize) -> Sleep {
+    pub(super) fn new(n_threads: usize, rounds_until_sleepy: u32) -> Sleep {
         assert!(n_threads <= THREADS_MAX);
         Sleep {
             worker_sleep_states: (0..n_threads).map(|_| Default::default()).collect(),
             counters: AtomicCounters::new(),
+            rounds_until_sleepy,
         }
     }
 
@@ -91,18 +96,19 @@ impl Sleep {
         latch: &CoreLatch,
         has_injected_jobs: impl FnOnce() -> bool,
     ) {
-        if idle_state.rounds < ROUNDS_UNTIL_SLEEPY {
+        let rounds_until_sleeping = self.rounds_until_sleepy + 1;
+        if idle_state.rounds < self.rounds_until_sleepy {
             thread::yield_now();
             idle_state.rounds += 1;
-        } else if idle_state.rounds == ROUNDS_UNTIL_SLEEPY {
+        } else if idle_state.rounds == self.rounds_until_sleepy {
             idle_state.jobs_counter = self.announce_sleepy();
             idle_state.rounds += 1;
             thread::yield_now();
-        } else if idle_state.rounds < ROUNDS_UNTIL_SLEEPING {
+        } else if idle_state.rounds < rounds_until_sleeping {
             idle_state.rounds += 1;
             thread::yield_now();
         } else {
-            debug_assert_eq!(idle_state.rounds, ROUNDS_UNTIL_SLEEPING);
+            debug_assert_eq!(idle_state.rounds, rounds_until_sleeping);
             self.sleep(idle_state, latch, has_injected_jobs);
         }
     }
@@ -148,7 +154,7 @@ impl Sleep {
                 // we didn't see it. We should return to just before the SLEEPY
                 // state so we can do another search and (if we fail to find
                 // work) go back to sleep.
-                idle_state.wake_partly();
+                idle_state.wake_partly(self.rounds_until_sleepy);
                 latch.wake_up();
                 return;
             }
@@ -317,8 +323,8 @@ impl IdleState {
         self.jobs_counter = JobsEventCounter::DUMMY;
     }
 
-    fn wake_partly(&mut self) {
-        self.rounds = ROUNDS_UNTIL_SLEEPY;
+    fn wake_partly(&mut self, rounds_until_sleepy: u32) {
+        self.rounds = rounds_until_sleepy;
         self.jobs_counter = JobsEventCounter::DUMMY;
     }
 }
