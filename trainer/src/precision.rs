@@ -99,6 +99,38 @@ impl Precision {
         }
     }
 
+    /// Columns `start..start + len` of `layer`'s output, computed from those columns of its
+    /// weight and bias alone: `x · W[:, start..start + len] + b[start..start + len]`.
+    ///
+    /// Attention takes q, k and v this way from its fused `qkv` layer. Slicing the `[b, l, 3D]`
+    /// output instead costs a copy of each slice forward and, backward, a zeroed `[b, l, 3D]`
+    /// gradient per slice (the slice's backward) and two adds of them; slicing the weight
+    /// moves those to the `[D, 3D]` weight (`docs/PERFORMANCE.md`, change 16).
+    ///
+    /// # Shapes
+    /// `x` `[.., d_in]` -> `[.., len]`.
+    pub fn linear_columns<B: Backend, const D: usize>(
+        self,
+        layer: &Linear<B>,
+        x: Tensor<B, D>,
+        start: usize,
+        len: usize,
+    ) -> Tensor<B, D> {
+        let weight = layer.weight.val().narrow(1, start, len);
+        let bias = layer.bias.as_ref().map(|b| b.val().narrow(0, start, len));
+        match self {
+            Precision::F32 => linear(x, weight, bias),
+            Precision::Bf16 => {
+                let dtype = self.matmul_dtype();
+                linear(
+                    x.cast(dtype),
+                    weight.cast(dtype),
+                    bias.map(|b| b.cast(dtype)),
+                )
+            }
+        }
+    }
+
     /// Scaled dot-product attention, `softmax(q kᵀ / √dh) v`, over `q`, `k`, `v` in
     /// [`Self::matmul_dtype`]. With bf16 both products are bf16 and the softmax is f32; the
     /// output is in the operands' dtype.

@@ -115,19 +115,28 @@ impl<B: Backend> Attention<B> {
     /// `x` `[b, l, d]` (f32) -> `[b, l, d]` (f32).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, d] = x.dims();
-        let h = self.num_heads;
         let p = self.precision;
-        let qkv = p.linear(&self.qkv, x).reshape([b, l, 3, h, d / h]);
-        // [b, l, 1, h, dh] -> [b, h, l, dh]
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([b, l, h, d / h])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (part(0), part(1), part(2));
+        let (q, k, v) = (
+            self.head_part(&x, 0),
+            self.head_part(&x, 1),
+            self.head_part(&x, 2),
+        );
         let out = p.attention(q, k, v); // [b, h, l, dh]
         to_f32(p.linear(&self.proj, out.swap_dims(1, 2).reshape([b, l, d])))
+    }
+
+    /// q (`part` 0), k (1) or v (2) split into heads, from the `qkv` layer's columns
+    /// `part · D..(part + 1) · D` (`(q|k|v, head, head_dim)`, timm's order).
+    ///
+    /// # Shapes
+    /// `x` `[b, l, d]` -> `[b, h, l, dh]`.
+    fn head_part(&self, x: &Tensor<B, 3>, part: usize) -> Tensor<B, 4> {
+        let [b, l, d] = x.dims();
+        let h = self.num_heads;
+        self.precision
+            .linear_columns(&self.qkv, x.clone(), part * d, d)
+            .reshape([b, l, h, d / h])
+            .swap_dims(1, 2)
     }
 
     /// The attention weights `softmax(q kᵀ / sqrt(d_head))`, in f32 (what DINO draws).
@@ -135,17 +144,9 @@ impl<B: Backend> Attention<B> {
     /// # Shapes
     /// `x` `[b, l, d]` -> `[b, heads, l, l]`, each row summing to 1.
     pub fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [b, l, d] = x.dims();
-        let h = self.num_heads;
-        let dh = d / h;
-        let qkv = to_f32(self.precision.linear(&self.qkv, x)).reshape([b, l, 3, h, dh]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([b, l, h, dh])
-                .swap_dims(1, 2)
-        }; // [b, h, l, dh]
-        let scores = part(0).matmul(part(1).swap_dims(2, 3)); // [b, h, l, l]
+        let dh = x.dims()[2] / self.num_heads;
+        let (q, k) = (self.head_part(&x, 0), self.head_part(&x, 1));
+        let scores = to_f32(q).matmul(to_f32(k).swap_dims(2, 3)); // [b, h, l, l]
         softmax(scores * (dh as f64).powf(-0.5), 3)
     }
 }
