@@ -86,17 +86,8 @@ impl Precision {
         layer: &Linear<B>,
         x: Tensor<B, D>,
     ) -> Tensor<B, D> {
-        match self {
-            Precision::F32 => layer.forward(x),
-            Precision::Bf16 => {
-                let dtype = self.matmul_dtype();
-                linear(
-                    x.cast(dtype),
-                    layer.weight.val().cast(dtype),
-                    layer.bias.as_ref().map(|b| b.val().cast(dtype)),
-                )
-            }
-        }
+        let bias = layer.bias.as_ref().map(|b| b.val());
+        self.product(x, layer.weight.val(), bias)
     }
 
     /// Columns `start..start + len` of `layer`'s output, computed from those columns of its
@@ -118,6 +109,16 @@ impl Precision {
     ) -> Tensor<B, D> {
         let weight = layer.weight.val().narrow(1, start, len);
         let bias = layer.bias.as_ref().map(|b| b.val().narrow(0, start, len));
+        self.product(x, weight, bias)
+    }
+
+    /// `x · weight + bias` in [`Self::matmul_dtype`] (burn's `Linear::forward` in f32).
+    fn product<B: Backend, const D: usize>(
+        self,
+        x: Tensor<B, D>,
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, D> {
         match self {
             Precision::F32 => linear(x, weight, bias),
             Precision::Bf16 => {
