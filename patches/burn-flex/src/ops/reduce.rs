@@ -1039,10 +1039,25 @@ fn reduce_last_dim_f32(
     let rows = outer_size;
 
     // Contiguous Sum: batch all rows in one kernel call to avoid per-row overhead.
+    // Large ones (LayerNorm's row means, softmax's row sums) split their rows over rayon's
+    // threads: each row is summed by the same kernel either way, so the result is the same.
     #[cfg(feature = "simd")]
     if matches!(op, ReduceOp::Sum) && outer_stride == dim_size as isize {
         let mut result = vec![0.0f32; rows];
-        kernels::sum_rows_f32(&data[start_offset..], &mut result, rows, dim_size);
+        let data = &data[start_offset..];
+        #[cfg(feature = "rayon")]
+        if rows >= 2 && rows * dim_size >= super::PARALLEL_THRESHOLD {
+            let chunk_rows = rows.div_ceil(4 * rayon::current_num_threads());
+            result
+                .par_chunks_mut(chunk_rows)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let first = i * chunk_rows * dim_size;
+                    kernels::sum_rows_f32(&data[first..], out, out.len(), dim_size);
+                });
+            return result;
+        }
+        kernels::sum_rows_f32(data, &mut result, rows, dim_size);
         return result;
     }
 
@@ -2388,6 +2403,32 @@ mod tests {
 
         assert_eq!(result.layout().shape().to_vec(), vec![0, 1]);
         assert!(result.into_data().bytes.is_empty());
+    }
+
+    #[test]
+    fn test_sum_dim_f32_last_dim_large_equals_each_row_summed_alone() {
+        // Above the parallel threshold the rows are split over rayon's threads; every row
+        // must still be summed whole by the same kernel, so the result is bit for bit the
+        // one-row-at-a-time result. 3001 rows: chunks of unequal length.
+        let (rows, cols) = (3001, 129);
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0)
+            .collect();
+        let tensor = FlexTensor::from_data(TensorData::new(data.clone(), [rows, cols]));
+        let result = Flex::float_sum_dim(tensor, 1);
+        assert_eq!(result.layout().shape().to_vec(), vec![rows, 1]);
+        let got: Vec<f32> = result.into_data().to_vec().unwrap();
+        for (r, value) in got.iter().enumerate() {
+            let one_row = FlexTensor::from_data(TensorData::new(
+                data[r * cols..(r + 1) * cols].to_vec(),
+                [1, cols],
+            ));
+            let alone: Vec<f32> = Flex::float_sum_dim(one_row, 1)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_eq!(value.to_bits(), alone[0].to_bits(), "row {r}");
+        }
     }
 
     #[test]
