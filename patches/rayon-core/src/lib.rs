@@ -647,7 +647,8 @@ impl<S> ThreadPoolBuilder<S> {
     }
 
     fn get_idle_rounds(&self) -> u32 {
-        self.idle_rounds.unwrap_or(crate::sleep::DEFAULT_IDLE_ROUNDS)
+        self.idle_rounds
+            .unwrap_or(crate::sleep::DEFAULT_IDLE_ROUNDS)
     }
 
     /// Takes the current thread start callback, leaving `None`.

@@ -12,7 +12,10 @@ fn sum_by_halves(pool: &rayon_core::ThreadPool, lo: u64, hi: u64) -> u64 {
         return (lo..hi).sum();
     }
     let mid = (lo + hi) / 2;
-    let (a, b) = pool.join(|| sum_by_halves(pool, lo, mid), || sum_by_halves(pool, mid, hi));
+    let (a, b) = pool.join(
+        || sum_by_halves(pool, lo, mid),
+        || sum_by_halves(pool, mid, hi),
+    );
     a + b
 }
 
@@ -26,7 +29,11 @@ fn every_job_runs_whatever_the_idle_rounds() {
             .build()
             .unwrap();
         for _ in 0..50 {
-            assert_eq!(sum_by_halves(&pool, 0, 10_000), 49_995_000, "{rounds} rounds");
+            assert_eq!(
+                sum_by_halves(&pool, 0, 10_000),
+                49_995_000,
+                "{rounds} rounds"
+            );
         }
         // Jobs from outside, some after a pause long enough for threads to fall asleep.
         let ran = AtomicUsize::new(0);
