@@ -88,9 +88,9 @@ pub fn choose(cores: usize, device: DeviceKind, pipeline: bool, req: Requested) 
 /// it sleeps (rayon's default is 32; the option is this project's patch of rayon-core,
 /// patches/README.md). A training step is thousands of forked operations with short serial
 /// gaps between them (autodiff bookkeeping, small ops on one thread); at 32 rounds the other
-/// threads are asleep by the next fork and each fork pays two wake-ups. 1024 rounds (0.2-0.3
-/// ms on a 2-core Xeon, where a yield with nothing else to run costs 0.15 µs) bridge those
-/// gaps: +15% images/s on `mae_vit_tiny_cifar` and +12% on SimCLR's ResNet-18 at 2 threads,
+/// threads are asleep by the next fork and each fork pays two wake-ups. 1024 rounds (at least
+/// 0.15 ms of yields on a 2-core Xeon, where a yield with nothing else to run costs 0.15 µs)
+/// bridge those gaps: +15% images/s on `mae_vit_tiny_cifar` and +12% on SimCLR's ResNet-18 at 2 threads,
 /// for the same CPU time (`docs/PERFORMANCE.md`, change 15). A yielding thread gives its core
 /// to any other thread that wants it, so the pipeline's workers still run when they have work
 /// (`docs/TRAINING.md`'s 30-minute CIFAR-10 run, one worker beside two compute threads on two
