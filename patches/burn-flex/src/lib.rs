@@ -36,6 +36,7 @@ mod qtensor;
 mod strided_index;
 mod strided_rows;
 mod tensor;
+mod widest;
 
 #[doc(hidden)]
 pub mod ops;

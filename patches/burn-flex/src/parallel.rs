@@ -20,6 +20,9 @@ pub(crate) const GRAIN: usize = 32 * 1024;
 /// `align` elements, so a kernel that walks rows of `align` elements sees whole rows),
 /// on rayon's threads when `dst` is large, else once over all of `dst`. `offset` is the
 /// index of `chunk[0]` in `dst`.
+///
+/// Each call runs in code compiled for the CPU's widest vectors ([`crate::widest`]): an
+/// `#[inline(always)]` kernel is compiled into it, so its loops use them.
 pub(crate) fn for_each_chunk<T, K>(dst: &mut [T], align: usize, kernel: K)
 where
     T: Send,
@@ -40,11 +43,17 @@ where
         #[cfg(feature = "rayon")]
         Some(chunk) => {
             use rayon::prelude::*;
-            dst.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(i, part)| kernel(i * chunk, part));
+            dst.par_chunks_mut(chunk).enumerate().for_each(|(i, part)| {
+                crate::widest::run(
+                    #[inline(always)]
+                    || kernel(i * chunk, part),
+                )
+            });
         }
-        _ => kernel(0, dst),
+        _ => crate::widest::run(
+            #[inline(always)]
+            || kernel(0, dst),
+        ),
     }
 }
 
@@ -71,11 +80,15 @@ where
     E: Copy + Send + Sync,
     Op: Fn(E) -> E + Sync + Send,
 {
-    collect_chunks(src.len(), |offset, chunk| {
-        for (out, &x) in chunk.iter_mut().zip(&src[offset..]) {
-            out.write(op(x));
-        }
-    })
+    collect_chunks(
+        src.len(),
+        #[inline(always)]
+        |offset, chunk| {
+            for (out, &x) in chunk.iter_mut().zip(&src[offset..]) {
+                out.write(op(x));
+            }
+        },
+    )
 }
 
 /// `dst[i] = op(a[i], b[i])` for a new `dst` of `a.len()` elements, on rayon's threads
@@ -86,11 +99,15 @@ where
     Op: Fn(E, E) -> E + Sync + Send,
 {
     debug_assert_eq!(a.len(), b.len());
-    collect_chunks(a.len(), |offset, chunk| {
-        for ((out, &x), &y) in chunk.iter_mut().zip(&a[offset..]).zip(&b[offset..]) {
-            out.write(op(x, y));
-        }
-    })
+    collect_chunks(
+        a.len(),
+        #[inline(always)]
+        |offset, chunk| {
+            for ((out, &x), &y) in chunk.iter_mut().zip(&a[offset..]).zip(&b[offset..]) {
+                out.write(op(x, y));
+            }
+        },
+    )
 }
 
 /// The chunk length for `n` output elements (`work` elements read for each) in multiples

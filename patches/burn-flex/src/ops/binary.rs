@@ -308,16 +308,21 @@ fn run_broadcast_pattern_f32(
             // inner scalar loop, and the outer op dispatch happens once.
             // Large outputs are cut at row boundaries across rayon's threads.
             let dst = &mut dst[..outer_count * row_len];
-            crate::parallel::for_each_chunk(dst, row_len, |offset, rows| {
-                let first = offset / row_len.max(1);
-                let scalars = &scalars[first..first + rows.len() / row_len.max(1)];
-                match simd_op {
-                    BinaryOp::Add => per_row_scalar_apply(rows, scalars, row_len, |a, b| a + b),
-                    BinaryOp::Sub => per_row_scalar_apply(rows, scalars, row_len, |a, b| a - b),
-                    BinaryOp::Mul => per_row_scalar_apply(rows, scalars, row_len, |a, b| a * b),
-                    BinaryOp::Div => per_row_scalar_apply(rows, scalars, row_len, |a, b| a / b),
-                }
-            });
+            crate::parallel::for_each_chunk(
+                dst,
+                row_len,
+                #[inline(always)]
+                |offset, rows| {
+                    let first = offset / row_len.max(1);
+                    let scalars = &scalars[first..first + rows.len() / row_len.max(1)];
+                    match simd_op {
+                        BinaryOp::Add => per_row_scalar_apply(rows, scalars, row_len, |a, b| a + b),
+                        BinaryOp::Sub => per_row_scalar_apply(rows, scalars, row_len, |a, b| a - b),
+                        BinaryOp::Mul => per_row_scalar_apply(rows, scalars, row_len, |a, b| a * b),
+                        BinaryOp::Div => per_row_scalar_apply(rows, scalars, row_len, |a, b| a / b),
+                    }
+                },
+            );
         }
     }
 }
@@ -326,7 +331,7 @@ fn run_broadcast_pattern_f32(
 /// for `r in 0..scalars.len(), j in 0..row_len`. Generic over `Op` so
 /// each call site gets a monomorphized, autovectorizable inner loop.
 #[cfg(feature = "simd")]
-#[inline]
+#[inline(always)]
 fn per_row_scalar_apply<Op>(dst: &mut [f32], scalars: &[f32], row_len: usize, op: Op)
 where
     Op: Fn(f32, f32) -> f32,
@@ -370,11 +375,16 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        crate::parallel::for_each_chunk(&mut lhs_storage[..l_end], 1, |offset, l| {
-            for (l, &r) in l.iter_mut().zip(&r_slice[offset..]) {
-                *l = op(*l, r);
-            }
-        });
+        crate::parallel::for_each_chunk(
+            &mut lhs_storage[..l_end],
+            1,
+            #[inline(always)]
+            |offset, l| {
+                for (l, &r) in l.iter_mut().zip(&r_slice[offset..]) {
+                    *l = op(*l, r);
+                }
+            },
+        );
         return lhs;
     }
 
@@ -462,11 +472,16 @@ where
         && let Some((0, end)) = tensor.layout().contiguous_offsets()
     {
         let storage: &mut [E] = tensor.storage_mut();
-        crate::parallel::for_each_chunk(&mut storage[..end], 1, |_, chunk| {
-            for x in chunk.iter_mut() {
-                *x = op(*x, scalar);
-            }
-        });
+        crate::parallel::for_each_chunk(
+            &mut storage[..end],
+            1,
+            #[inline(always)]
+            |_, chunk| {
+                for x in chunk.iter_mut() {
+                    *x = op(*x, scalar);
+                }
+            },
+        );
         return tensor;
     }
 

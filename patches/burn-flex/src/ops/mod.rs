@@ -122,7 +122,7 @@ pub mod sort;
 mod transaction;
 pub mod unary;
 pub mod unfold;
-mod vectorisable;
+pub(crate) mod vectorisable;
 
 /// Deterministic values in [-1, 1) for tests (xorshift from `seed`).
 #[cfg(test)]

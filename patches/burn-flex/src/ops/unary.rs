@@ -81,11 +81,16 @@ where
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
     {
         let storage: &mut [E] = tensor.storage_mut();
-        crate::parallel::for_each_chunk(&mut storage[..n], 1, |_, chunk| {
-            for x in chunk.iter_mut() {
-                *x = op(*x);
-            }
-        });
+        crate::parallel::for_each_chunk(
+            &mut storage[..n],
+            1,
+            #[inline(always)]
+            |_, chunk| {
+                for x in chunk.iter_mut() {
+                    *x = op(*x);
+                }
+            },
+        );
         return tensor;
     }
 
