@@ -90,11 +90,11 @@ pub fn choose(cores: usize, device: DeviceKind, pipeline: bool, req: Requested) 
 /// gaps between them (autodiff bookkeeping, small ops on one thread); at 32 rounds the other
 /// threads are asleep by the next fork and each fork pays two wake-ups. 1024 rounds (at least
 /// 0.15 ms of yields on a 2-core Xeon, where a yield with nothing else to run costs 0.15 µs)
-/// bridge those gaps: +15% images/s on `mae_vit_tiny_cifar` and +12% on SimCLR's ResNet-18 at 2 threads,
-/// for the same CPU time (`docs/PERFORMANCE.md`, change 15). A yielding thread gives its core
-/// to any other thread that wants it, so the pipeline's workers still run when they have work
-/// (`docs/TRAINING.md`'s 30-minute CIFAR-10 run, one worker beside two compute threads on two
-/// cores, waited on data for 0.03% of its step time).
+/// bridge those gaps: +15% images/s on `mae_vit_tiny_cifar` and +12% on SimCLR's ResNet-18
+/// at 2 threads, for the same CPU time (`docs/PERFORMANCE.md`, change 15). A yielding thread
+/// gives its core to any other thread that wants it, so the pipeline's workers still run when
+/// they have work (`docs/TRAINING.md`'s 30-minute CIFAR-10 run, one worker beside two compute
+/// threads on two cores, waited on data for 0.03% of its step time).
 pub const IDLE_ROUNDS: u32 = 1024;
 
 /// Size rayon's global pool to `split.compute_threads`, the calling thread (the one that will

@@ -1040,24 +1040,15 @@ fn reduce_last_dim_f32(
 
     // Contiguous Sum: batch all rows in one kernel call to avoid per-row overhead.
     // Large ones (LayerNorm's row means, softmax's row sums) split their rows over rayon's
-    // threads: each row is summed by the same kernel either way, so the result is the same.
+    // threads (`for_each_chunk_of_work`, sized by the elements read): each row is summed by
+    // the same kernel either way, so the result is the same.
     #[cfg(feature = "simd")]
     if matches!(op, ReduceOp::Sum) && outer_stride == dim_size as isize {
         let mut result = vec![0.0f32; rows];
         let data = &data[start_offset..];
-        #[cfg(feature = "rayon")]
-        if rows >= 2 && rows * dim_size >= super::PARALLEL_THRESHOLD {
-            let chunk_rows = rows.div_ceil(4 * rayon::current_num_threads());
-            result
-                .par_chunks_mut(chunk_rows)
-                .enumerate()
-                .for_each(|(i, out)| {
-                    let first = i * chunk_rows * dim_size;
-                    kernels::sum_rows_f32(&data[first..], out, out.len(), dim_size);
-                });
-            return result;
-        }
-        kernels::sum_rows_f32(data, &mut result, rows, dim_size);
+        crate::parallel::for_each_chunk_of_work(&mut result, 1, dim_size, |first, out| {
+            kernels::sum_rows_f32(&data[first * dim_size..], out, out.len(), dim_size);
+        });
         return result;
     }
 
