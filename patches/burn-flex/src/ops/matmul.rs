@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use burn_backend::{DType, Element};
 use burn_std::{Bytes, Shape, bf16, f16};
 
+use super::gemm_panels;
 use crate::{FlexTensor, Layout};
 
 /// Types that can be used with gemm-based matmul.
@@ -53,7 +54,7 @@ fn checked_size(a: usize, b: usize) -> usize {
         .unwrap_or_else(|| panic!("matmul: matrix size overflow: {a} * {b}"))
 }
 
-/// Threshold for enabling parallelism (M*N*K operations).
+/// Threshold for splitting one product across threads (M*N*K operations).
 /// 192^3 = ~7M ops - balance between 128x128 (no parallel) and 256x256 (parallel)
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
@@ -61,23 +62,6 @@ const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 /// Use batch parallelism when individual matrices are small but total work is large.
 #[cfg(feature = "rayon")]
 const BATCH_PARALLEL_THRESHOLD: usize = 128 * 128 * 128; // ~2M ops total
-
-/// Get parallelism setting based on matrix size.
-fn get_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-    let ops = m.saturating_mul(n).saturating_mul(k);
-    if ops >= PARALLEL_THRESHOLD {
-        #[cfg(feature = "rayon")]
-        {
-            gemm::Parallelism::Rayon(0) // 0 = use all available threads
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            gemm::Parallelism::None
-        }
-    } else {
-        gemm::Parallelism::None
-    }
-}
 
 /// Dispatch matrix multiplication based on dtype.
 pub fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
@@ -302,7 +286,6 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let parallelism = get_parallelism(m, n, k);
 
     // SAFETY: gemm writes all m x n elements of the contiguous output.
     unsafe {
@@ -320,13 +303,14 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
                 rhs_ptr,
                 rhs_col_stride,
                 rhs_row_stride,
-                parallelism,
+                true,
             );
         })
     }
 }
 
-/// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
+/// Strided gemm call for one matrix, split across rayon's threads when `threaded` and at
+/// least [`PARALLEL_THRESHOLD`] multiply-adds (`gemm_panels`). Wraps gemm with GemmScalar zero/one.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_call<T: GemmScalar>(
@@ -342,29 +326,18 @@ unsafe fn gemm_call<T: GemmScalar>(
     rhs: *const T,
     rhs_cs: isize,
     rhs_rs: isize,
-    parallelism: gemm::Parallelism,
+    threaded: bool,
 ) {
+    let threaded = threaded && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD;
+    // SAFETY: the caller's pointers and strides address the three matrices.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out,
-            out_cs,
-            out_rs,
+        gemm_panels::gemm(
+            [m, n, k],
+            (out, out_cs, out_rs),
             false,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
+            (lhs, lhs_cs, lhs_rs),
+            (rhs, rhs_cs, rhs_rs),
+            threaded,
         );
     }
 }
@@ -411,7 +384,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
     // Run gemm for batch entry `b` into its matrix of the output.
-    let run_one = |out: OutPtr<T>, b: usize, parallelism: gemm::Parallelism| {
+    let run_one = |out: OutPtr<T>, b: usize, threaded: bool| {
         let lhs_off = lhs_start + batch_elem_offset(b, &broadcast_shape, &lhs_batch_strides);
         let rhs_off = rhs_start + batch_elem_offset(b, &broadcast_shape, &rhs_batch_strides);
         // SAFETY: the output holds batch_size matrices of m x n; entry b is written only here.
@@ -429,7 +402,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
                 rhs_data.as_ptr().offset(rhs_off),
                 rhs_col_stride,
                 rhs_row_stride,
-                parallelism,
+                threaded,
             );
         }
     };
@@ -451,16 +424,16 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
 
                 if per_matrix_ops >= PARALLEL_THRESHOLD && !prefer_batch_parallel {
                     for b in 0..batch_size {
-                        run_one(out, b, gemm::Parallelism::Rayon(0));
+                        run_one(out, b, true);
                     }
                 } else if total_ops >= BATCH_PARALLEL_THRESHOLD && batch_size > 1 {
                     use rayon::prelude::*;
                     (0..batch_size)
                         .into_par_iter()
-                        .for_each(|b| run_one(out, b, gemm::Parallelism::None));
+                        .for_each(|b| run_one(out, b, false));
                 } else {
                     for b in 0..batch_size {
-                        run_one(out, b, gemm::Parallelism::None);
+                        run_one(out, b, false);
                     }
                 }
             }
@@ -469,7 +442,7 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
             {
                 let _ = per_matrix_ops;
                 for b in 0..batch_size {
-                    run_one(out, b, gemm::Parallelism::None);
+                    run_one(out, b, false);
                 }
             }
         })

@@ -37,6 +37,7 @@ use burn_backend::ops::ConvOptions;
 use burn_std::{Bytes, Shape};
 use core::ops::Add;
 
+use super::gemm_panels;
 use super::matmul::GemmScalar;
 use crate::parallel::{for_each_chunk, for_each_chunk_of_work};
 use crate::{FlexTensor, Layout};
@@ -103,8 +104,8 @@ unsafe fn unwritten<T: ConvScalar>(len: usize) -> Vec<T> {
 }
 
 /// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)`, each given by its column and row
-/// strides, on rayon's threads when `threaded` and large (gemm splits the output, never
-/// the reduction, so the result does not depend on the threads).
+/// strides, on rayon's threads when `threaded` and large (split by output panels, never
+/// along the reduction, so the result does not depend on the threads).
 #[allow(clippy::too_many_arguments)]
 unsafe fn product<T: ConvScalar>(
     [m, n, k]: [usize; 3],
@@ -114,41 +115,10 @@ unsafe fn product<T: ConvScalar>(
     rhs: (*const T, isize, isize),
     threaded: bool,
 ) {
-    let parallelism = if threaded && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT {
-        #[cfg(feature = "rayon")]
-        {
-            gemm::Parallelism::Rayon(0)
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            gemm::Parallelism::None
-        }
-    } else {
-        gemm::Parallelism::None
-    };
+    let threaded = threaded && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT;
     // SAFETY: the caller's pointers and strides address m x k, k x n and m x n elements.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.1,
-            dst.2,
-            accumulate,
-            lhs.0,
-            lhs.1,
-            lhs.2,
-            rhs.0,
-            rhs.1,
-            rhs.2,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        gemm_panels::gemm([m, n, k], dst, accumulate, lhs, rhs, threaded);
     }
 }
 
