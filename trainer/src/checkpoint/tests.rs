@@ -441,6 +441,39 @@ fn damaged_newest_checkpoint_is_named_and_skipped() {
     assert!(matches!(found.skipped[1].error, Error::State { .. }));
 }
 
+/// A `state.json` whose list of digests lost a record's name (one flipped bit turned
+/// `model.mpk` into another name; found by the damage property test below) neither
+/// verifies nor loads: the loaders refuse a record without its digest, as `verify` does.
+#[test]
+fn a_record_missing_from_the_digests_neither_verifies_nor_loads() {
+    let device = Default::default();
+    let config = crate::config::tiny_resolved_for_tests();
+    let run = saved_run(&[10], 2);
+    let dir = run.path().join(CHECKPOINTS_DIR).join("step-00000010");
+    let text = fs::read_to_string(dir.join(STATE_FILE)).unwrap();
+    for (name, renamed) in [(MODEL_FILE, "model.mpl"), (METHOD_FILE, "method.mpj")] {
+        let quoted = format!("\"{name}\"");
+        assert_eq!(text.matches(&quoted).count(), 1, "{name} listed once");
+        let damaged = text.replace(&quoted, &format!("\"{renamed}\""));
+        fs::write(dir.join(STATE_FILE), damaged).unwrap();
+        let unrecorded = |err: &Error| match err {
+            Error::DamagedCheckpoint { path, damage } => {
+                matches!(damage, Damage::Unrecorded) && path.ends_with(name)
+            }
+            _ => false,
+        };
+        let err = verify(&dir).unwrap_err();
+        assert!(unrecorded(&err), "{err}");
+        let err = load::<B, MaeMethod>(&dir, &method(&config), &config, &device)
+            .err()
+            .expect("a record without its digest does not load");
+        assert!(unrecorded(&err), "{err}");
+        assert!(err.to_string().contains("step-00000010"), "{err}");
+    }
+    fs::write(dir.join(STATE_FILE), &text).unwrap();
+    assert_eq!(verify(&dir).unwrap().step, 10);
+}
+
 /// Checkpoints written before digests were recorded still load (files present).
 #[test]
 fn checkpoints_without_digests_still_load() {

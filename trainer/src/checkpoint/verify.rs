@@ -66,6 +66,9 @@ pub enum Damage {
     /// Same length, other bytes.
     #[error("its SHA-256 is not the one state.json records (the bytes changed after saving)")]
     Checksum,
+    /// `state.json` records digests, but none for this file (its list was damaged).
+    #[error("state.json records no digest for it (its list of files is damaged)")]
+    Unrecorded,
 }
 
 /// A checkpoint [`newest`] passed over, and why.
@@ -119,6 +122,13 @@ pub fn verify(dir: &Path) -> Result<TrainerState> {
     let (state, digests) = read_state(dir)?;
     match digests {
         Some(digests) => {
+            // Every record must be listed: `load` refuses a record without its digest.
+            if let Some(name) = [MODEL_FILE, OPTIM_FILE, METHOD_FILE]
+                .into_iter()
+                .find(|name| !digests.contains_key(*name))
+            {
+                return Err(damaged(dir.join(name), Damage::Unrecorded));
+            }
             for (name, digest) in &digests {
                 check_file(&dir.join(name), digest)?;
             }
@@ -171,7 +181,10 @@ pub(super) fn read_verified(dir: &Path, name: &str, digests: Option<&Digests>) -
         }
         Err(e) => return Err(Error::io("reading", path)(e)),
     };
-    if let Some(expected) = digests.and_then(|d| d.get(name)) {
+    if let Some(digests) = digests {
+        let Some(expected) = digests.get(name) else {
+            return Err(damaged(path, Damage::Unrecorded));
+        };
         let actual = FileDigest::of(&bytes);
         if actual.bytes != expected.bytes {
             let damage = Damage::Size {
