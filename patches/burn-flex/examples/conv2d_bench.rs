@@ -6,36 +6,11 @@
 //!
 //! `BATCH` changes the batch (64).
 
-use burn_backend::TensorData;
 use burn_backend::ops::{ConvOptions, ModuleOps};
-use burn_flex::{Flex, FlexTensor};
-use std::time::Instant;
+use burn_flex::Flex;
+use common::{best_of, tensor};
 
-fn tensor(dims: &[usize], seed: u64) -> FlexTensor {
-    let n: usize = dims.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    FlexTensor::from_data(TensorData::new(values, dims.to_vec()))
-}
-
-/// Seconds of the fastest of three runs, after one warm-up.
-fn best_of_3(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
-}
+mod common;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -79,8 +54,10 @@ fn main() {
         let dy = tensor(&out_shape, 3);
         let flop = 2.0 * (batch * c_out * out_shape[2] * out_shape[3] * c_in * k * k) as f64;
         let times = [
-            best_of_3(|| drop(Flex::conv2d(x.clone(), w.clone(), None, options.clone()))),
-            best_of_3(|| {
+            best_of(3, || {
+                drop(Flex::conv2d(x.clone(), w.clone(), None, options.clone()))
+            }),
+            best_of(3, || {
                 drop(Flex::conv2d_x_backward(
                     x.clone(),
                     w.clone(),
@@ -88,7 +65,7 @@ fn main() {
                     options.clone(),
                 ))
             }),
-            best_of_3(|| {
+            best_of(3, || {
                 drop(Flex::conv2d_weight_backward(
                     x.clone(),
                     w.clone(),

@@ -7,35 +7,11 @@
 //!     cargo run --release --manifest-path patches/burn-flex/Cargo.toml --features x86-v4 \
 //!         --example linear_bench
 
-use burn_backend::TensorData;
 use burn_backend::ops::ModuleOps;
-use burn_flex::{Flex, FlexTensor};
-use std::time::Instant;
+use burn_flex::Flex;
+use common::{best_of, tensor};
 
-fn tensor(dims: &[usize], seed: u64) -> FlexTensor {
-    let n: usize = dims.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    FlexTensor::from_data(TensorData::new(values, dims.to_vec()))
-}
-
-fn best_of(n: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
-}
+mod common;
 
 fn main() {
     let threads: usize = std::env::var("THREADS")
