@@ -310,7 +310,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
 }
 
 /// Strided gemm call for one matrix, split across rayon's threads when `threaded` and at
-/// least [`PARALLEL_THRESHOLD`] multiply-adds (`gemm_panels`). Wraps gemm with GemmScalar zero/one.
+/// least [`PARALLEL_THRESHOLD`] multiply-adds (`gemm_panels`).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_call<T: GemmScalar>(

@@ -94,6 +94,9 @@ pub fn scatter_add_batched<S: Simd, F: VAdd + AddAssign>(
     batch_stride: usize,
     row_stride: usize,
 ) {
+    if num_rows == 0 {
+        return; // no source rows to read (nor, perhaps, a source to slice)
+    }
     for batch in 0..num_batches {
         let batch_dst = &mut dst[batch * row_len..(batch + 1) * row_len];
         add_rows_into::<S, F>(
