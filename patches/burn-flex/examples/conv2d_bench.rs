@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release --manifest-path patches/burn-flex/Cargo.toml --example conv2d_bench
 //!
-//! `BATCH` changes the batch (64).
+//! `BATCH` changes the batch (64); `C_IN` and `C_OUT` time only the layers of those channels.
 
 use burn_backend::ops::{ConvOptions, ModuleOps};
 use burn_flex::Flex;
@@ -46,6 +46,11 @@ fn main() {
     );
     let (mut total, mut flops) = ([0.0f64; 3], 0.0);
     for (c_in, c_out, side, k, stride, pad, count) in layers {
+        if std::env::var("C_IN").is_ok_and(|only| only != c_in.to_string())
+            || std::env::var("C_OUT").is_ok_and(|only| only != c_out.to_string())
+        {
+            continue;
+        }
         let options = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
         let x = tensor(&[batch, c_in, side, side], 1);
         let w = tensor(&[c_out, c_in, k, k], 2);

@@ -1,12 +1,13 @@
 //! The column matrix of a chunk of images and the copies around the products: sizes of a
-//! convolution ([`Geometry`]), im2col and col2im, the output gradient's chunk in either
-//! layout, and tiled transposes.
+//! convolution ([`Geometry`]), im2col and col2im, and the output gradient's chunk in either
+//! layout.
 
 use alloc::vec;
 use burn_backend::ops::ConvOptions;
 use burn_backend::ops::conv::calculate_conv_output_size;
 use burn_std::Shape;
 
+use super::transpose::transpose;
 use super::{COL_BUDGET, ConvScalar, each_chunk};
 use crate::parallel::for_each_chunk;
 
@@ -314,10 +315,16 @@ fn shifted_plane<T: ConvScalar>(
 /// Adds `dcol` (`[col_rows, images · P]`) back onto the chunk's input pixels: `dx` is the
 /// chunk's slice of the input gradient, `[images, c_in, in_h, in_w]`, zeroed. Each input
 /// plane sums its taps in the same order whatever the threads.
-pub(super) fn col2im<T: ConvScalar>(g: &Geometry, dcol: &[T], images: usize, dx: &mut [T]) {
+pub(super) fn col2im<T: ConvScalar>(
+    g: &Geometry,
+    dcol: &[T],
+    images: usize,
+    dx: &mut [T],
+    threaded: bool,
+) {
     let p = g.out_pixels();
     let n = images * p;
-    for_each_chunk(dx, g.in_pixels(), |offset, planes| {
+    each_chunk(threaded, dx, g.in_pixels(), |offset, planes| {
         for (k, plane) in planes.chunks_exact_mut(g.in_pixels()).enumerate() {
             let index = offset / g.in_pixels() + k;
             let (b, c) = (index / g.c_in, index % g.c_in);
@@ -346,7 +353,7 @@ pub(super) fn col2im<T: ConvScalar>(g: &Geometry, dcol: &[T], images: usize, dx:
 }
 
 /// Copies the chunk's output gradient planes `[images, c_out, P]` into `[c_out, images·P]`
-/// (`transposed`: into `[images·P, c_out]`).
+/// (`transposed`: into `[images·P, c_out]`), split across rayon's threads when `threaded`.
 pub(super) fn gather_output<T: ConvScalar>(
     g: &Geometry,
     dy: &[T],
@@ -354,13 +361,14 @@ pub(super) fn gather_output<T: ConvScalar>(
     images: usize,
     transposed: bool,
     out: &mut [T],
+    threaded: bool,
 ) {
     let p = g.out_pixels();
     let src = &dy[first * g.c_out * p..][..images * g.c_out * p];
     if transposed {
         // out[b·P + q, co] = src[b, co, q]: each image's [c_out, P] plane transposed, the
         // rows of `out` split across threads.
-        for_each_chunk(out, g.c_out, |offset, rows| {
+        each_chunk(threaded, out, g.c_out, |offset, rows| {
             let (mut row, end) = (offset / g.c_out, (offset + rows.len()) / g.c_out);
             while row < end {
                 let (b, q) = (row / p, row % p);
@@ -373,7 +381,7 @@ pub(super) fn gather_output<T: ConvScalar>(
         });
     } else {
         let n = images * p;
-        for_each_chunk(out, n, |offset, rows| {
+        each_chunk(threaded, out, n, |offset, rows| {
             for (k, row) in rows.chunks_exact_mut(n).enumerate() {
                 let co = offset / n + k;
                 for (b, dst) in row.chunks_exact_mut(p).enumerate() {
@@ -381,27 +389,5 @@ pub(super) fn gather_output<T: ConvScalar>(
                 }
             }
         });
-    }
-}
-
-/// `dst[c · dst_stride + r] = src[r · src_stride + c]` for `r < rows`, `c < cols`, in
-/// 16 x 16 tiles (so both sides are read and written a cache line at a time).
-pub(super) fn transpose<T: Copy>(
-    src: &[T],
-    src_stride: usize,
-    dst: &mut [T],
-    dst_stride: usize,
-    [rows, cols]: [usize; 2],
-) {
-    const TILE: usize = 16;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                let out = &mut dst[c * dst_stride..];
-                for r in r0..(r0 + TILE).min(rows) {
-                    out[r] = src[r * src_stride + c];
-                }
-            }
-        }
     }
 }

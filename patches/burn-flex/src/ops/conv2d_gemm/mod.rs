@@ -13,23 +13,30 @@
 //! (the Caffe layout: row `(c, i, j)` holds input channel `c` seen through kernel tap
 //! `(i, j)` for every output pixel of every image in a chunk; built in `columns.rs`):
 //! - forward: `y = W · col` per group, written straight into the output for a chunk of one
-//!   image, else scattered from `[c_out, images·P]` into NCHW;
+//!   image, else scattered from `[c_out, images·P]` into NCHW; stride-1 convolutions over
+//!   large planes with 16 to 128 output channels instead read the padded image in place,
+//!   one product per kernel row (`implicit.rs`, tessera's change 22);
 //! - input gradient: for stride 1, the forward convolution of the output gradient with the
 //!   weight flipped in space and its channel axes swapped; otherwise `dcol = Wᵀ · dy`,
 //!   added back onto the input's pixels (col2im);
 //! - weight gradient: `dWᵀ = col · dyᵀ`, accumulated over the chunks in order, then
-//!   transposed.
+//!   transposed; with many chunks, in a fixed number of parts summed apart and then added
+//!   in order (change 22).
 //!
 //! Each product's operands and output are laid out as gemm runs fastest (about 200
 //! GFLOP/s on two AVX-512 cores, against 35 for a column-major right-hand side or output).
-//! Chunks are sized by a memory budget; a forward of many chunks runs each chunk as one
-//! task on one thread, one of few chunks splits each chunk across the threads. Both
-//! choices depend on the shapes only, and gemm splits outputs, not reductions, so results
-//! are bitwise the same on any number of threads.
+//! Chunks are sized by a memory budget; with many chunks each is one task on one thread
+//! (the forward, the col2im input gradient, the weight gradient's parts), with few each
+//! chunk is split across the threads. Every choice depends on the shapes only, and gemm
+//! splits outputs, not reductions, so results are bitwise the same on any number of
+//! threads.
 
 mod columns;
+mod implicit;
 #[cfg(test)]
 mod tests;
+mod transpose;
+mod weight_grad;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -41,7 +48,8 @@ use super::gemm_panels;
 use super::matmul::GemmScalar;
 use crate::parallel::{for_each_chunk, for_each_chunk_of_work};
 use crate::{FlexTensor, Layout};
-use columns::{Geometry, col2im, gather_output, im2col, transpose};
+use columns::{Geometry, col2im, gather_output, im2col};
+use weight_grad::weight_grad;
 
 /// Elements of one chunk's column matrix (4 MiB of f32): big enough that a chunk's
 /// products have hundreds of columns even for the last stage of a ResNet (224 at 4 x 4
@@ -57,7 +65,10 @@ const TASK_CHUNKS: usize = 8;
 const PARALLEL_PRODUCT: usize = 128 * 128 * 128;
 
 /// Element types this module convolves (those gemm multiplies natively).
-pub(crate) trait ConvScalar: GemmScalar + Add<Output = Self> + Send + Sync {}
+pub(crate) trait ConvScalar:
+    GemmScalar + Add<Output = Self> + Send + Sync + 'static
+{
+}
 impl ConvScalar for f32 {}
 impl ConvScalar for f64 {}
 
@@ -201,6 +212,22 @@ fn forward<T: ConvScalar>(g: &Geometry, x: &[T], w: &[T], bias: Option<&[T]>) ->
             )
         }
     };
+    if g.batch >= TASK_CHUNKS && implicit::applies(g) {
+        // Stride 1 over large planes: one image a task, no column matrix (`implicit.rs`).
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let w_t = implicit::weight(g, w);
+            let image_out = g.c_out * g.out_pixels();
+            out.par_chunks_mut(image_out).enumerate().for_each_init(
+                || implicit::Scratch::new(g),
+                |scratch, (image, dst)| {
+                    implicit::forward_image(g, x, &w_t, bias, image, scratch, dst)
+                },
+            );
+            return out;
+        }
+    }
     if g.batch.div_ceil(per) >= TASK_CHUNKS {
         // Many chunks: each a task of its own, from im2col to its output planes, on one
         // thread (no hand-offs inside a chunk, its column matrix stays in that core's cache).
@@ -313,95 +340,75 @@ fn input_grad<T: ConvScalar>(g: &Geometry, w: &[T], dy: &[T]) -> Vec<T> {
         return forward(&transposed, dy, &w_flipped, None);
     }
     let p = g.out_pixels();
-    let (kg, cg) = (g.group_rows(), g.group_out());
-    let mut dx = vec![T::zero(); g.batch * g.c_in * g.in_pixels()];
     let per = g.images_per_chunk();
+    let planes = g.c_in * g.in_pixels();
+    let mut dx = vec![T::zero(); g.batch * planes];
     // SAFETY: each chunk's `dcol` is written by its products and `dy_chunk` by
     // gather_output before they are read.
-    let (mut dcol, mut dy_chunk) = unsafe {
+    let scratch = || unsafe {
         (
             unwritten::<T>(g.col_rows() * per * p),
             unwritten::<T>(g.c_out * per * p),
         )
     };
-    for (first, images) in g.chunks() {
-        let n = images * p;
-        let dy_c = &mut dy_chunk[..g.c_out * n];
-        gather_output(g, dy, first, images, false, dy_c);
-        let dcol = &mut dcol[..g.col_rows() * n];
-        for grp in 0..g.groups {
-            // dcol[grp rows] (kg x n) = W[grp]ᵀ (kg x cg) · dy[grp rows] (cg x n)
-            // SAFETY: each block lies inside its buffer (shapes from `g`).
-            unsafe {
-                product(
-                    [kg, n, cg],
-                    (dcol[grp * kg * n..].as_mut_ptr(), 1, n as isize),
-                    false,
-                    (w[grp * cg * kg..].as_ptr(), kg as isize, 1),
-                    (dy_c[grp * cg * n..].as_ptr(), 1, n as isize),
-                    true,
-                );
-            }
+    // Each chunk adds onto its own images only, so the chunks are independent.
+    if g.batch.div_ceil(per) >= TASK_CHUNKS {
+        // Many chunks: each a task of its own on one thread, as the forward's.
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            dx.par_chunks_mut(per * planes).enumerate().for_each_init(
+                scratch,
+                |(dcol, dy_chunk), (index, dst)| {
+                    let images = dst.len() / planes;
+                    input_grad_chunk(g, w, dy, index * per, images, dcol, dy_chunk, dst, false);
+                },
+            );
+            return dx;
         }
-        let planes = g.c_in * g.in_pixels();
-        col2im(
-            g,
-            dcol,
-            images,
-            &mut dx[first * planes..][..images * planes],
-        );
+    }
+    let (mut dcol, mut dy_chunk) = scratch();
+    for ((first, images), dst) in g.chunks().zip(dx.chunks_mut(per * planes)) {
+        input_grad_chunk(g, w, dy, first, images, &mut dcol, &mut dy_chunk, dst, true);
     }
     dx
 }
 
-fn weight_grad<T: ConvScalar>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
-    if g.is_empty() {
-        return vec![T::zero(); g.c_out * g.group_rows()];
-    }
-    let p = g.out_pixels();
+/// Adds onto `dx` (the input planes of the `images` images from `first`) their gradient
+/// through `dcol = Wᵀ · dy` and col2im, with `dcol` and `dy_chunk` as scratch; split
+/// across rayon's threads when `threaded`.
+#[allow(clippy::too_many_arguments)]
+fn input_grad_chunk<T: ConvScalar>(
+    g: &Geometry,
+    w: &[T],
+    dy: &[T],
+    first: usize,
+    images: usize,
+    dcol: &mut [T],
+    dy_chunk: &mut [T],
+    dx: &mut [T],
+    threaded: bool,
+) {
+    let n = images * g.out_pixels();
     let (kg, cg) = (g.group_rows(), g.group_out());
-    // dWᵀ per group, [kg, cg] row-major: gemm writes a row-major product at full speed and
-    // a column-major one (dW's own layout seen from here) at a sixth of it.
-    let per = g.images_per_chunk();
-    // SAFETY: the first chunk's products write all of `dw_t` (later ones add onto it);
-    // each chunk's `col` is written by im2col and `dy_t` by gather_output before the
-    // products read them.
-    let (mut dw_t, mut col, mut dy_t) = unsafe {
-        (
-            unwritten::<T>(g.c_out * kg),
-            unwritten::<T>(g.col_rows() * per * p),
-            unwritten::<T>(per * p * g.c_out),
-        )
-    };
-    for (index, (first, images)) in g.chunks().enumerate() {
-        let n = images * p;
-        let col = &mut col[..g.col_rows() * n];
-        im2col(g, x, first, images, col, true);
-        let dy_t = &mut dy_t[..n * g.c_out];
-        gather_output(g, dy, first, images, true, dy_t);
-        for grp in 0..g.groups {
-            // dWᵀ[grp] (kg x cg) [+]= col[grp rows] (kg x n) · dyᵀ[:, grp cols] (n x cg);
-            // chunks add in order.
-            // SAFETY: each block lies inside its buffer (shapes from `g`).
-            unsafe {
-                product(
-                    [kg, cg, n],
-                    (dw_t[grp * kg * cg..].as_mut_ptr(), 1, cg as isize),
-                    index > 0,
-                    (col[grp * kg * n..].as_ptr(), 1, n as isize),
-                    (dy_t[grp * cg..].as_ptr(), 1, g.c_out as isize),
-                    true,
-                );
-            }
+    let dy_c = &mut dy_chunk[..g.c_out * n];
+    gather_output(g, dy, first, images, false, dy_c, threaded);
+    let dcol = &mut dcol[..g.col_rows() * n];
+    for grp in 0..g.groups {
+        // dcol[grp rows] (kg x n) = W[grp]ᵀ (kg x cg) · dy[grp rows] (cg x n)
+        // SAFETY: each block lies inside its buffer (shapes from `g`).
+        unsafe {
+            product(
+                [kg, n, cg],
+                (dcol[grp * kg * n..].as_mut_ptr(), 1, n as isize),
+                false,
+                (w[grp * cg * kg..].as_ptr(), kg as isize, 1),
+                (dy_c[grp * cg * n..].as_ptr(), 1, n as isize),
+                threaded,
+            );
         }
     }
-    // dW[grp·cg + co, r] = dWᵀ[grp][r, co]
-    // SAFETY: the transposes write every element of every group's block.
-    let mut dw = unsafe { unwritten::<T>(g.c_out * kg) };
-    for (grp, dst) in dw.chunks_exact_mut(cg * kg).enumerate() {
-        transpose(&dw_t[grp * kg * cg..], cg, dst, kg, [kg, cg]);
-    }
-    dw
+    col2im(g, dcol, images, dx, threaded);
 }
 
 /// The gradient of a convolution's bias: the output gradient summed over images and pixels.

@@ -217,6 +217,34 @@ fn cases() -> Vec<Case> {
             padding: [1, 0],
             ..base
         },
+        // Stride 1 over planes large enough for `implicit.rs` (and so are their input
+        // gradients, stride-1 convolutions of the output gradient): a 3 x 3 kernel, a 5 x 3
+        // one with less padding than its reach, a 1 x 1 one (nothing thrown away).
+        Case {
+            batch: 8,
+            c_in: 16,
+            hw: [30, 32],
+            c_out: 24,
+            ..base
+        },
+        Case {
+            batch: 8,
+            c_in: 16,
+            hw: [31, 40],
+            c_out: 17,
+            k: [5, 3],
+            padding: [1, 1],
+            ..base
+        },
+        Case {
+            batch: 9,
+            c_in: 20,
+            hw: [9, 11],
+            c_out: 16,
+            k: [1, 1],
+            padding: [0, 0],
+            ..base
+        },
     ]
 }
 
@@ -229,6 +257,10 @@ fn forward_and_both_gradients_equal_the_definition_for_any_chunking() {
         let g = case.geometry(COL_BUDGET);
         let dy = values(g.batch * g.c_out * g.out_pixels(), 4);
         let [out, dx, dw, db] = reference(&case, &x, &w, &bias, &dy);
+        // The weight and bias gradients sum batch x pixels terms each (9280 in the largest
+        // case): their rounding is bounded by f32's epsilon per term.
+        let terms = g.batch * g.out_pixels();
+        let sum_tol = (f32::EPSILON as f64 * terms as f64).max(2e-5);
         // One image per chunk, two or three (a short last chunk), and the whole batch.
         let per_image = g.col_rows() * g.out_pixels();
         for budget in [1, 2 * per_image, COL_BUDGET] {
@@ -240,14 +272,20 @@ fn forward_and_both_gradients_equal_the_definition_for_any_chunking() {
                 &alloc::format!("out, {what}"),
             );
             assert_close(&input_grad(&g, &w, &dy), &dx, &alloc::format!("dx, {what}"));
-            assert_close(
+            assert_close_within(
                 &weight_grad(&g, &x, &dy),
                 &dw,
                 &alloc::format!("dw, {what}"),
+                sum_tol,
             );
         }
         let db_got = conv2d_bias_backward::<f32>(tensor_of(&dy, &g.out_shape().to_vec()));
-        assert_close(&to_vec(db_got), &db, &alloc::format!("db, {case:?}"));
+        assert_close_within(
+            &to_vec(db_got),
+            &db,
+            &alloc::format!("db, {case:?}"),
+            sum_tol,
+        );
     }
 }
 
@@ -466,4 +504,76 @@ fn results_are_bitwise_the_same_on_one_thread_and_on_four() {
             assert_close_within(&four.2, &dw, &what("weight gradient"), tol);
         }
     }
+}
+
+#[test]
+fn the_implicit_forward_applies_to_stride_one_over_large_planes_only() {
+    let cases = cases();
+    let large: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.batch >= 8 && c.hw[1] >= 30)
+        .collect();
+    assert_eq!(large.len(), 2);
+    for case in large {
+        let g = case.geometry(COL_BUDGET);
+        assert!(implicit::applies(&g), "{case:?}");
+        let w = values(case.w_shape().iter().product(), 2);
+        let (transposed, _) = g.as_transposed_conv(&w).expect("stride 1");
+        assert!(implicit::applies(&transposed), "input gradient of {case:?}");
+    }
+    let one_by_one = cases.iter().find(|c| c.batch == 9 && c.c_in == 20).unwrap();
+    assert!(implicit::applies(&one_by_one.geometry(COL_BUDGET)));
+    // The CIFAR ResNet-18's first stage takes it; its second stage (16 x 16), a stride-2
+    // layer and the 3-channel stem's input gradient do not.
+    let resnet = |c_in, c_out, hw, stride| Case {
+        batch: 64,
+        c_in,
+        hw: [hw, hw],
+        c_out,
+        k: [3, 3],
+        stride: [stride, stride],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    assert!(implicit::applies(
+        &resnet(64, 64, 32, 1).geometry(COL_BUDGET)
+    ));
+    assert!(!implicit::applies(
+        &resnet(128, 128, 16, 1).geometry(COL_BUDGET)
+    ));
+    assert!(!implicit::applies(
+        &resnet(64, 128, 32, 2).geometry(COL_BUDGET)
+    ));
+    assert!(!implicit::applies(
+        &resnet(3, 64, 32, 1).geometry(COL_BUDGET)
+    ));
+    let stem = resnet(3, 64, 32, 1).geometry(COL_BUDGET);
+    let (stem_dx, _) = stem.as_transposed_conv(&values(64 * 3 * 9, 1)).unwrap();
+    assert!(!implicit::applies(&stem_dx));
+}
+
+#[cfg(feature = "rayon")]
+#[test]
+fn the_implicit_forward_is_bitwise_the_same_on_one_thread_and_on_four() {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.batch == 8 && c.c_out == 24)
+        .unwrap();
+    let g = case.geometry(COL_BUDGET);
+    assert!(implicit::applies(&g));
+    let x = values(case.x_shape().iter().product(), 5);
+    let w = values(case.w_shape().iter().product(), 6);
+    let dy = values(g.batch * g.c_out * g.out_pixels(), 7);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| (forward(&g, &x, &w, None), input_grad(&g, &w, &dy)))
+    };
+    let (one, four) = (run(1), run(4));
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&one.0), bits(&four.0), "forward");
+    assert_eq!(bits(&one.1), bits(&four.1), "input gradient");
 }
