@@ -319,6 +319,79 @@ mod tests {
         );
     }
 
+    /// The input, scale and shift gradients of train mode against BatchNorm's closed-form
+    /// backward (`dx = (γ/σ)·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`, sums
+    /// and means per channel over batch and space), in f64 on the host. Every mean over a
+    /// dimension and every broadcast of the module goes through autodiff here, so this also
+    /// checks the patched `mean_dim`/`sum_dim` backward (patches/README.md, burn-autodiff).
+    #[test]
+    fn train_mode_gradients_equal_the_closed_form() {
+        type A = Autodiff<Flex>;
+        let device = Default::default();
+        let [n, c, h, w] = [4, 3, 5, 6];
+        let mut bn = BatchNormConfig::new(c).init::<A>(&device);
+        bn.weight = Some(Param::from_data([1.5f32, -0.5, 2.0], &device));
+        bn.bias = Some(Param::from_data([0.1f32, 0.2, -0.3], &device));
+        let values = |len: usize, seed: u64| -> Vec<f32> {
+            (0..len as u64)
+                .map(|i| ((i * 2_654_435_761 + seed * 97) % 1000) as f32 / 250.0 - 2.0)
+                .collect()
+        };
+        let (x_host, dy_host) = (values(n * c * h * w, 1), values(n * c * h * w, 2));
+        let x = Tensor::<A, 4>::from_data(TensorData::new(x_host.clone(), [n, c, h, w]), &device)
+            .require_grad();
+        let dy = Tensor::<A, 4>::from_data(TensorData::new(dy_host.clone(), [n, c, h, w]), &device);
+        let grads = (bn.forward(x.clone(), NormMode::Train) * dy)
+            .sum()
+            .backward();
+        let dx = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let param_grad = |p: &Option<Param<Tensor<A, 1>>>| {
+            p.as_ref()
+                .unwrap()
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let (dgamma, dbeta) = (param_grad(&bn.weight), param_grad(&bn.bias));
+        let gamma = [1.5f64, -0.5, 2.0];
+        let m = (n * h * w) as f64;
+        let at = |b: usize, ch: usize, i: usize| (b * c + ch) * h * w + i;
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n)
+                .flat_map(|b| (0..h * w).map(move |i| at(b, ch, i)))
+                .collect();
+            let mean = idx.iter().map(|&k| x_host[k] as f64).sum::<f64>() / m;
+            let var = idx
+                .iter()
+                .map(|&k| (x_host[k] as f64 - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            let rstd = 1.0 / (var + BATCH_NORM_EPS).sqrt();
+            let xhat = |k: usize| (x_host[k] as f64 - mean) * rstd;
+            let dy_mean = idx.iter().map(|&k| dy_host[k] as f64).sum::<f64>() / m;
+            let dy_xhat = idx
+                .iter()
+                .map(|&k| dy_host[k] as f64 * xhat(k))
+                .sum::<f64>()
+                / m;
+            assert!(
+                (dgamma[ch] as f64 - dy_xhat * m).abs() < 1e-3,
+                "dgamma[{ch}]"
+            );
+            assert!((dbeta[ch] as f64 - dy_mean * m).abs() < 1e-3, "dbeta[{ch}]");
+            for &k in &idx {
+                let want = gamma[ch] * rstd * (dy_host[k] as f64 - dy_mean - xhat(k) * dy_xhat);
+                assert!(
+                    (dx[k] as f64 - want).abs() < 1e-4,
+                    "dx[{k}]: {} vs {want}",
+                    dx[k]
+                );
+            }
+        }
+    }
+
     #[test]
     fn running_statistics_are_saved_but_get_no_gradient() {
         type A = Autodiff<Flex>;

@@ -1967,13 +1967,14 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
             ) {
                 let (shape, dim) = ops.state;
 
+                // Tessera: the gradient, `1 / n` times the output's, broadcast along `dim`: the
+                // output's gradient scaled (it is the small one) and expanded as a view, where
+                // 0.21.0 filled a tensor of the input's shape with ones, scaled it, and
+                // multiplied it by the gradient (three passes over the input's size per
+                // mean; BatchNorm takes two means over every dimension but one).
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let val = 1_f64 / shape[dim] as f64;
-                    let ones = B::float_ones(shape, &B::float_device(&grad), grad.dtype().into());
-                    let val = B::float_mul_scalar(ones, val.into());
-
-                    let grad = B::float_sum_dim(grad, dim);
-                    B::float_mul(val, grad)
+                    B::float_expand(B::float_mul_scalar(grad, val.into()), shape)
                 });
             }
         }
@@ -2006,12 +2007,9 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
             ) {
                 let (shape, dim) = ops.state;
 
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    let ones = B::float_ones(shape, &B::float_device(&grad), grad.dtype().into());
-                    let grad = B::float_sum_dim(grad, dim);
-
-                    B::float_mul(ones, grad)
-                });
+                // Tessera: the output's gradient expanded along `dim` as a view (0.21.0
+                // multiplied it by a tensor of ones of the input's shape), as `float_mean_dim`.
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::float_expand(grad, shape));
             }
         }
 
