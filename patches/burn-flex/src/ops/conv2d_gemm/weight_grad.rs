@@ -9,6 +9,8 @@ use super::transpose::transpose;
 use super::{ConvScalar, TASK_CHUNKS, product, unwritten};
 use crate::parallel::for_each_chunk_of_work;
 
+/// dW (`[c_out, c_in / groups · kh · kw]`) of the convolution `g` of `x`, given its output
+/// gradient `dy`.
 pub(super) fn weight_grad<T: ConvScalar>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
     if g.is_empty() {
         return vec![T::zero(); g.c_out * g.group_rows()];
