@@ -77,8 +77,7 @@ pub(super) struct Scratch<T> {
 impl<T: ConvScalar> Scratch<T> {
     pub(super) fn new(g: &Geometry) -> Self {
         let (rows, wp) = (g.out_h + g.k_h - 1, padded_width(g));
-        let mut padded = alloc::vec![T::zero(); rows * wp * g.c_in];
-        padded.shrink_to_fit();
+        let padded = alloc::vec![T::zero(); rows * wp * g.c_in];
         // SAFETY: the products write every element they read back (`forward_image`).
         let product = unsafe { unwritten(rows * wp * g.c_out) };
         Self { padded, product }
