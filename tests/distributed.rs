@@ -282,16 +282,27 @@ fn rank(recipe: &Path, out: &Path, rank: u32, port: u16) -> std::process::Child 
         .expect("start a rank")
 }
 
+/// A run of `count` free ports below the kernel's ephemeral range (where no other test's
+/// outgoing connection can take one before the ranks bind it), as `--devices` chooses.
 fn free_port_run(count: u16) -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = u64::from(ephemeral_low - count - 10_000);
+    let mut seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
     loop {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 60000
-            && (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
+        // splitmix64: a different candidate each time round.
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let base = 10_000 + ((z ^ (z >> 31)) % span) as u16;
+        if (base..base + count).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()) {
             return base;
         }
     }
@@ -349,6 +360,34 @@ fn a_killed_rank_stops_the_other_with_an_error_and_an_intact_checkpoint() {
     );
 }
 
+#[test]
+fn a_rank_whose_port_is_taken_says_so_before_joining() {
+    let tmp = tempdir();
+    let recipe = tiny_recipe(tmp.path(), 100, "");
+    let run = tmp.path().join("run");
+    let port = free_port_run(3);
+    // Another program holds rank 1's tensor-service port (MASTER_PORT + 2).
+    let _held = std::net::TcpListener::bind(("0.0.0.0", port + 2)).unwrap();
+    let mut r0 = rank(&recipe, &run, 0, port);
+    let mut r1 = rank(&recipe, &run, 1, port);
+    // A hang guard, not a speed check: rank 1 fails before it registers.
+    let (status, stderr) = wait_within(&mut r1, Duration::from_secs(120));
+    let _ = r0.kill();
+    let _ = r0.wait();
+    assert!(!status.success(), "rank 1 cannot serve its tensors");
+    let address = format!("ws://127.0.0.1:{}", port + 2);
+    assert!(
+        stderr.contains("rank 1: joining the collective failed")
+            && stderr.contains(&format!("could not listen at {address}"))
+            && stderr.contains("AddrInUse"),
+        "the error must name the port and the cause:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked at") && !stderr.contains("stack backtrace"),
+        "a raw panic reached stderr:\n{stderr}"
+    );
+}
+
 fn metrics_len(run: &Path) -> usize {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .map(|t| t.lines().count())
@@ -368,7 +407,7 @@ fn wait_within(
         }
         if started.elapsed() > limit {
             let _ = child.kill();
-            panic!("the surviving rank hung for {limit:?} after its peer died");
+            panic!("the rank did not exit within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };

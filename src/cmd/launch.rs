@@ -207,22 +207,48 @@ fn args_without_devices(args: impl Iterator<Item = String>) -> Vec<String> {
     out
 }
 
-/// A port `p` such that `p..p+count` are free on 127.0.0.1 right now.
+/// A port `p` such that `p..p+count` are free on 127.0.0.1 right now, chosen below the
+/// kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+///
+/// Ports in that range are the ones the kernel hands to every outgoing connection and to
+/// `bind(0)`: a run picked there can be taken by another program's connection between this
+/// check and the ranks binding it, and a rank's server then cannot listen. Below the range
+/// only a program that names a port itself can take it.
 fn free_ports(count: u16) -> std::io::Result<u16> {
-    for _ in 0..50 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base.checked_add(count).is_none() {
-            continue;
-        }
+    let (ephemeral_low, _) = ephemeral_port_range();
+    let low = 10_000u16;
+    let high = ephemeral_low.saturating_sub(count);
+    if high <= low {
+        return Err(std::io::Error::other(format!(
+            "no room for {count} ports between {low} and the ephemeral range starting at \
+             {ephemeral_low}"
+        )));
+    }
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let base = rng.random_range(low..high);
         let all_free =
-            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+            (base..base + count).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok());
         if all_free {
             return Ok(base);
         }
     }
-    Err(std::io::Error::other("no run of free ports found"))
+    Err(std::io::Error::other(format!(
+        "no run of {count} free ports found between {low} and {high}"
+    )))
+}
+
+/// The kernel's ephemeral port range; Linux's default where it cannot be read (other
+/// systems' ranges, such as IANA's 49152..65535, start higher).
+fn ephemeral_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// Sends `sig` to process `pid`.
@@ -273,6 +299,19 @@ mod tests {
             cause_of_failure(&[(0, error), (2, error)]),
             Some((0, error))
         );
+    }
+
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_can_be_bound() {
+        let (ephemeral_low, ephemeral_high) = ephemeral_port_range();
+        assert!(ephemeral_low <= ephemeral_high);
+        let base = free_ports(3).unwrap();
+        assert!(base >= 10_000 && base + 3 <= ephemeral_low, "{base}");
+        // Free now (the check just ran), unless another program took one in between.
+        let held: Vec<_> = (base..base + 3)
+            .map(|p| std::net::TcpListener::bind(("0.0.0.0", p)))
+            .collect();
+        assert!(held.iter().all(Result::is_ok), "{held:?}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl<B: Backend> Collective<B> {
             .spawn(move || {
                 let registered = burn_collective::register::<B>(peer, device, config)
                     .map(|()| None)
-                    .map_err(|e| format!("{e:?}"));
+                    .map_err(|e| describe(&e));
                 if outbox.send(registered).is_err() {
                     return;
                 }
@@ -191,7 +191,7 @@ impl<B: Backend> Collective<B> {
                     let reply =
                         burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum)
                             .map(Some)
-                            .map_err(|e| format!("{e:?}"));
+                            .map_err(|e| describe(&e));
                     if outbox.send(reply).is_err() {
                         return;
                     }
@@ -307,6 +307,19 @@ impl<B: Backend> Collective<B> {
                     .into(),
             }),
         }
+    }
+}
+
+/// burn-collective's error in words where Tessera knows a better sentence than its `Debug`.
+fn describe(error: &burn_collective::CollectiveError) -> String {
+    use burn_collective::{CollectiveError as E, GlobalCollectiveError as G};
+    match error {
+        E::Global(G::OwnServerUnavailable { address, cause }) => format!(
+            "this rank's tensor service could not listen at {address} ({cause}); another \
+             program may hold the port: choose another MASTER_PORT (rank r serves on \
+             MASTER_PORT + 1 + r)"
+        ),
+        other => format!("{other:?}"),
     }
 }
 

@@ -2005,7 +2005,7 @@ impl<B: Backend, C: CheckpointStrategy> FloatTensorOps<Self> for Autodiff<B, C> 
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let (shape, dim) = ops.state;
+                let (shape, _) = ops.state;
 
                 // Tessera: the output's gradient expanded along `dim` as a view (0.21.0
                 // multiplied it by a tensor of ones of the input's shape), as `float_mean_dim`.

@@ -1,5 +1,6 @@
 pub(crate) mod node;
 pub(crate) mod shared;
+pub use shared::GlobalCollectiveError;
 
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;

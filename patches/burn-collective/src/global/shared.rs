@@ -123,6 +123,14 @@ pub enum GlobalCollectiveError {
     WrongOrchestratorResponse,
     /// Node couldn't connect to coordinator
     OrchestratorUnreachable,
+    /// This node's own server (tensor data and sync) did not answer at the node's address
+    /// before registering: its port could not be bound, or it never came up.
+    OwnServerUnavailable {
+        /// The address the node registers under, where the other nodes will connect.
+        address: String,
+        /// The server's error, or why the wait ended.
+        cause: String,
+    },
 }
 
 impl<E: CommunicationError> From<E> for GlobalCollectiveError {

@@ -2,7 +2,10 @@ use burn_backend::Backend;
 use burn_communication::Protocol;
 use burn_communication::data_service::TensorDataServer;
 use burn_communication::{Address, ProtocolServer, data_service::TensorDataService};
+use burn_communication::ProtocolClient;
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use std::{marker::PhantomData, sync::Arc};
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +43,16 @@ where
     data_service: Arc<TensorDataService<B, P>>,
     sync_service: Arc<SyncService<P>>,
     worker: GlobalClientWorker<P::Client>,
+    /// Set when the server task ends with an error (its port could not be bound).
+    serve_error: Arc<OnceLock<String>>,
     _n: PhantomData<P>,
 }
+
+/// The route a node answers on once its server listens; `register` waits for it.
+const READY_ROUTE: &str = "ready";
+
+/// How long `register` waits for the node's own server to listen.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl<B, P> Node<B, P>
 where
@@ -63,12 +74,22 @@ where
                     sync_service.handle_sync_connection(channel).await;
                 }
             })
+            .route(READY_ROUTE, async move |_: <P::Server as ProtocolServer>::Channel| {})
             .serve({
                 let cancel_token = cancel_token.clone();
                 async move { cancel_token.cancelled().await }
             });
 
-        runtime.spawn(server);
+        let serve_error = Arc::new(OnceLock::new());
+        runtime.spawn({
+            let serve_error = serve_error.clone();
+            async move {
+                if let Err(err) = server.await {
+                    log::error!("The node's server stopped: {err:?}");
+                    let _ = serve_error.set(format!("{err:?}"));
+                }
+            }
+        });
 
         let worker = GlobalClientWorker::new(&runtime, cancel_token.clone(), global_address);
 
@@ -77,7 +98,37 @@ where
             data_service,
             sync_service,
             worker,
+            serve_error,
             _n: PhantomData,
+        }
+    }
+
+    /// Waits until this node's server answers at `address`, the address the other nodes
+    /// will download from. The server is a task started in `new`: registering before it
+    /// listens let a faster peer's first download find nothing there and fail.
+    async fn wait_until_serving(&self, address: &Address) -> Result<(), GlobalCollectiveError> {
+        let unavailable = |cause: String| GlobalCollectiveError::OwnServerUnavailable {
+            address: address.to_string(),
+            cause,
+        };
+        let deadline = Instant::now() + SERVE_TIMEOUT;
+        loop {
+            if let Some(err) = self.serve_error.get() {
+                return Err(unavailable(err.clone()));
+            }
+            // Each try is bounded: a port held by another program may accept the connection
+            // and never answer the handshake.
+            let answer = P::Client::connect(address.clone(), READY_ROUTE);
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), answer).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "no answer within {} s",
+                    SERVE_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -86,6 +137,9 @@ where
         peers: Vec<PeerId>,
         global_params: GlobalRegisterParams,
     ) -> Result<(), GlobalCollectiveError> {
+        // The orchestrator answers once every node has registered, and every node registers
+        // only once its own server listens, so no node starts before all servers are up.
+        self.wait_until_serving(&global_params.node_address).await?;
         let req = RemoteRequest::Register {
             node_addr: global_params.node_address,
             num_nodes: global_params.num_nodes,
