@@ -207,8 +207,8 @@ fn args_without_devices(args: impl Iterator<Item = String>) -> Vec<String> {
     out
 }
 
-/// A port `p` such that `p..p+count` are free on 127.0.0.1 right now, chosen below the
-/// kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+/// A port `p` such that `p..p+count` are free on every local address right now, chosen
+/// below the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
 ///
 /// Ports in that range are the ones the kernel hands to every outgoing connection and to
 /// `bind(0)`: a run picked there can be taken by another program's connection between this

@@ -316,8 +316,8 @@ fn describe(error: &burn_collective::CollectiveError) -> String {
     match error {
         E::Global(G::OwnServerUnavailable { address, cause }) => format!(
             "this rank's tensor service could not listen at {address} ({cause}); another \
-             program may hold the port: choose another MASTER_PORT (rank r serves on \
-             MASTER_PORT + 1 + r)"
+             program may hold the port: rank r serves on MASTER_PORT + 1 + r, so choose \
+             another MASTER_PORT (`--devices` picks new ports each run)"
         ),
         other => format!("{other:?}"),
     }
